@@ -1,0 +1,1 @@
+//! ferrite-bench (placeholder; see the crate's issue).

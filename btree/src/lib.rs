@@ -1,0 +1,1 @@
+//! ferrite-btree (placeholder; see the crate's issue).

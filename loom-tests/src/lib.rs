@@ -1,0 +1,1 @@
+//! loom models of ferrite's cross-thread hand-offs; run with RUSTFLAGS="--cfg loom".

@@ -1,0 +1,1 @@
+//! ferrite-net (placeholder; see the crate's issue).

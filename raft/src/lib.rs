@@ -1,0 +1,1 @@
+//! ferrite-raft (placeholder; see the crate's issue).

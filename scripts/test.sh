@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# The whole test suite. Installs what it needs (Debian's etcd 3.4 for etcdctl and
+# differential tests, protoc for the etcd-client crate's build script), then runs
+# formatting, lints and every test. Bounded: each step has a timeout.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need=()
+command -v etcdctl >/dev/null 2>&1 || need+=(etcd-client)
+command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
+command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler)
+if [ ${#need[@]} -gt 0 ]; then
+  echo "== installing ${need[*]}"
+  if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+
+echo "== cargo clippy -D warnings"
+cargo clippy --workspace --all-targets --release -- -D warnings
+
+echo "== cargo build --release (the ferrite binary used by integration tests)"
+cargo build --release --workspace --bins
+
+echo "== cargo test"
+timeout 2400 cargo test --workspace --release -- --test-threads=2
+
+echo "== loom models"
+RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom timeout 900 cargo test -p loom-tests --release

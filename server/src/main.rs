@@ -1,0 +1,1 @@
+fn main() { eprintln!("ferrite: not built yet"); std::process::exit(1); }

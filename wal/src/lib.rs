@@ -1,0 +1,1 @@
+//! ferrite-wal (placeholder; see the crate's issue).
