@@ -1,0 +1,29 @@
+//! ferrite: the etcd-v3-compatible server (the `ferrite` binary's library).
+//!
+//! What it is: the composition root of ferrite. It wires the engine crates together —
+//! `ferrite-wal` (group-committed log), `ferrite-raft` (Raft as a pure state machine),
+//! `ferrite-btree` (copy-on-write B+tree with etcd's MVCC) — behind etcd's v3 gRPC services
+//! served by `ferrite-net` on glommio, one executor per core.
+//!
+//! Threads: core 0 is the *Raft core*; it owns the `RawNode`, the `GroupWal` and the single
+//! MVCC `Writer`, batches proposals from every core, persists, applies and answers. Every core
+//! accepts client connections; serializable reads run on the accepting core from a B+tree
+//! snapshot, linearizable reads wait for a ReadIndex from the Raft core. See docs/ARCHITECTURE.md.
+//!
+//! Invariants:
+//! - Every write (KV, lease grant/revoke/expiry, compaction) goes through Raft and the WAL before
+//!   it is applied; a client is answered only after its entry is durable and applied.
+//! - The MVCC store's metadata holds `applied_index`; entries up to it are never re-applied, and
+//!   entries after it are replayed from the WAL on restart (apply is deterministic).
+//! - Watchers never block the apply loop: events go out through bounded buffers; a watcher that
+//!   falls behind catches up from the store's history.
+//!
+//! Non-goals (for now): multi-node membership changes over the network (the transport seam
+//! exists; one voter is served), authentication (the Auth service answers "auth not enabled").
+
+pub mod config;
+pub mod election;
+pub mod http;
+pub mod lock;
+pub mod logging;
+pub mod metrics;
