@@ -1,1 +1,31 @@
-//! ferrite-btree (placeholder; see the crate's issue).
+//! ferrite-btree: a copy-on-write B+tree on ferrite's own page format, with etcd's MVCC on top.
+//!
+//! **What it is.** `db` is the page layer: fixed 4 KiB pages in one file, two checksummed meta
+//! pages, copy-on-write commits (pwrite, fdatasync, flip the meta page), reads through a shared
+//! memory map, an on-disk free list, overflow chains for large values. `mvcc` is etcd's MVCC
+//! keyspace (revisions, versions, leases, tombstones, compaction, hash, watch history) stored in
+//! that tree. The server uses only `mvcc::MvccStore`.
+//!
+//! **Invariants.**
+//! - A crash at any point of a commit leaves the last durable commit intact and openable.
+//! - A page reachable from a live snapshot or from the durable meta page is never rewritten.
+//! - One writer; any number of readers on any thread, each pinning a snapshot without locks.
+//! - Every page read is validated (checksum, own id, kind, bounds); corruption is an error that
+//!   names the page id, never a panic.
+//!
+//! **Non-goals.** Multiple writers; multiple processes opening one file; keys larger than
+//! `mvcc::KEY_BYTES_MAX`; page sizes other than 4 KiB (the meta page records it).
+
+pub mod db;
+pub mod error;
+pub mod mvcc;
+pub mod page;
+pub mod storage;
+
+pub use db::{Db, DbOptions, DbWriter, Snapshot};
+pub use error::StoreError;
+pub use mvcc::{
+    Event, EventKind, KeyValue, MvccError, MvccStore, RangeOptions, RangeResult, ReadView,
+    StoreOptions, Txn, TxnOutcome, Writer,
+};
+pub use storage::{FileStorage, SimStorage, Storage};

@@ -1,0 +1,1326 @@
+//! The copy-on-write B+tree: snapshots for readers, one writer, commits, the free list.
+//!
+//! Invariants (asserted where cheap):
+//! - A page reachable from the last durable meta page or from any live snapshot is never
+//!   written. The writer only writes pages it allocated since its last commit.
+//! - A page freed by commit `F` (reachable from tree `F-1`, not from tree `F`) becomes reusable
+//!   once every live snapshot has `txn >= F` and a durable commit `D >= F` has landed (so the
+//!   durable tree cannot reach it either).
+//! - A non-durable commit writes its pages but not a meta page; the file's durable state stays
+//!   the last durable commit, whose pages are intact.
+
+use std::borrow::Cow;
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+
+use arc_swap::ArcSwap;
+
+use crate::error::StoreError;
+use crate::page::*;
+use crate::storage::{FileStorage, Mapping, Storage};
+
+/// Tunables of the page layer.
+#[derive(Clone, Debug)]
+pub struct DbOptions {
+    /// Verify each page's crc32c on every read (on by default).
+    pub verify_checksums: bool,
+    /// A non-durable commit becomes durable once pages freed since the last durable commit
+    /// (which cannot be reused before one) exceed this many bytes: bounds file growth.
+    pub unsynced_freed_bytes_max: u64,
+    /// The file grows by at least this many bytes (and at least 1/8 of its size) at a time.
+    pub grow_bytes_min: u64,
+}
+
+impl Default for DbOptions {
+    fn default() -> Self {
+        DbOptions {
+            verify_checksums: true,
+            unsynced_freed_bytes_max: 64 << 20,
+            grow_bytes_min: 1 << 20,
+        }
+    }
+}
+
+/// Bytes written by one pwrite at most when coalescing consecutive dirty pages.
+const WRITE_BATCH_BYTES_MAX: usize = 1 << 20;
+
+/// A committed tree, pinned for as long as it is held. Reads never block and never copy pages.
+pub struct Snapshot {
+    txn: u64,
+    root: PageId,
+    page_count: u64,
+    app: [u64; META_APP_WORDS],
+    map: Arc<dyn Mapping>,
+    verify: bool,
+}
+
+/// A node seen through a snapshot (a page in the map) or through the writer (maybe dirty).
+#[derive(Clone, Copy)]
+pub enum NodeRef<'a> {
+    Page(PageRef<'a>),
+    Mem(&'a Node),
+}
+
+impl<'a> NodeRef<'a> {
+    pub fn is_leaf(&self) -> bool {
+        match self {
+            NodeRef::Page(p) => p.is_leaf(),
+            NodeRef::Mem(n) => matches!(n, Node::Leaf { .. }),
+        }
+    }
+    pub fn len(&self) -> usize {
+        match self {
+            NodeRef::Page(p) => p.len(),
+            NodeRef::Mem(Node::Leaf { keys, .. }) | NodeRef::Mem(Node::Branch { keys, .. }) => {
+                keys.len()
+            }
+        }
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    pub fn key(&self, i: usize) -> &'a [u8] {
+        match self {
+            NodeRef::Page(p) => p.key(i),
+            NodeRef::Mem(Node::Leaf { keys, .. }) | NodeRef::Mem(Node::Branch { keys, .. }) => {
+                &keys[i]
+            }
+        }
+    }
+    pub fn child(&self, i: usize) -> PageId {
+        match self {
+            NodeRef::Page(p) => p.child(i),
+            NodeRef::Mem(Node::Branch { children, .. }) => children[i],
+            NodeRef::Mem(Node::Leaf { .. }) => unreachable!("child of a leaf"),
+        }
+    }
+    pub fn value(&self, i: usize) -> ValRef<'a> {
+        match self {
+            NodeRef::Page(p) => p.value(i),
+            NodeRef::Mem(Node::Leaf { vals, .. }) => match &vals[i] {
+                LeafVal::Inline(v) => ValRef::Inline(v),
+                LeafVal::Overflow { first, len } => ValRef::Overflow {
+                    first: *first,
+                    len: *len,
+                },
+            },
+            NodeRef::Mem(Node::Branch { .. }) => unreachable!("value of a branch"),
+        }
+    }
+    /// Index of the child that may hold `key`.
+    fn child_index(&self, key: &[u8]) -> usize {
+        // First key > `key`: children[i] holds keys in [keys[i-1], keys[i]).
+        let (mut lo, mut hi) = (0, self.len());
+        while lo < hi {
+            let mid = (lo + hi) / 2;
+            if self.key(mid) <= key {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        lo
+    }
+    /// First index with key >= `key`.
+    fn lower_bound(&self, key: &[u8]) -> usize {
+        let (mut lo, mut hi) = (0, self.len());
+        while lo < hi {
+            let mid = (lo + hi) / 2;
+            if self.key(mid) < key {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        lo
+    }
+}
+
+/// Where a cursor reads nodes from.
+pub trait PageSource {
+    fn root(&self) -> PageId;
+    fn node(&self, id: PageId) -> Result<NodeRef<'_>, StoreError>;
+    /// The raw bytes of an overflow page (validated by the caller).
+    fn raw_page(&self, id: PageId) -> Result<&[u8], StoreError>;
+}
+
+impl Snapshot {
+    pub fn txn(&self) -> u64 {
+        self.txn
+    }
+    /// The application words committed with this tree.
+    pub fn app(&self) -> [u64; META_APP_WORDS] {
+        self.app
+    }
+    fn bytes_of(&self, id: PageId) -> Result<&[u8], StoreError> {
+        if id < 2 || id >= self.page_count {
+            return Err(StoreError::Corrupt {
+                page: id,
+                reason: format!("page id outside the tree's {} pages", self.page_count),
+            });
+        }
+        let off = id as usize * PAGE_SIZE;
+        self.map
+            .bytes()
+            .get(off..off + PAGE_SIZE)
+            .ok_or_else(|| StoreError::Corrupt {
+                page: id,
+                reason: "page lies past the end of the file".into(),
+            })
+    }
+    pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        get_in(self, key)
+    }
+    pub fn cursor(&self) -> Cursor<'_, Snapshot> {
+        Cursor::new(self)
+    }
+}
+
+impl PageSource for Snapshot {
+    fn root(&self) -> PageId {
+        self.root
+    }
+    fn node(&self, id: PageId) -> Result<NodeRef<'_>, StoreError> {
+        Ok(NodeRef::Page(PageRef::parse(
+            self.bytes_of(id)?,
+            id,
+            self.verify,
+        )?))
+    }
+    fn raw_page(&self, id: PageId) -> Result<&[u8], StoreError> {
+        self.bytes_of(id)
+    }
+}
+
+fn get_in<S: PageSource>(src: &S, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+    let mut c = Cursor::new(src);
+    c.seek(key)?;
+    match c.current() {
+        Some((k, v)) if k == key => Ok(Some(read_value(src, v)?.into_owned())),
+        _ => Ok(None),
+    }
+}
+
+/// Reads a leaf value, following its overflow chain if it has one.
+pub fn read_value<'a, S: PageSource>(
+    src: &'a S,
+    v: ValRef<'a>,
+) -> Result<Cow<'a, [u8]>, StoreError> {
+    match v {
+        ValRef::Inline(b) => Ok(Cow::Borrowed(b)),
+        ValRef::Overflow { first, len } => {
+            let len = len as usize;
+            let mut out = Vec::with_capacity(len);
+            let mut id = first;
+            let pages_max = len.div_ceil(OVERFLOW_DATA_BYTES);
+            for _ in 0..pages_max {
+                let b = src.raw_page(id)?;
+                check_header(b, id, &[KIND_OVERFLOW], true)?;
+                let n = rd_u32(b, OVERFLOW_OFF_LEN) as usize;
+                if n > OVERFLOW_DATA_BYTES || out.len() + n > len {
+                    return Err(StoreError::Corrupt {
+                        page: id,
+                        reason: format!("overflow chunk of {n} bytes does not fit the value"),
+                    });
+                }
+                out.extend_from_slice(&b[OVERFLOW_OFF_DATA..OVERFLOW_OFF_DATA + n]);
+                id = rd_u64(b, OVERFLOW_OFF_NEXT);
+                if out.len() == len {
+                    return Ok(Cow::Owned(out));
+                }
+                if id == 0 {
+                    break;
+                }
+            }
+            Err(StoreError::Corrupt {
+                page: first,
+                reason: format!("overflow chain holds {} of {len} bytes", out.len()),
+            })
+        }
+    }
+}
+
+/// An ordered cursor over a tree. `seek` is cheap when the target lies in the current leaf.
+pub struct Cursor<'a, S: PageSource> {
+    src: &'a S,
+    stack: Vec<(NodeRef<'a>, usize)>,
+}
+
+impl<'a, S: PageSource> Cursor<'a, S> {
+    pub fn new(src: &'a S) -> Self {
+        Cursor {
+            src,
+            stack: Vec::with_capacity(8),
+        }
+    }
+
+    /// Positions at the first entry with key >= `key`.
+    pub fn seek(&mut self, key: &[u8]) -> Result<(), StoreError> {
+        if let Some((leaf, idx)) = self.stack.last_mut() {
+            let n = leaf.len();
+            if n > 0 && leaf.key(0) <= key && key <= leaf.key(n - 1) {
+                *idx = leaf.lower_bound(key);
+                return Ok(());
+            }
+        }
+        self.stack.clear();
+        let mut id = self.src.root();
+        if id == 0 {
+            return Ok(());
+        }
+        for depth in 0.. {
+            if depth > 64 {
+                return Err(StoreError::Corrupt {
+                    page: id,
+                    reason: "tree deeper than 64 levels (cycle?)".into(),
+                });
+            }
+            let node = self.src.node(id)?;
+            if node.is_leaf() {
+                let i = node.lower_bound(key);
+                self.stack.push((node, i));
+                break;
+            }
+            let i = node.child_index(key);
+            self.stack.push((node, i));
+            id = node.child(i);
+        }
+        if let Some((leaf, idx)) = self.stack.last() {
+            if *idx >= leaf.len() {
+                self.next_leaf()?;
+            }
+        }
+        Ok(())
+    }
+
+    pub fn seek_first(&mut self) -> Result<(), StoreError> {
+        self.stack.clear();
+        self.seek(&[])
+    }
+
+    pub fn current(&self) -> Option<(&'a [u8], ValRef<'a>)> {
+        let (leaf, i) = self.stack.last()?;
+        if *i < leaf.len() {
+            Some((leaf.key(*i), leaf.value(*i)))
+        } else {
+            None
+        }
+    }
+
+    pub fn next(&mut self) -> Result<(), StoreError> {
+        if let Some((leaf, i)) = self.stack.last_mut() {
+            *i += 1;
+            if *i >= leaf.len() {
+                self.next_leaf()?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Moves to the first entry of the next non-empty leaf, or to the end (empty stack).
+    fn next_leaf(&mut self) -> Result<(), StoreError> {
+        loop {
+            self.stack.pop();
+            let Some((parent, i)) = self.stack.last_mut() else {
+                return Ok(());
+            };
+            *i += 1;
+            if *i > parent.len() {
+                continue;
+            }
+            let mut id = parent.child(*i);
+            loop {
+                if self.stack.len() > 64 {
+                    return Err(StoreError::Corrupt {
+                        page: id,
+                        reason: "tree deeper than 64 levels (cycle?)".into(),
+                    });
+                }
+                let node = self.src.node(id)?;
+                self.stack.push((node, 0));
+                if node.is_leaf() {
+                    break;
+                }
+                id = node.child(0);
+            }
+            if let Some((leaf, _)) = self.stack.last() {
+                if !leaf.is_empty() {
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    pub fn value(&self, v: ValRef<'a>) -> Result<Cow<'a, [u8]>, StoreError> {
+        read_value(self.src, v)
+    }
+}
+
+struct Shared {
+    storage: Arc<dyn Storage>,
+    current: ArcSwap<Snapshot>,
+    in_use_bytes: AtomicU64,
+    file_bytes: AtomicU64,
+}
+
+enum Dirty {
+    Node(Node),
+    Raw(Box<[u8]>),
+}
+
+/// The single writer. All changes since the last `commit` are private to it.
+pub struct DbWriter {
+    shared: Arc<Shared>,
+    opts: DbOptions,
+    base: Arc<Snapshot>,
+    root: PageId,
+    page_count: u64,
+    file_len: u64,
+    app: [u64; META_APP_WORDS],
+    dirty: HashMap<PageId, Dirty>,
+    free: BTreeSet<PageId>,
+    pending: VecDeque<(u64, Vec<PageId>)>,
+    pending_count: u64,
+    freed_now: Vec<PageId>,
+    txn: u64,
+    last_durable_txn: u64,
+    durable_meta_slot: u64,
+    freelist_pages: Vec<PageId>,
+    readers: Vec<(u64, Weak<Snapshot>)>,
+    unsynced_freed_pages: u64,
+    poisoned: bool,
+}
+
+/// A cheap, cloneable handle that pins the latest committed tree without locks.
+#[derive(Clone)]
+pub struct DbReader(Arc<Shared>);
+
+impl DbReader {
+    pub fn read(&self) -> Arc<Snapshot> {
+        self.0.current.load_full()
+    }
+    /// Bytes of the file (including preallocated space).
+    pub fn file_bytes(&self) -> u64 {
+        self.0.file_bytes.load(Ordering::Relaxed)
+    }
+    /// Bytes of pages that a committed tree or a pending reader still uses.
+    pub fn in_use_bytes(&self) -> u64 {
+        self.0.in_use_bytes.load(Ordering::Relaxed)
+    }
+}
+
+/// The page layer as one object: readers call `read`, the writer locks `writer`.
+pub struct Db {
+    shared: Arc<Shared>,
+    writer: Mutex<DbWriter>,
+}
+
+impl Db {
+    pub fn open(path: &Path, opts: DbOptions) -> Result<Db, StoreError> {
+        Db::open_storage(Arc::new(FileStorage::open(path)?), opts)
+    }
+    pub fn open_storage(storage: Arc<dyn Storage>, opts: DbOptions) -> Result<Db, StoreError> {
+        let w = DbWriter::open(storage, opts)?;
+        Ok(Db {
+            shared: w.shared.clone(),
+            writer: Mutex::new(w),
+        })
+    }
+    /// Pins the latest committed tree.
+    pub fn read(&self) -> Arc<Snapshot> {
+        self.shared.current.load_full()
+    }
+    /// Gives up the `Db` wrapper for its writer (readers come from `DbWriter::reader`).
+    pub fn into_writer(self) -> DbWriter {
+        self.writer.into_inner().unwrap_or_else(|e| e.into_inner())
+    }
+    pub fn writer(&self) -> MutexGuard<'_, DbWriter> {
+        self.writer.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl PageSource for DbWriter {
+    fn root(&self) -> PageId {
+        self.root
+    }
+    fn node(&self, id: PageId) -> Result<NodeRef<'_>, StoreError> {
+        match self.dirty.get(&id) {
+            Some(Dirty::Node(n)) => Ok(NodeRef::Mem(n)),
+            Some(Dirty::Raw(_)) => Err(StoreError::Corrupt {
+                page: id,
+                reason: "tree node points at an overflow page".into(),
+            }),
+            None => self.base.node(id),
+        }
+    }
+    fn raw_page(&self, id: PageId) -> Result<&[u8], StoreError> {
+        match self.dirty.get(&id) {
+            Some(Dirty::Raw(b)) => Ok(b),
+            Some(Dirty::Node(_)) => Err(StoreError::Corrupt {
+                page: id,
+                reason: "overflow chain points at a tree node".into(),
+            }),
+            None => self.base.raw_page(id),
+        }
+    }
+}
+
+/// The shortest key `s` with `left < s <= right` (a branch separator).
+fn separator(left: &[u8], right: &[u8]) -> Vec<u8> {
+    debug_assert!(left < right);
+    let common = left.iter().zip(right).take_while(|(a, b)| a == b).count();
+    right[..(common + 1).min(right.len())].to_vec()
+}
+
+impl DbWriter {
+    fn open(storage: Arc<dyn Storage>, opts: DbOptions) -> Result<DbWriter, StoreError> {
+        let mut file_len = storage.len()?;
+        let (meta, slot) = if file_len == 0 {
+            let meta = Meta {
+                txn: 0,
+                root: 0,
+                freelist: 0,
+                page_count: 2,
+                app: [0; META_APP_WORDS],
+            };
+            let init_len = 2 * PAGE_SIZE as u64;
+            storage.set_len(init_len)?;
+            storage.write_at(&meta.encode(0), 0)?;
+            storage.sync_data()?;
+            file_len = init_len;
+            (meta, 0)
+        } else {
+            let map = storage.map()?;
+            let b = map.bytes();
+            let m0 = b.get(..PAGE_SIZE).map(|p| Meta::decode(p, 0));
+            let m1 = b.get(PAGE_SIZE..2 * PAGE_SIZE).map(|p| Meta::decode(p, 1));
+            match (m0, m1) {
+                (Some(Ok(a)), Some(Ok(b))) => {
+                    if a.txn >= b.txn {
+                        (a, 0)
+                    } else {
+                        (b, 1)
+                    }
+                }
+                (Some(Ok(a)), _) => (a, 0),
+                (_, Some(Ok(b))) => (b, 1),
+                (Some(Err(e)), _) => return Err(e),
+                (None, _) => {
+                    return Err(StoreError::Corrupt {
+                        page: 0,
+                        reason: format!("file is {file_len} bytes, shorter than two meta pages"),
+                    })
+                }
+            }
+        };
+        let map = storage.map()?;
+        let verify = opts.verify_checksums;
+        let base = Arc::new(Snapshot {
+            txn: meta.txn,
+            root: meta.root,
+            page_count: meta.page_count,
+            app: meta.app,
+            map,
+            verify,
+        });
+        // Load the free list.
+        let mut free = BTreeSet::new();
+        let mut freelist_pages = Vec::new();
+        let mut id = meta.freelist;
+        while id != 0 {
+            if freelist_pages.len() as u64 > meta.page_count {
+                return Err(StoreError::Corrupt {
+                    page: id,
+                    reason: "free list longer than the file (cycle?)".into(),
+                });
+            }
+            let b = base.bytes_of(id)?;
+            let n = check_header(b, id, &[KIND_FREELIST], true)? as usize;
+            if n > FREELIST_IDS_MAX {
+                return Err(StoreError::Corrupt {
+                    page: id,
+                    reason: format!("free-list page claims {n} ids"),
+                });
+            }
+            for i in 0..n {
+                let p = rd_u64(b, FREELIST_OFF_IDS + 8 * i);
+                if p < 2 || p >= meta.page_count || !free.insert(p) {
+                    return Err(StoreError::Corrupt {
+                        page: id,
+                        reason: format!("free-list entry {i} ({p}) out of range or repeated"),
+                    });
+                }
+            }
+            freelist_pages.push(id);
+            id = rd_u64(b, FREELIST_OFF_NEXT);
+        }
+        let in_use = meta.page_count - free.len() as u64;
+        let shared = Arc::new(Shared {
+            storage,
+            current: ArcSwap::new(base.clone()),
+            in_use_bytes: AtomicU64::new(in_use * PAGE_SIZE as u64),
+            file_bytes: AtomicU64::new(file_len),
+        });
+        Ok(DbWriter {
+            shared,
+            opts,
+            base,
+            root: meta.root,
+            page_count: meta.page_count,
+            file_len,
+            app: meta.app,
+            dirty: HashMap::new(),
+            free,
+            pending: VecDeque::new(),
+            pending_count: 0,
+            freed_now: Vec::new(),
+            txn: meta.txn + 1,
+            last_durable_txn: meta.txn,
+            durable_meta_slot: slot,
+            freelist_pages,
+            readers: Vec::new(),
+            unsynced_freed_pages: 0,
+            poisoned: false,
+        })
+    }
+
+    pub fn app(&self) -> [u64; META_APP_WORDS] {
+        self.app
+    }
+    pub fn reader(&self) -> DbReader {
+        DbReader(self.shared.clone())
+    }
+    pub fn set_app(&mut self, app: [u64; META_APP_WORDS]) {
+        self.app = app;
+    }
+    /// The latest published snapshot (what new readers see).
+    pub fn published(&self) -> Arc<Snapshot> {
+        self.base.clone()
+    }
+    pub fn has_changes(&self) -> bool {
+        !self.dirty.is_empty() || self.root != self.base.root || self.app != self.base.app
+    }
+    pub fn file_bytes(&self) -> u64 {
+        self.file_len
+    }
+    pub fn in_use_bytes(&self) -> u64 {
+        self.shared.in_use_bytes.load(Ordering::Relaxed)
+    }
+
+    fn alloc(&mut self) -> PageId {
+        match self.free.pop_first() {
+            Some(id) => id,
+            None => {
+                let id = self.page_count;
+                self.page_count += 1;
+                id
+            }
+        }
+    }
+
+    fn free_page(&mut self, id: PageId) {
+        assert!(
+            id >= 2 && id < self.page_count,
+            "freeing page {id} outside the file"
+        );
+        if self.dirty.remove(&id).is_some() {
+            // Allocated since the last commit: nobody else has seen it.
+            self.free.insert(id);
+        } else {
+            self.freed_now.push(id);
+        }
+    }
+
+    /// Makes `id` writable, copying it to a new page if it is committed. Returns the new id.
+    fn make_dirty(&mut self, id: PageId) -> Result<PageId, StoreError> {
+        if matches!(self.dirty.get(&id), Some(Dirty::Node(_))) {
+            return Ok(id);
+        }
+        let node = match self.base.node(id)? {
+            NodeRef::Page(p) => Node::from_page(&p),
+            NodeRef::Mem(n) => n.clone(),
+        };
+        self.free_page(id);
+        let new = self.alloc();
+        self.dirty.insert(new, Dirty::Node(node));
+        Ok(new)
+    }
+
+    fn node_mut(&mut self, id: PageId) -> &mut Node {
+        match self.dirty.get_mut(&id) {
+            Some(Dirty::Node(n)) => n,
+            _ => panic!("page {id} is not a dirty node"),
+        }
+    }
+
+    fn write_overflow(&mut self, value: &[u8]) -> LeafVal {
+        let chunks: Vec<&[u8]> = value.chunks(OVERFLOW_DATA_BYTES).collect();
+        let ids: Vec<PageId> = (0..chunks.len()).map(|_| self.alloc()).collect();
+        for (i, chunk) in chunks.iter().enumerate() {
+            let mut p = vec![0u8; PAGE_SIZE].into_boxed_slice();
+            let next = ids.get(i + 1).copied().unwrap_or(0);
+            wr_u64(&mut p, OVERFLOW_OFF_NEXT, next);
+            wr_u32(&mut p, OVERFLOW_OFF_LEN, chunk.len() as u32);
+            p[OVERFLOW_OFF_DATA..OVERFLOW_OFF_DATA + chunk.len()].copy_from_slice(chunk);
+            seal(&mut p, KIND_OVERFLOW, 0, ids[i]);
+            self.dirty.insert(ids[i], Dirty::Raw(p));
+        }
+        LeafVal::Overflow {
+            first: ids[0],
+            len: value.len() as u32,
+        }
+    }
+
+    fn free_value(&mut self, v: &LeafVal) -> Result<(), StoreError> {
+        if let LeafVal::Overflow { first, len } = v {
+            let mut id = *first;
+            let pages = (*len as usize).div_ceil(OVERFLOW_DATA_BYTES);
+            for _ in 0..pages {
+                let b = self.raw_page(id)?;
+                check_header(b, id, &[KIND_OVERFLOW], true)?;
+                let next = rd_u64(b, OVERFLOW_OFF_NEXT);
+                self.free_page(id);
+                if next == 0 {
+                    break;
+                }
+                id = next;
+            }
+        }
+        Ok(())
+    }
+
+    pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        get_in(self, key)
+    }
+    /// A cursor over the writer's view (its uncommitted changes included).
+    pub fn cursor(&self) -> Cursor<'_, DbWriter> {
+        Cursor::new(self)
+    }
+
+    pub fn check_limits(key: &[u8], value: &[u8]) -> Result<(), StoreError> {
+        if key.len() > KEY_BYTES_MAX {
+            return Err(StoreError::Invalid(format!(
+                "key of {} bytes exceeds key_bytes_max {KEY_BYTES_MAX}",
+                key.len()
+            )));
+        }
+        if value.len() > VALUE_BYTES_MAX {
+            return Err(StoreError::Invalid(format!(
+                "value of {} bytes exceeds value_bytes_max {VALUE_BYTES_MAX}",
+                value.len()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Inserts or replaces `key`.
+    pub fn insert(&mut self, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
+        Self::check_limits(key, value)?;
+        if self.poisoned {
+            return Err(StoreError::Poisoned);
+        }
+        let val = if value_is_inline(key.len(), value.len()) {
+            LeafVal::Inline(value.to_vec())
+        } else {
+            self.write_overflow(value)
+        };
+        if self.root == 0 {
+            let id = self.alloc();
+            self.dirty.insert(
+                id,
+                Dirty::Node(Node::Leaf {
+                    keys: vec![key.to_vec()],
+                    vals: vec![val],
+                }),
+            );
+            self.root = id;
+            return Ok(());
+        }
+        let (root, split) = self.insert_rec(self.root, key, val)?;
+        self.root = root;
+        if let Some((sep, right)) = split {
+            let id = self.alloc();
+            self.dirty.insert(
+                id,
+                Dirty::Node(Node::Branch {
+                    keys: vec![sep],
+                    children: vec![root, right],
+                }),
+            );
+            self.root = id;
+        }
+        Ok(())
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn insert_rec(
+        &mut self,
+        page: PageId,
+        key: &[u8],
+        val: LeafVal,
+    ) -> Result<(PageId, Option<(Vec<u8>, PageId)>), StoreError> {
+        let id = self.make_dirty(page)?;
+        let mut appended = false;
+        let mut old = None;
+        let child = match self.node_mut(id) {
+            Node::Leaf { keys, vals } => {
+                match keys.binary_search_by(|k| k.as_slice().cmp(key)) {
+                    Ok(i) => old = Some(std::mem::replace(&mut vals[i], val)),
+                    Err(i) => {
+                        appended = i == keys.len();
+                        keys.insert(i, key.to_vec());
+                        vals.insert(i, val);
+                    }
+                }
+                None
+            }
+            Node::Branch { keys, children } => {
+                let idx = keys.partition_point(|k| k.as_slice() <= key);
+                Some((idx, children[idx], val))
+            }
+        };
+        if let Some(v) = old {
+            self.free_value(&v)?;
+        }
+        if let Some((idx, child, val)) = child {
+            let (new_child, split) = self.insert_rec(child, key, val)?;
+            if let Node::Branch { keys, children } = self.node_mut(id) {
+                children[idx] = new_child;
+                if let Some((sep, right)) = split {
+                    appended = idx == keys.len();
+                    keys.insert(idx, sep);
+                    children.insert(idx + 1, right);
+                }
+            }
+        }
+        let split = self.split_if_needed(id, appended);
+        Ok((id, split))
+    }
+
+    fn split_if_needed(&mut self, id: PageId, appended: bool) -> Option<(Vec<u8>, PageId)> {
+        let node = self.node_mut(id);
+        if node.encoded_bytes() <= PAGE_SIZE {
+            return None;
+        }
+        let (sep, right) = match node {
+            Node::Leaf { keys, vals } => {
+                let sizes: Vec<usize> = keys
+                    .iter()
+                    .zip(vals.iter())
+                    .map(|(k, v)| leaf_entry_bytes(k.len(), v))
+                    .collect();
+                let s = split_point(&sizes, LEAF_OFF_SLOTS, appended, 1);
+                let rk = keys.split_off(s);
+                let rv = vals.split_off(s);
+                let sep = separator(keys.last().expect("left half"), &rk[0]);
+                (sep, Node::Leaf { keys: rk, vals: rv })
+            }
+            Node::Branch { keys, children } => {
+                let sizes: Vec<usize> = keys.iter().map(|k| branch_entry_bytes(k.len())).collect();
+                // Key `m` moves up; left keeps keys[..m], right keys[m+1..].
+                let m = split_point(&sizes, BRANCH_OFF_SLOTS, appended, 1).min(keys.len() - 2);
+                let rk = keys.split_off(m + 1);
+                let sep = keys.pop().expect("separator");
+                let rc = children.split_off(m + 1);
+                (
+                    sep,
+                    Node::Branch {
+                        keys: rk,
+                        children: rc,
+                    },
+                )
+            }
+        };
+        assert!(
+            self.node_mut(id).encoded_bytes() <= PAGE_SIZE,
+            "left half of split overflows"
+        );
+        assert!(
+            right.encoded_bytes() <= PAGE_SIZE,
+            "right half of split overflows"
+        );
+        let rid = self.alloc();
+        self.dirty.insert(rid, Dirty::Node(right));
+        Some((sep, rid))
+    }
+
+    /// Removes `key`. Returns whether it was present.
+    pub fn remove(&mut self, key: &[u8]) -> Result<bool, StoreError> {
+        if self.poisoned {
+            return Err(StoreError::Poisoned);
+        }
+        if self.root == 0 {
+            return Ok(false);
+        }
+        let Some(root) = self.remove_rec(self.root, key)? else {
+            return Ok(false);
+        };
+        self.root = root;
+        // Collapse an empty root.
+        loop {
+            let collapse = match self.node_mut(self.root) {
+                Node::Leaf { keys, .. } if keys.is_empty() => Some(0),
+                Node::Branch { keys, children } if keys.is_empty() => Some(children[0]),
+                _ => None,
+            };
+            match collapse {
+                None => break,
+                Some(next) => {
+                    let old = self.root;
+                    self.free_page(old);
+                    if next == 0 {
+                        self.root = 0;
+                        break;
+                    }
+                    self.root = self.make_dirty(next)?;
+                }
+            }
+        }
+        Ok(true)
+    }
+
+    fn remove_rec(&mut self, page: PageId, key: &[u8]) -> Result<Option<PageId>, StoreError> {
+        let node = self.node(page)?;
+        if node.is_leaf() {
+            let i = node.lower_bound(key);
+            if i >= node.len() || node.key(i) != key {
+                return Ok(None);
+            }
+            let id = self.make_dirty(page)?;
+            let v = match self.node_mut(id) {
+                Node::Leaf { keys, vals } => {
+                    keys.remove(i);
+                    vals.remove(i)
+                }
+                Node::Branch { .. } => unreachable!(),
+            };
+            self.free_value(&v)?;
+            return Ok(Some(id));
+        }
+        let idx = node.child_index(key);
+        let child = node.child(idx);
+        let Some(new_child) = self.remove_rec(child, key)? else {
+            return Ok(None);
+        };
+        let id = self.make_dirty(page)?;
+        if let Node::Branch { children, .. } = self.node_mut(id) {
+            children[idx] = new_child;
+        }
+        self.rebalance(id, idx)?;
+        Ok(Some(id))
+    }
+
+    /// Merges child `idx` of branch `id` with a sibling when it is under a quarter full and
+    /// the two fit in one page.
+    fn rebalance(&mut self, id: PageId, idx: usize) -> Result<(), StoreError> {
+        let (child, nchildren) = match self.node_mut(id) {
+            Node::Branch { children, .. } => (children[idx], children.len()),
+            Node::Leaf { .. } => unreachable!(),
+        };
+        let child_bytes = match self.node(child)? {
+            NodeRef::Mem(n) => n.encoded_bytes(),
+            NodeRef::Page(_) => return Ok(()),
+        };
+        if child_bytes >= PAGE_SIZE / 4 || nchildren < 2 {
+            return Ok(());
+        }
+        let (l, r) = if idx + 1 < nchildren {
+            (idx, idx + 1)
+        } else {
+            (idx - 1, idx)
+        };
+        let (lid, rid, sep) = match self.node_mut(id) {
+            Node::Branch { keys, children } => (children[l], children[r], keys[l].clone()),
+            Node::Leaf { .. } => unreachable!(),
+        };
+        let lb = match self.node(lid)? {
+            NodeRef::Mem(n) => n.encoded_bytes(),
+            NodeRef::Page(p) => Node::from_page(&p).encoded_bytes(),
+        };
+        let rb = match self.node(rid)? {
+            NodeRef::Mem(n) => n.encoded_bytes(),
+            NodeRef::Page(p) => Node::from_page(&p).encoded_bytes(),
+        };
+        let is_leaf = self.node(lid)?.is_leaf();
+        let merged = if is_leaf {
+            lb + rb - LEAF_OFF_SLOTS
+        } else {
+            lb + rb - BRANCH_OFF_SLOTS + branch_entry_bytes(sep.len())
+        };
+        if merged > PAGE_SIZE {
+            return Ok(());
+        }
+        let lid = self.make_dirty(lid)?;
+        let right = match self.node(rid)? {
+            NodeRef::Mem(n) => n.clone(),
+            NodeRef::Page(p) => Node::from_page(&p),
+        };
+        self.free_page(rid);
+        match (self.node_mut(lid), right) {
+            (Node::Leaf { keys, vals }, Node::Leaf { keys: rk, vals: rv }) => {
+                keys.extend(rk);
+                vals.extend(rv);
+            }
+            (
+                Node::Branch { keys, children },
+                Node::Branch {
+                    keys: rk,
+                    children: rc,
+                },
+            ) => {
+                keys.push(sep);
+                keys.extend(rk);
+                children.extend(rc);
+            }
+            _ => {
+                return Err(StoreError::Corrupt {
+                    page: rid,
+                    reason: "siblings at different levels".into(),
+                })
+            }
+        }
+        if let Node::Branch { keys, children } = self.node_mut(id) {
+            keys.remove(l);
+            children.remove(r);
+            children[l] = lid;
+        }
+        Ok(())
+    }
+
+    /// Relocates up to `pages_max` pages at or above `cutoff` to lower free pages (copy-on-write).
+    /// Returns how many it moved. Call `commit` afterwards.
+    pub fn relocate_above(
+        &mut self,
+        cutoff: PageId,
+        pages_max: usize,
+    ) -> Result<usize, StoreError> {
+        if self.root == 0 {
+            return Ok(0);
+        }
+        let mut budget = pages_max;
+        let root = self.relocate_rec(self.root, cutoff, &mut budget, 0)?;
+        self.root = root;
+        Ok(pages_max - budget)
+    }
+
+    fn relocate_rec(
+        &mut self,
+        page: PageId,
+        cutoff: PageId,
+        budget: &mut usize,
+        depth: usize,
+    ) -> Result<PageId, StoreError> {
+        if depth > 64 {
+            return Err(StoreError::Corrupt {
+                page,
+                reason: "tree deeper than 64 levels".into(),
+            });
+        }
+        let mut id = page;
+        let node = self.node(page)?;
+        if node.is_leaf() {
+            let mut moves = Vec::new();
+            for i in 0..node.len() {
+                if let ValRef::Overflow { first, len } = node.value(i) {
+                    if *budget > 0 && self.chain_reaches(first, len, cutoff)? {
+                        moves.push(i);
+                        *budget = budget.saturating_sub(1);
+                    }
+                }
+            }
+            if !moves.is_empty() {
+                id = self.make_dirty(id)?;
+                for i in moves {
+                    let v = match self.node_mut(id) {
+                        Node::Leaf { vals, .. } => vals[i].clone(),
+                        Node::Branch { .. } => unreachable!(),
+                    };
+                    let bytes = read_value(
+                        self,
+                        match &v {
+                            LeafVal::Overflow { first, len } => ValRef::Overflow {
+                                first: *first,
+                                len: *len,
+                            },
+                            LeafVal::Inline(b) => ValRef::Inline(b),
+                        },
+                    )?
+                    .into_owned();
+                    self.free_value(&v)?;
+                    let nv = self.write_overflow(&bytes);
+                    if let Node::Leaf { vals, .. } = self.node_mut(id) {
+                        vals[i] = nv;
+                    }
+                }
+            }
+        } else {
+            let n = node.len();
+            for i in 0..=n {
+                if *budget == 0 {
+                    break;
+                }
+                let child = self.node(id)?.child(i);
+                let nc = self.relocate_rec(child, cutoff, budget, depth + 1)?;
+                if nc != child {
+                    id = self.make_dirty(id)?;
+                    if let Node::Branch { children, .. } = self.node_mut(id) {
+                        children[i] = nc;
+                    }
+                }
+            }
+        }
+        if id >= cutoff && *budget > 0 && !self.dirty.contains_key(&id) {
+            *budget -= 1;
+            id = self.make_dirty(id)?;
+        }
+        Ok(id)
+    }
+
+    fn chain_reaches(&self, first: PageId, len: u32, cutoff: PageId) -> Result<bool, StoreError> {
+        let mut id = first;
+        for _ in 0..(len as usize).div_ceil(OVERFLOW_DATA_BYTES) {
+            if id >= cutoff {
+                return Ok(true);
+            }
+            let b = self.raw_page(id)?;
+            id = rd_u64(b, OVERFLOW_OFF_NEXT);
+            if id == 0 {
+                break;
+            }
+        }
+        Ok(false)
+    }
+
+    /// Pages in use, free, and the file's page count (for defragmentation decisions).
+    pub fn page_stats(&self) -> (u64, u64, u64) {
+        let free = self.free.len() as u64 + self.pending_count + self.freed_now.len() as u64;
+        (self.page_count - free, free, self.page_count)
+    }
+
+    /// Publishes every change since the last commit to new readers. `durable` also makes it
+    /// survive a crash (write, fdatasync, meta page, fdatasync).
+    pub fn commit(&mut self, durable: bool) -> Result<(), StoreError> {
+        if self.poisoned {
+            return Err(StoreError::Poisoned);
+        }
+        let r = self.commit_inner(durable);
+        if r.is_err() {
+            // The in-memory state may no longer match the file: refuse further writes.
+            self.poisoned = true;
+        }
+        r
+    }
+
+    fn commit_inner(&mut self, durable: bool) -> Result<(), StoreError> {
+        let durable = durable
+            || (self.unsynced_freed_pages + self.freed_now.len() as u64) * PAGE_SIZE as u64
+                > self.opts.unsynced_freed_bytes_max;
+        if !durable && !self.has_changes() {
+            return Ok(());
+        }
+        let txn = self.txn;
+        let mut new_freelist = Vec::new();
+        let mut freelist_head = 0;
+        if durable {
+            self.trim_tail();
+            // Pages the new durable tree does not reach: all of them are free after a reopen.
+            let old_lists = std::mem::take(&mut self.freelist_pages);
+            let mut ids: Vec<PageId> = self.free.iter().copied().collect();
+            ids.extend(self.pending.iter().flat_map(|(_, v)| v.iter().copied()));
+            ids.extend(self.freed_now.iter().copied());
+            ids.extend(old_lists.iter().copied());
+            self.freed_now.extend(old_lists);
+            let pages_needed = ids.len().div_ceil(FREELIST_IDS_MAX);
+            for _ in 0..pages_needed {
+                new_freelist.push(self.alloc());
+            }
+            let used: BTreeSet<PageId> = new_freelist.iter().copied().collect();
+            ids.retain(|p| !used.contains(p));
+            ids.sort_unstable();
+            for (i, chunk) in ids.chunks(FREELIST_IDS_MAX).enumerate() {
+                let pid = new_freelist[i];
+                let mut p = vec![0u8; PAGE_SIZE].into_boxed_slice();
+                wr_u64(
+                    &mut p,
+                    FREELIST_OFF_NEXT,
+                    new_freelist.get(i + 1).copied().unwrap_or(0),
+                );
+                for (j, id) in chunk.iter().enumerate() {
+                    wr_u64(&mut p, FREELIST_OFF_IDS + 8 * j, *id);
+                }
+                seal(&mut p, KIND_FREELIST, chunk.len() as u16, pid);
+                self.dirty.insert(pid, Dirty::Raw(p));
+            }
+            // Freshly allocated list pages beyond what the ids needed (ids shrank): keep them
+            // as empty list pages so the chain stays consistent.
+            for (i, pid) in new_freelist.iter().enumerate() {
+                if !self.dirty.contains_key(pid) || i >= ids.len().div_ceil(FREELIST_IDS_MAX) {
+                    let mut p = vec![0u8; PAGE_SIZE].into_boxed_slice();
+                    let next = new_freelist.get(i + 1).copied().unwrap_or(0);
+                    wr_u64(&mut p, FREELIST_OFF_NEXT, next);
+                    seal(&mut p, KIND_FREELIST, 0, *pid);
+                    self.dirty.insert(*pid, Dirty::Raw(p));
+                }
+            }
+            freelist_head = new_freelist.first().copied().unwrap_or(0);
+        }
+        // Grow the file.
+        let need = self.page_count * PAGE_SIZE as u64;
+        if need > self.file_len {
+            let grow = (self.file_len / 8).max(self.opts.grow_bytes_min);
+            let new_len =
+                need.max(self.file_len + grow).div_ceil(PAGE_SIZE as u64) * PAGE_SIZE as u64;
+            self.shared.storage.set_len(new_len)?;
+            self.file_len = new_len;
+        }
+        self.write_dirty()?;
+        let storage = self.shared.storage.clone();
+        if durable {
+            storage.sync_data()?;
+            let slot = 1 - self.durable_meta_slot;
+            let meta = Meta {
+                txn,
+                root: self.root,
+                freelist: freelist_head,
+                page_count: self.page_count,
+                app: self.app,
+            };
+            storage.write_at(&meta.encode(slot), slot * PAGE_SIZE as u64)?;
+            storage.sync_data()?;
+            self.durable_meta_slot = slot;
+            self.last_durable_txn = txn;
+            self.freelist_pages = new_freelist;
+            self.unsynced_freed_pages = 0;
+            let file_target = self.page_count * PAGE_SIZE as u64;
+            if self.file_len > file_target + 2 * self.opts.grow_bytes_min {
+                storage.set_len(file_target)?;
+                self.file_len = file_target;
+            }
+        } else {
+            self.unsynced_freed_pages += self.freed_now.len() as u64;
+        }
+        // Publish.
+        let snap = Arc::new(Snapshot {
+            txn,
+            root: self.root,
+            page_count: self.page_count,
+            app: self.app,
+            map: storage.map()?,
+            verify: self.opts.verify_checksums,
+        });
+        let old = self.shared.current.swap(snap.clone());
+        self.readers.push((old.txn, Arc::downgrade(&old)));
+        drop(old);
+        self.base = snap;
+        if !self.freed_now.is_empty() {
+            self.pending_count += self.freed_now.len() as u64;
+            self.pending
+                .push_back((txn, std::mem::take(&mut self.freed_now)));
+        }
+        self.txn += 1;
+        self.reclaim();
+        let in_use = self.page_count - self.free.len() as u64 - self.pending_count;
+        self.shared
+            .in_use_bytes
+            .store(in_use * PAGE_SIZE as u64, Ordering::Relaxed);
+        self.shared
+            .file_bytes
+            .store(self.file_len, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Moves pending pages that no live snapshot and no durable meta can reach to the free set.
+    fn reclaim(&mut self) {
+        self.readers.retain(|(_, w)| w.strong_count() > 0);
+        let oldest_live = self
+            .readers
+            .iter()
+            .map(|(t, _)| *t)
+            .min()
+            .unwrap_or(self.base.txn);
+        while let Some((freed_txn, _)) = self.pending.front() {
+            if *freed_txn > oldest_live || *freed_txn > self.last_durable_txn {
+                break;
+            }
+            let (_, ids) = self.pending.pop_front().expect("front");
+            self.pending_count -= ids.len() as u64;
+            for id in ids {
+                assert!(self.free.insert(id), "page {id} freed twice");
+            }
+        }
+    }
+
+    /// Drops free pages at the end of the file from the free set (the file shrinks at the next
+    /// durable commit).
+    fn trim_tail(&mut self) {
+        while self.page_count > 2 && self.free.last() == Some(&(self.page_count - 1)) {
+            self.free.pop_last();
+            self.page_count -= 1;
+        }
+    }
+
+    fn write_dirty(&mut self) -> Result<(), StoreError> {
+        let mut ids: Vec<PageId> = self.dirty.keys().copied().collect();
+        ids.sort_unstable();
+        let mut buf: Vec<u8> = Vec::with_capacity(WRITE_BATCH_BYTES_MAX.min(ids.len() * PAGE_SIZE));
+        let mut start: Option<PageId> = None;
+        let mut next_id = 0;
+        let storage = self.shared.storage.clone();
+        for id in ids {
+            assert!(
+                id >= 2 && id < self.page_count,
+                "dirty page {id} outside the tree"
+            );
+            if start.is_some() && (id != next_id || buf.len() >= WRITE_BATCH_BYTES_MAX) {
+                storage.write_at(&buf, start.expect("start") * PAGE_SIZE as u64)?;
+                buf.clear();
+                start = None;
+            }
+            if start.is_none() {
+                start = Some(id);
+            }
+            let at = buf.len();
+            buf.resize(at + PAGE_SIZE, 0);
+            match self.dirty.get(&id).expect("dirty") {
+                Dirty::Node(n) => n.encode(id, &mut buf[at..]),
+                Dirty::Raw(b) => buf[at..].copy_from_slice(b),
+            }
+            next_id = id + 1;
+        }
+        if let Some(s) = start {
+            storage.write_at(&buf, s * PAGE_SIZE as u64)?;
+        }
+        self.dirty.clear();
+        Ok(())
+    }
+}
+
+/// Chooses where to split entries of the given encoded sizes: the split index `s` (left keeps
+/// `..s`) that minimises the larger half, or, for appends, the largest left half that fits.
+fn split_point(sizes: &[usize], header: usize, appended: bool, min_each: usize) -> usize {
+    let n = sizes.len();
+    assert!(n >= 2 * min_each, "cannot split {n} entries");
+    let total: usize = sizes.iter().sum();
+    let mut left = 0;
+    let mut best = (usize::MAX, min_each);
+    for s in 1..n {
+        left += sizes[s - 1];
+        if s < min_each || n - s < min_each {
+            continue;
+        }
+        let right = total - left;
+        if appended {
+            if header + left <= PAGE_SIZE * 15 / 16 {
+                best = (0, s);
+            }
+        } else {
+            let worst = left.max(right);
+            if worst < best.0 {
+                best = (worst, s);
+            }
+        }
+    }
+    best.1
+}

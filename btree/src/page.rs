@@ -1,0 +1,498 @@
+//! The page format, byte by byte (mirrored in docs/format.md, "B+tree pages").
+//!
+//! Every page is `PAGE_SIZE` bytes and opens with the same 16-byte header:
+//!
+//! | offset | size | field |
+//! |---|---|---|
+//! | 0 | 4 | crc32c (Castagnoli) of bytes `4..PAGE_SIZE` |
+//! | 4 | 1 | kind: 1 branch, 2 leaf, 3 overflow, 4 free list, 5 meta |
+//! | 5 | 1 | reserved, 0 |
+//! | 6 | 2 | count (entries in a leaf, keys in a branch, ids in a free-list page) |
+//! | 8 | 8 | the page's own id (catches misdirected writes) |
+//!
+//! Decoding never trusts a byte: every offset and length is checked against the page before
+//! use, and a violation is a `StoreError::Corrupt` naming the page id.
+
+use crate::error::StoreError;
+
+/// Bytes per page. The meta page records it; opening a file with another size is an error.
+pub const PAGE_SIZE: usize = 4096;
+/// Header common to all pages.
+pub const HEADER_BYTES: usize = 16;
+pub const OFF_CRC: usize = 0;
+pub const OFF_KIND: usize = 4;
+pub const OFF_COUNT: usize = 6;
+pub const OFF_PAGE_ID: usize = 8;
+
+pub const KIND_BRANCH: u8 = 1;
+pub const KIND_LEAF: u8 = 2;
+pub const KIND_OVERFLOW: u8 = 3;
+pub const KIND_FREELIST: u8 = 4;
+pub const KIND_META: u8 = 5;
+
+/// Branch: child 0 at 16, then `count` u16 slot offsets, then entries
+/// `key_len u16 | child u64 | key`.
+pub const BRANCH_OFF_CHILD0: usize = HEADER_BYTES;
+pub const BRANCH_OFF_SLOTS: usize = BRANCH_OFF_CHILD0 + 8;
+pub const BRANCH_ENTRY_HEADER_BYTES: usize = 2 + 8;
+/// Leaf: `count` u16 slot offsets at 16, then entries
+/// `key_len u16 | flags u8 | value_len u32 | key | value (inline) or first overflow page u64`.
+pub const LEAF_OFF_SLOTS: usize = HEADER_BYTES;
+pub const LEAF_ENTRY_HEADER_BYTES: usize = 2 + 1 + 4;
+pub const LEAF_FLAG_OVERFLOW: u8 = 1;
+pub const SLOT_BYTES: usize = 2;
+/// Overflow: `next u64 | chunk_len u32 | chunk`.
+pub const OVERFLOW_OFF_NEXT: usize = HEADER_BYTES;
+pub const OVERFLOW_OFF_LEN: usize = OVERFLOW_OFF_NEXT + 8;
+pub const OVERFLOW_OFF_DATA: usize = OVERFLOW_OFF_LEN + 4;
+pub const OVERFLOW_DATA_BYTES: usize = PAGE_SIZE - OVERFLOW_OFF_DATA;
+/// Free list: `next u64`, then `count` u64 page ids.
+pub const FREELIST_OFF_NEXT: usize = HEADER_BYTES;
+pub const FREELIST_OFF_IDS: usize = FREELIST_OFF_NEXT + 8;
+pub const FREELIST_IDS_MAX: usize = (PAGE_SIZE - FREELIST_OFF_IDS) / 8;
+
+/// Largest key the tree stores (the MVCC layer's encoded key).
+pub const KEY_BYTES_MAX: usize = 1800;
+/// A leaf entry whose header + key + value fit in this many bytes keeps its value inline;
+/// larger values go to an overflow chain.
+pub const ENTRY_INLINE_BYTES_MAX: usize = 1900;
+/// Largest value (1.5 MiB is etcd's default request limit; this allows larger).
+pub const VALUE_BYTES_MAX: usize = 64 << 20;
+/// Payload bytes of a page after the header.
+pub const PAGE_BODY_BYTES: usize = PAGE_SIZE - HEADER_BYTES;
+
+// Two maximal entries must fit in one leaf, two maximal keys in one branch.
+const _: () = assert!(2 * (SLOT_BYTES + ENTRY_INLINE_BYTES_MAX) <= PAGE_SIZE - LEAF_OFF_SLOTS);
+const _: () = assert!(
+    2 * (SLOT_BYTES + LEAF_ENTRY_HEADER_BYTES + KEY_BYTES_MAX + 8) <= PAGE_SIZE - LEAF_OFF_SLOTS
+);
+const _: () = assert!(
+    2 * (SLOT_BYTES + BRANCH_ENTRY_HEADER_BYTES + KEY_BYTES_MAX) <= PAGE_SIZE - BRANCH_OFF_SLOTS
+);
+const _: () = assert!(PAGE_SIZE <= u16::MAX as usize);
+
+/// Meta page layout (pages 0 and 1), after the common header.
+pub const META_OFF_MAGIC: usize = 16;
+pub const META_OFF_VERSION: usize = 20;
+pub const META_OFF_PAGE_SIZE: usize = 24;
+pub const META_OFF_TXN: usize = 32;
+pub const META_OFF_ROOT: usize = 40;
+pub const META_OFF_FREELIST: usize = 48;
+pub const META_OFF_PAGE_COUNT: usize = 56;
+pub const META_OFF_APP: usize = 64;
+pub const META_APP_WORDS: usize = 4;
+pub const META_END: usize = META_OFF_APP + 8 * META_APP_WORDS;
+pub const META_MAGIC: u32 = u32::from_le_bytes(*b"FeBT");
+pub const FORMAT_VERSION: u32 = 1;
+
+pub type PageId = u64;
+
+pub fn rd_u16(b: &[u8], off: usize) -> u16 {
+    u16::from_le_bytes([b[off], b[off + 1]])
+}
+pub fn rd_u32(b: &[u8], off: usize) -> u32 {
+    u32::from_le_bytes(b[off..off + 4].try_into().expect("4 bytes"))
+}
+pub fn rd_u64(b: &[u8], off: usize) -> u64 {
+    u64::from_le_bytes(b[off..off + 8].try_into().expect("8 bytes"))
+}
+pub fn wr_u16(b: &mut [u8], off: usize, v: u16) {
+    b[off..off + 2].copy_from_slice(&v.to_le_bytes());
+}
+pub fn wr_u32(b: &mut [u8], off: usize, v: u32) {
+    b[off..off + 4].copy_from_slice(&v.to_le_bytes());
+}
+pub fn wr_u64(b: &mut [u8], off: usize, v: u64) {
+    b[off..off + 8].copy_from_slice(&v.to_le_bytes());
+}
+
+/// Fills in kind, count, page id and finally the checksum of a page being written.
+pub fn seal(page: &mut [u8], kind: u8, count: u16, id: PageId) {
+    assert_eq!(page.len(), PAGE_SIZE);
+    page[OFF_KIND] = kind;
+    page[OFF_KIND + 1] = 0;
+    wr_u16(page, OFF_COUNT, count);
+    wr_u64(page, OFF_PAGE_ID, id);
+    let crc = crc32c::crc32c(&page[4..]);
+    wr_u32(page, OFF_CRC, crc);
+}
+
+fn corrupt(page: PageId, reason: impl Into<String>) -> StoreError {
+    StoreError::Corrupt {
+        page,
+        reason: reason.into(),
+    }
+}
+
+/// Checks length, checksum, page id and kind. Returns the count field.
+pub fn check_header(
+    bytes: &[u8],
+    id: PageId,
+    kinds: &[u8],
+    verify_crc: bool,
+) -> Result<u16, StoreError> {
+    if bytes.len() != PAGE_SIZE {
+        return Err(corrupt(
+            id,
+            format!("page is {} bytes, not {PAGE_SIZE}", bytes.len()),
+        ));
+    }
+    if verify_crc {
+        let want = rd_u32(bytes, OFF_CRC);
+        let got = crc32c::crc32c(&bytes[4..]);
+        if want != got {
+            return Err(corrupt(
+                id,
+                format!("checksum mismatch (stored {want:#010x}, computed {got:#010x})"),
+            ));
+        }
+    }
+    let stored_id = rd_u64(bytes, OFF_PAGE_ID);
+    if stored_id != id {
+        return Err(corrupt(id, format!("page header names page {stored_id}")));
+    }
+    let kind = bytes[OFF_KIND];
+    if !kinds.contains(&kind) {
+        return Err(corrupt(
+            id,
+            format!("unexpected page kind {kind}, wanted one of {kinds:?}"),
+        ));
+    }
+    Ok(rd_u16(bytes, OFF_COUNT))
+}
+
+/// A validated view of a branch or leaf page inside the map (or any byte buffer).
+#[derive(Clone, Copy)]
+pub struct PageRef<'a> {
+    pub id: PageId,
+    bytes: &'a [u8],
+    leaf: bool,
+    count: usize,
+}
+
+/// A leaf value as stored: inline bytes or the head of an overflow chain.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ValRef<'a> {
+    Inline(&'a [u8]),
+    Overflow { first: PageId, len: u32 },
+}
+
+impl<'a> PageRef<'a> {
+    /// Validates every slot and entry so that the accessors below cannot go out of bounds.
+    pub fn parse(bytes: &'a [u8], id: PageId, verify_crc: bool) -> Result<Self, StoreError> {
+        let count = check_header(bytes, id, &[KIND_BRANCH, KIND_LEAF], verify_crc)? as usize;
+        let leaf = bytes[OFF_KIND] == KIND_LEAF;
+        let slots = if leaf {
+            LEAF_OFF_SLOTS
+        } else {
+            BRANCH_OFF_SLOTS
+        };
+        let entries_start = slots + count * SLOT_BYTES;
+        if entries_start > PAGE_SIZE {
+            return Err(corrupt(id, format!("count {count} overflows the page")));
+        }
+        if !leaf && count == 0 {
+            return Err(corrupt(id, "branch with no keys"));
+        }
+        let mut prev_end = entries_start;
+        for i in 0..count {
+            let off = rd_u16(bytes, slots + i * SLOT_BYTES) as usize;
+            if off < prev_end {
+                return Err(corrupt(
+                    id,
+                    format!("slot {i} offset {off} overlaps earlier data"),
+                ));
+            }
+            let hdr = if leaf {
+                LEAF_ENTRY_HEADER_BYTES
+            } else {
+                BRANCH_ENTRY_HEADER_BYTES
+            };
+            if off + hdr > PAGE_SIZE {
+                return Err(corrupt(
+                    id,
+                    format!("slot {i} offset {off} past the page end"),
+                ));
+            }
+            let klen = rd_u16(bytes, off) as usize;
+            let end = if leaf {
+                let flags = bytes[off + 2];
+                let vlen = rd_u32(bytes, off + 3) as usize;
+                let vstored = match flags {
+                    0 => vlen,
+                    LEAF_FLAG_OVERFLOW => 8,
+                    f => return Err(corrupt(id, format!("slot {i} has unknown flags {f}"))),
+                };
+                off + hdr + klen + vstored
+            } else {
+                off + hdr + klen
+            };
+            if end > PAGE_SIZE {
+                return Err(corrupt(id, format!("slot {i} entry ends past the page")));
+            }
+            prev_end = end;
+        }
+        let page = PageRef {
+            id,
+            bytes,
+            leaf,
+            count,
+        };
+        for i in 1..count {
+            if page.key(i - 1) >= page.key(i) {
+                return Err(corrupt(id, format!("keys {} and {i} out of order", i - 1)));
+            }
+        }
+        Ok(page)
+    }
+
+    pub fn is_leaf(&self) -> bool {
+        self.leaf
+    }
+    /// Entries in a leaf; keys in a branch (children = len + 1).
+    pub fn len(&self) -> usize {
+        self.count
+    }
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+    fn slot(&self, i: usize) -> usize {
+        let base = if self.leaf {
+            LEAF_OFF_SLOTS
+        } else {
+            BRANCH_OFF_SLOTS
+        };
+        rd_u16(self.bytes, base + i * SLOT_BYTES) as usize
+    }
+    pub fn key(&self, i: usize) -> &'a [u8] {
+        let off = self.slot(i);
+        let klen = rd_u16(self.bytes, off) as usize;
+        let hdr = if self.leaf {
+            LEAF_ENTRY_HEADER_BYTES
+        } else {
+            BRANCH_ENTRY_HEADER_BYTES
+        };
+        &self.bytes[off + hdr..off + hdr + klen]
+    }
+    /// Child `i` of a branch, `0..=len`.
+    pub fn child(&self, i: usize) -> PageId {
+        debug_assert!(!self.leaf);
+        if i == 0 {
+            rd_u64(self.bytes, BRANCH_OFF_CHILD0)
+        } else {
+            rd_u64(self.bytes, self.slot(i - 1) + 2)
+        }
+    }
+    pub fn value(&self, i: usize) -> ValRef<'a> {
+        debug_assert!(self.leaf);
+        let off = self.slot(i);
+        let klen = rd_u16(self.bytes, off) as usize;
+        let flags = self.bytes[off + 2];
+        let vlen = rd_u32(self.bytes, off + 3);
+        let start = off + LEAF_ENTRY_HEADER_BYTES + klen;
+        if flags == LEAF_FLAG_OVERFLOW {
+            ValRef::Overflow {
+                first: rd_u64(self.bytes, start),
+                len: vlen,
+            }
+        } else {
+            ValRef::Inline(&self.bytes[start..start + vlen as usize])
+        }
+    }
+}
+
+/// Size a leaf entry takes in a page (slot included).
+pub fn leaf_entry_bytes(key_len: usize, val: &LeafVal) -> usize {
+    SLOT_BYTES
+        + LEAF_ENTRY_HEADER_BYTES
+        + key_len
+        + match val {
+            LeafVal::Inline(v) => v.len(),
+            LeafVal::Overflow { .. } => 8,
+        }
+}
+pub fn branch_entry_bytes(key_len: usize) -> usize {
+    SLOT_BYTES + BRANCH_ENTRY_HEADER_BYTES + key_len
+}
+/// Whether a value of this size is stored inline next to a key of `key_len` bytes.
+pub fn value_is_inline(key_len: usize, value_len: usize) -> bool {
+    LEAF_ENTRY_HEADER_BYTES + key_len + value_len <= ENTRY_INLINE_BYTES_MAX
+}
+
+/// An owned leaf value in the writer's dirty nodes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LeafVal {
+    Inline(Vec<u8>),
+    Overflow { first: PageId, len: u32 },
+}
+
+/// Writer-side decoded nodes.
+#[derive(Clone, Debug)]
+pub enum Node {
+    Leaf {
+        keys: Vec<Vec<u8>>,
+        vals: Vec<LeafVal>,
+    },
+    Branch {
+        keys: Vec<Vec<u8>>,
+        children: Vec<PageId>,
+    },
+}
+
+impl Node {
+    pub fn from_page(p: &PageRef<'_>) -> Node {
+        if p.is_leaf() {
+            let mut keys = Vec::with_capacity(p.len());
+            let mut vals = Vec::with_capacity(p.len());
+            for i in 0..p.len() {
+                keys.push(p.key(i).to_vec());
+                vals.push(match p.value(i) {
+                    ValRef::Inline(v) => LeafVal::Inline(v.to_vec()),
+                    ValRef::Overflow { first, len } => LeafVal::Overflow { first, len },
+                });
+            }
+            Node::Leaf { keys, vals }
+        } else {
+            let keys = (0..p.len()).map(|i| p.key(i).to_vec()).collect();
+            let children = (0..=p.len()).map(|i| p.child(i)).collect();
+            Node::Branch { keys, children }
+        }
+    }
+
+    /// Bytes this node needs in a page.
+    pub fn encoded_bytes(&self) -> usize {
+        match self {
+            Node::Leaf { keys, vals } => {
+                LEAF_OFF_SLOTS
+                    + keys
+                        .iter()
+                        .zip(vals)
+                        .map(|(k, v)| leaf_entry_bytes(k.len(), v))
+                        .sum::<usize>()
+            }
+            Node::Branch { keys, .. } => {
+                BRANCH_OFF_SLOTS
+                    + keys
+                        .iter()
+                        .map(|k| branch_entry_bytes(k.len()))
+                        .sum::<usize>()
+            }
+        }
+    }
+
+    pub fn encode(&self, id: PageId, page: &mut [u8]) {
+        assert_eq!(page.len(), PAGE_SIZE);
+        assert!(
+            self.encoded_bytes() <= PAGE_SIZE,
+            "node {id} overflows its page"
+        );
+        page.fill(0);
+        match self {
+            Node::Leaf { keys, vals } => {
+                let mut off = LEAF_OFF_SLOTS + keys.len() * SLOT_BYTES;
+                for (i, (k, v)) in keys.iter().zip(vals).enumerate() {
+                    wr_u16(page, LEAF_OFF_SLOTS + i * SLOT_BYTES, off as u16);
+                    wr_u16(page, off, k.len() as u16);
+                    let (flags, vlen) = match v {
+                        LeafVal::Inline(v) => (0u8, v.len() as u32),
+                        LeafVal::Overflow { len, .. } => (LEAF_FLAG_OVERFLOW, *len),
+                    };
+                    page[off + 2] = flags;
+                    wr_u32(page, off + 3, vlen);
+                    off += LEAF_ENTRY_HEADER_BYTES;
+                    page[off..off + k.len()].copy_from_slice(k);
+                    off += k.len();
+                    match v {
+                        LeafVal::Inline(v) => {
+                            page[off..off + v.len()].copy_from_slice(v);
+                            off += v.len();
+                        }
+                        LeafVal::Overflow { first, .. } => {
+                            wr_u64(page, off, *first);
+                            off += 8;
+                        }
+                    }
+                }
+                seal(page, KIND_LEAF, keys.len() as u16, id);
+            }
+            Node::Branch { keys, children } => {
+                assert_eq!(children.len(), keys.len() + 1);
+                wr_u64(page, BRANCH_OFF_CHILD0, children[0]);
+                let mut off = BRANCH_OFF_SLOTS + keys.len() * SLOT_BYTES;
+                for (i, k) in keys.iter().enumerate() {
+                    wr_u16(page, BRANCH_OFF_SLOTS + i * SLOT_BYTES, off as u16);
+                    wr_u16(page, off, k.len() as u16);
+                    wr_u64(page, off + 2, children[i + 1]);
+                    off += BRANCH_ENTRY_HEADER_BYTES;
+                    page[off..off + k.len()].copy_from_slice(k);
+                    off += k.len();
+                }
+                seal(page, KIND_BRANCH, keys.len() as u16, id);
+            }
+        }
+    }
+}
+
+/// Decoded meta page.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Meta {
+    pub txn: u64,
+    pub root: PageId,
+    pub freelist: PageId,
+    pub page_count: u64,
+    pub app: [u64; META_APP_WORDS],
+}
+
+impl Meta {
+    pub fn encode(&self, slot: PageId) -> Vec<u8> {
+        let mut p = vec![0u8; PAGE_SIZE];
+        wr_u32(&mut p, META_OFF_MAGIC, META_MAGIC);
+        wr_u32(&mut p, META_OFF_VERSION, FORMAT_VERSION);
+        wr_u32(&mut p, META_OFF_PAGE_SIZE, PAGE_SIZE as u32);
+        wr_u64(&mut p, META_OFF_TXN, self.txn);
+        wr_u64(&mut p, META_OFF_ROOT, self.root);
+        wr_u64(&mut p, META_OFF_FREELIST, self.freelist);
+        wr_u64(&mut p, META_OFF_PAGE_COUNT, self.page_count);
+        for (i, w) in self.app.iter().enumerate() {
+            wr_u64(&mut p, META_OFF_APP + 8 * i, *w);
+        }
+        seal(&mut p, KIND_META, 0, slot);
+        p
+    }
+
+    pub fn decode(bytes: &[u8], slot: PageId) -> Result<Meta, StoreError> {
+        check_header(bytes, slot, &[KIND_META], true)?;
+        let magic = rd_u32(bytes, META_OFF_MAGIC);
+        if magic != META_MAGIC {
+            return Err(corrupt(slot, format!("bad magic {magic:#010x}")));
+        }
+        let version = rd_u32(bytes, META_OFF_VERSION);
+        if version != FORMAT_VERSION {
+            return Err(corrupt(
+                slot,
+                format!("unsupported format version {version}"),
+            ));
+        }
+        let ps = rd_u32(bytes, META_OFF_PAGE_SIZE);
+        if ps as usize != PAGE_SIZE {
+            return Err(corrupt(
+                slot,
+                format!("page size {ps}, this build uses {PAGE_SIZE}"),
+            ));
+        }
+        let m = Meta {
+            txn: rd_u64(bytes, META_OFF_TXN),
+            root: rd_u64(bytes, META_OFF_ROOT),
+            freelist: rd_u64(bytes, META_OFF_FREELIST),
+            page_count: rd_u64(bytes, META_OFF_PAGE_COUNT),
+            app: std::array::from_fn(|i| rd_u64(bytes, META_OFF_APP + 8 * i)),
+        };
+        if m.page_count < 2
+            || (m.root != 0 && (m.root < 2 || m.root >= m.page_count))
+            || (m.freelist != 0 && (m.freelist < 2 || m.freelist >= m.page_count))
+        {
+            return Err(corrupt(slot, format!("meta fields out of range: {m:?}")));
+        }
+        Ok(m)
+    }
+}

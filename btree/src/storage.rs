@@ -1,0 +1,211 @@
+//! The one trait between the tree and the outside world: a file that can be written at an
+//! offset, synced, resized and mapped for reading. `FileStorage` is the real thing (pwrite,
+//! fdatasync, memmap2); `SimStorage` keeps "written" and "durable" bytes apart so crash tests can
+//! cut the write + sync sequence anywhere and tear unsynced writes.
+
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+/// A read-only view of the file's bytes. Bytes of pages the writer rewrites may change while a
+/// view is held; the tree never reads such pages through an older view (see `db.rs`).
+pub trait Mapping: Send + Sync {
+    fn bytes(&self) -> &[u8];
+}
+
+/// Page I/O. Implementations must be safe to call from the single writer while readers use
+/// mappings on other threads.
+pub trait Storage: Send + Sync + 'static {
+    fn len(&self) -> io::Result<u64>;
+    fn set_len(&self, len: u64) -> io::Result<()>;
+    fn write_at(&self, buf: &[u8], off: u64) -> io::Result<()>;
+    fn sync_data(&self) -> io::Result<()>;
+    /// A view of the whole file as it is now. Must cover at least `len()` bytes.
+    fn map(&self) -> io::Result<Arc<dyn Mapping>>;
+}
+
+/// A real file: pwrite + fdatasync for writes, one shared memory map for reads.
+pub struct FileStorage {
+    file: File,
+    map: Mutex<Option<(u64, Arc<FileMap>)>>,
+}
+
+struct FileMap(memmap2::Mmap);
+
+impl Mapping for FileMap {
+    fn bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl FileStorage {
+    pub fn open(path: &Path) -> io::Result<FileStorage> {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)?;
+        Ok(FileStorage {
+            file,
+            map: Mutex::new(None),
+        })
+    }
+}
+
+impl Storage for FileStorage {
+    fn len(&self) -> io::Result<u64> {
+        Ok(self.file.metadata()?.len())
+    }
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        self.file.set_len(len)
+    }
+    fn write_at(&self, buf: &[u8], off: u64) -> io::Result<()> {
+        self.file.write_all_at(buf, off)
+    }
+    fn sync_data(&self) -> io::Result<()> {
+        self.file.sync_data()
+    }
+    fn map(&self) -> io::Result<Arc<dyn Mapping>> {
+        let len = self.len()?;
+        let mut cached = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((mapped_len, m)) = cached.as_ref() {
+            if *mapped_len == len {
+                return Ok(m.clone());
+            }
+        }
+        // SAFETY: the file is private to this process (one `Db` per path). Writes go through
+        // pwrite on the same file, which the kernel keeps coherent with MAP_SHARED mappings. The
+        // tree only rewrites pages that no live snapshot can reach, so no reader ever observes a
+        // page changing under it; the file is only truncated below pages that no snapshot can
+        // reach, so no access through an older (longer) mapping touches the truncated range.
+        let m = unsafe { memmap2::Mmap::map(&self.file)? };
+        let m = Arc::new(FileMap(m));
+        *cached = Some((len, m.clone()));
+        Ok(m)
+    }
+}
+
+/// An in-memory file for crash tests. Every `write_at`, `sync_data` and `set_len` is one
+/// operation; after `fail_after_ops` operations every call fails (the "crash"), and
+/// `crash_image` returns what a disk might hold afterwards: all synced bytes, plus each unsynced
+/// write kept, dropped or torn at a 512-byte sector boundary, chosen by a seed.
+pub struct SimStorage {
+    state: Mutex<SimState>,
+}
+
+struct SimState {
+    written: Vec<u8>,
+    durable: Vec<u8>,
+    unsynced: Vec<(u64, Vec<u8>)>,
+    ops_left: Option<u64>,
+    ops_done: u64,
+}
+
+struct VecMap(Vec<u8>);
+impl Mapping for VecMap {
+    fn bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+/// Bytes a torn write keeps whole.
+pub const SIM_SECTOR_BYTES: usize = 512;
+
+impl SimStorage {
+    pub fn new(image: Vec<u8>) -> SimStorage {
+        SimStorage {
+            state: Mutex::new(SimState {
+                written: image.clone(),
+                durable: image,
+                unsynced: Vec::new(),
+                ops_left: None,
+                ops_done: 0,
+            }),
+        }
+    }
+    /// After `n` more operations, every operation fails.
+    pub fn fail_after_ops(&self, n: Option<u64>) {
+        self.lock().ops_left = n;
+    }
+    pub fn ops_done(&self) -> u64 {
+        self.lock().ops_done
+    }
+    fn lock(&self) -> std::sync::MutexGuard<'_, SimState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+    fn step(&self) -> io::Result<std::sync::MutexGuard<'_, SimState>> {
+        let mut s = self.lock();
+        match s.ops_left {
+            Some(0) => return Err(io::Error::other("simulated crash")),
+            Some(n) => s.ops_left = Some(n - 1),
+            None => {}
+        }
+        s.ops_done += 1;
+        Ok(s)
+    }
+    /// The disk after a crash: synced bytes plus a seeded choice for each unsynced write.
+    pub fn crash_image(&self, seed: u64) -> Vec<u8> {
+        let s = self.lock();
+        let mut img = s.durable.clone();
+        let mut rng = seed ^ 0x9E37_79B9_7F4A_7C15;
+        let mut next = || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng
+        };
+        for (off, buf) in &s.unsynced {
+            let keep = match next() % 3 {
+                0 => 0,
+                1 => buf.len(),
+                _ => {
+                    let sectors = buf.len().div_ceil(SIM_SECTOR_BYTES);
+                    ((next() as usize) % (sectors + 1) * SIM_SECTOR_BYTES).min(buf.len())
+                }
+            };
+            let off = *off as usize;
+            if img.len() < off + keep {
+                img.resize(off + keep, 0);
+            }
+            img[off..off + keep].copy_from_slice(&buf[..keep]);
+        }
+        img
+    }
+    /// The bytes as written so far (what a reader of the page cache sees).
+    pub fn written_image(&self) -> Vec<u8> {
+        self.lock().written.clone()
+    }
+}
+
+impl Storage for SimStorage {
+    fn len(&self) -> io::Result<u64> {
+        Ok(self.lock().written.len() as u64)
+    }
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        let mut s = self.step()?;
+        s.written.resize(len as usize, 0);
+        Ok(())
+    }
+    fn write_at(&self, buf: &[u8], off: u64) -> io::Result<()> {
+        let mut s = self.step()?;
+        let end = off as usize + buf.len();
+        if s.written.len() < end {
+            s.written.resize(end, 0);
+        }
+        s.written[off as usize..end].copy_from_slice(buf);
+        s.unsynced.push((off, buf.to_vec()));
+        Ok(())
+    }
+    fn sync_data(&self) -> io::Result<()> {
+        let mut s = self.step()?;
+        s.durable = s.written.clone();
+        s.unsynced.clear();
+        Ok(())
+    }
+    fn map(&self) -> io::Result<Arc<dyn Mapping>> {
+        Ok(Arc::new(VecMap(self.lock().written.clone())))
+    }
+}
