@@ -1,0 +1,299 @@
+//! A per-core request router: gRPC services by service name, plain HTTP handlers by path.
+//!
+//! A [`Router`] is built on each core by the caller's factory and cloned per connection
+//! (cheaply: an `Rc`). It need not be `Send`; handlers may hold `Rc` state of their core.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::rc::Rc;
+
+use bytes::Bytes;
+use http::{HeaderValue, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use tower_service::Service;
+
+/// Boxed error of response bodies.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The response body type every route returns: any body with `Bytes` chunks, boxed. It need not
+/// be `Send` (a streaming body may read a core-local channel).
+pub type BoxBody = Pin<Box<dyn http_body::Body<Data = Bytes, Error = BoxError>>>;
+
+/// A boxed, core-local future.
+pub type LocalBoxFuture<T> = Pin<Box<dyn Future<Output = T>>>;
+
+type Handler = Rc<dyn Fn(Request<Incoming>) -> LocalBoxFuture<Response<BoxBody>>>;
+
+/// Boxes any `Bytes` body into a [`BoxBody`].
+pub fn box_body<B>(body: B) -> BoxBody
+where
+    B: http_body::Body<Data = Bytes> + 'static,
+    B::Error: Into<BoxError>,
+{
+    Box::pin(body.map_err(Into::into))
+}
+
+/// A complete body from bytes.
+pub fn full_body(bytes: impl Into<Bytes>) -> BoxBody {
+    box_body(Full::new(bytes.into()).map_err(|never: Infallible| -> BoxError { match never {} }))
+}
+
+/// A plain-text response with the given status.
+pub fn text_response(status: StatusCode, text: impl Into<Bytes>) -> Response<BoxBody> {
+    let mut resp = Response::new(full_body(text));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp
+}
+
+/// Why [`read_body_limited`] failed.
+#[derive(Debug)]
+pub enum BodyError {
+    /// The body is longer than the limit.
+    TooLarge {
+        /// The limit that was exceeded.
+        bytes_max: usize,
+    },
+    /// The connection failed while reading.
+    Transport(BoxError),
+}
+
+impl std::fmt::Display for BodyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BodyError::TooLarge { bytes_max } => {
+                write!(f, "request body larger than {bytes_max} bytes")
+            }
+            BodyError::Transport(e) => write!(f, "reading request body: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for BodyError {}
+
+/// Reads a whole request body, failing (without buffering the rest) once it exceeds
+/// `bytes_max`. For the JSON gateway and other plain HTTP routes.
+pub async fn read_body_limited(body: Incoming, bytes_max: usize) -> Result<Bytes, BodyError> {
+    match Limited::new(body, bytes_max).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) => {
+            if e.is::<http_body_util::LengthLimitError>() {
+                Err(BodyError::TooLarge { bytes_max })
+            } else {
+                Err(BodyError::Transport(e))
+            }
+        }
+    }
+}
+
+/// A trailers-only gRPC response carrying an error status (HTTP 200, `grpc-status` header).
+pub fn grpc_error_response(code: tonic::Code, message: &str) -> Response<BoxBody> {
+    let mut resp = Response::new(full_body(Bytes::new()));
+    let headers = resp.headers_mut();
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/grpc"),
+    );
+    headers.insert("grpc-status", HeaderValue::from(code as i32));
+    // grpc-message is percent-encoded; keep to visible ASCII without '%'.
+    let sanitized: String = message
+        .chars()
+        .map(|c| {
+            if c.is_ascii_graphic() && c != '%' || c == ' ' {
+                c
+            } else {
+                '?'
+            }
+        })
+        .collect();
+    if let Ok(v) = HeaderValue::from_str(&sanitized) {
+        headers.insert("grpc-message", v);
+    }
+    resp
+}
+
+/// Whether a request is gRPC (by content type).
+pub fn is_grpc(req: &Request<Incoming>) -> bool {
+    req.headers()
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+}
+
+struct Routes {
+    grpc: HashMap<String, Handler>,
+    exact: HashMap<String, Handler>,
+    prefixes: Vec<(String, Handler)>,
+    fallback: Option<Handler>,
+}
+
+/// Routes requests of one core.
+///
+/// - gRPC requests (`content-type: application/grpc*`) go to the service registered under the
+///   first path segment (`/etcdserverpb.KV/Range` → `etcdserverpb.KV`); an unknown service is
+///   answered with gRPC status UNIMPLEMENTED.
+/// - Other requests go to the handler registered for the exact path, else to the longest
+///   registered prefix, else to the fallback (404 by default).
+#[derive(Clone)]
+pub struct Router {
+    routes: Rc<Routes>,
+}
+
+/// Builds a [`Router`].
+pub struct RouterBuilder {
+    routes: Routes,
+}
+
+impl Router {
+    /// Starts an empty router.
+    #[allow(clippy::new_ret_no_self)]
+    pub fn builder() -> RouterBuilder {
+        RouterBuilder {
+            routes: Routes {
+                grpc: HashMap::new(),
+                exact: HashMap::new(),
+                prefixes: Vec::new(),
+                fallback: None,
+            },
+        }
+    }
+
+    /// Routes one request.
+    pub fn route(&self, req: Request<Incoming>) -> LocalBoxFuture<Response<BoxBody>> {
+        let routes = &self.routes;
+        if is_grpc(&req) {
+            let service = req.uri().path().trim_start_matches('/');
+            let service = service.split('/').next().unwrap_or("");
+            return match routes.grpc.get(service) {
+                Some(h) => h(req),
+                None => {
+                    let msg = format!("unknown service {service}");
+                    Box::pin(async move { grpc_error_response(tonic::Code::Unimplemented, &msg) })
+                }
+            };
+        }
+        let path = req.uri().path();
+        if let Some(h) = routes.exact.get(path) {
+            return h(req);
+        }
+        if let Some((_, h)) = routes.prefixes.iter().find(|(p, _)| path.starts_with(p.as_str())) {
+            return h(req);
+        }
+        match &routes.fallback {
+            Some(h) => h(req),
+            None => Box::pin(async { text_response(StatusCode::NOT_FOUND, "404 page not found\n") }),
+        }
+    }
+}
+
+impl RouterBuilder {
+    /// Registers a tonic codegen server (e.g. `KvServer::new(handler)`), under its
+    /// `NamedService::NAME`. Configure its limits (`max_decoding_message_size`,
+    /// `max_encoding_message_size`) before adding it; see [`crate::grpc_decoding_limit_bytes`].
+    pub fn grpc<S, B>(mut self, service: S) -> Self
+    where
+        S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
+            + tonic::server::NamedService
+            + Clone
+            + 'static,
+        S::Future: 'static,
+        B: http_body::Body<Data = Bytes> + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let handler: Handler = Rc::new(move |req| {
+            // tonic's generated servers are always ready; a clone per call is the tower idiom.
+            let mut svc = service.clone();
+            let fut = svc.call(req);
+            Box::pin(async move {
+                match fut.await {
+                    Ok(resp) => resp.map(box_body),
+                    Err(never) => match never {},
+                }
+            })
+        });
+        let name = S::NAME.to_string();
+        assert!(
+            self.routes.grpc.insert(name.clone(), handler).is_none(),
+            "gRPC service {name} registered twice"
+        );
+        self
+    }
+
+    /// Registers a handler for one exact path (any method).
+    pub fn route<F, Fut>(mut self, path: &str, handler: F) -> Self
+    where
+        F: Fn(Request<Incoming>) -> Fut + 'static,
+        Fut: Future<Output = Response<BoxBody>> + 'static,
+    {
+        let handler: Handler = Rc::new(move |req| Box::pin(handler(req)));
+        assert!(
+            self.routes.exact.insert(path.to_string(), handler).is_none(),
+            "route {path} registered twice"
+        );
+        self
+    }
+
+    /// Registers a handler for every path starting with `prefix` (longest prefix wins).
+    pub fn route_prefix<F, Fut>(mut self, prefix: &str, handler: F) -> Self
+    where
+        F: Fn(Request<Incoming>) -> Fut + 'static,
+        Fut: Future<Output = Response<BoxBody>> + 'static,
+    {
+        let handler: Handler = Rc::new(move |req| Box::pin(handler(req)));
+        self.routes.prefixes.push((prefix.to_string(), handler));
+        self.routes
+            .prefixes
+            .sort_by(|(a, _), (b, _)| b.len().cmp(&a.len()));
+        self
+    }
+
+    /// Handler for every non-gRPC request no route matched (default: 404).
+    pub fn fallback<F, Fut>(mut self, handler: F) -> Self
+    where
+        F: Fn(Request<Incoming>) -> Fut + 'static,
+        Fut: Future<Output = Response<BoxBody>> + 'static,
+    {
+        self.routes.fallback = Some(Rc::new(move |req| Box::pin(handler(req))));
+        self
+    }
+
+    /// Finishes the router.
+    pub fn build(self) -> Router {
+        Router {
+            routes: Rc::new(self.routes),
+        }
+    }
+}
+
+impl hyper::service::Service<Request<Incoming>> for Router {
+    type Response = Response<BoxBody>;
+    type Error = Infallible;
+    type Future = RouteFuture;
+
+    fn call(&self, req: Request<Incoming>) -> Self::Future {
+        RouteFuture {
+            inner: self.route(req),
+        }
+    }
+}
+
+/// The future of [`Router`]'s `hyper::service::Service::call`.
+pub struct RouteFuture {
+    inner: LocalBoxFuture<Response<BoxBody>>,
+}
+
+impl Future for RouteFuture {
+    type Output = Result<Response<BoxBody>, Infallible>;
+
+    fn poll(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        self.inner.as_mut().poll(cx).map(Ok)
+    }
+}
