@@ -86,7 +86,7 @@ impl SimOptions {
             loss_per_mille: [0, 20, 100, 250][r.below(4) as usize],
             dup_per_mille: [0, 20, 100][r.below(3) as usize],
             delay_substeps_max: [0, 2, 8, 20][r.below(4) as usize],
-            disk_delay_substeps_max: [0, 2, 6][r.below(3) as usize],
+            disk_delay_substeps_max: [0, 2, 6, 12][r.below(4) as usize],
             crashes: r.chance(600),
             partitions: r.chance(500),
             membership,
@@ -438,6 +438,15 @@ impl Sim {
             self.crash(pick);
             let back = self.now + 1 + self.rng.below(80 * SUBSTEPS_PER_TICK);
             self.nodes.get_mut(&pick).expect("node").restart_at = Some(back);
+        }
+        // Leaders crash more often, soon after replicating (the interesting moment for lost
+        // unsynced entries and Figure 8 of the Raft paper).
+        if self.opts.crashes && self.rng.chance(3) {
+            if let Some(l) = self.current_leader() {
+                self.crash(l);
+                let back = self.now + 1 + self.rng.below(20 * SUBSTEPS_PER_TICK);
+                self.nodes.get_mut(&l).expect("node").restart_at = Some(back);
+            }
         }
         if self.opts.partitions && self.rng.chance(6) {
             if self.rng.chance(300) {
