@@ -502,6 +502,7 @@ fn events_in<S: PageSource>(
     key: &[u8],
     range_end: &[u8],
     max_events: usize,
+    compact_rev: i64,
 ) -> Result<Vec<Event>, StoreError> {
     let mut out = Vec::new();
     let mut c = Cursor::new(src);
@@ -517,7 +518,9 @@ fn events_in<S: PageSource>(
             break;
         }
         let ukey = c.value(rv)?;
-        if in_range(&ukey, key, range_end) {
+        if in_range(&ukey, key, range_end)
+            && (main > compact_rev || is_keeper(src, &ukey, main, sub, compact_rev)?)
+        {
             let mut kc = Cursor::new(src);
             let ek = enc_key(&ukey, main, sub);
             kc.seek(&ek)?;
@@ -546,6 +549,26 @@ fn events_in<S: PageSource>(
         c.next()?;
     }
     Ok(out)
+}
+
+/// Whether compaction at `compact_rev` keeps version (main, sub) of `key`: it is the newest
+/// version at or below the compaction and not a tombstone.
+fn is_keeper<S: PageSource>(
+    src: &S,
+    key: &[u8],
+    main: i64,
+    sub: i64,
+    compact_rev: i64,
+) -> Result<bool, StoreError> {
+    let mut kc = Cursor::new(src);
+    Ok(match seek_version(&mut kc, key, compact_rev)? {
+        Some((k, v)) => {
+            let (_, m, s) = split_key(k)?;
+            let (rec, _) = decode_record(src, k, v)?;
+            m == main && s == sub && !rec.tombstone
+        }
+        None => false,
+    })
 }
 
 // etcd's mvccpb.KeyValue protobuf encoding, for a HashKV in etcd's spirit.
@@ -600,22 +623,10 @@ fn hash_in<S: PageSource>(src: &S, rev: i64, compact_rev: i64) -> Result<u32, St
         }
         let ukey = c.value(rv)?;
         let mut kc = Cursor::new(src);
-        if main <= compact_rev {
-            // Only what compaction keeps: the newest put at or below the compaction.
-            match seek_version(&mut kc, &ukey, compact_rev)? {
-                Some((k, v)) => {
-                    let (_, m, s) = split_key(k)?;
-                    let (rec, _) = decode_record(src, k, v)?;
-                    if m != main || s != sub || rec.tombstone {
-                        c.next()?;
-                        continue;
-                    }
-                }
-                None => {
-                    c.next()?;
-                    continue;
-                }
-            }
+        // Only what compaction keeps, so the hash does not depend on its progress.
+        if main <= compact_rev && !is_keeper(src, &ukey, main, sub, compact_rev)? {
+            c.next()?;
+            continue;
         }
         let ek = enc_key(&ukey, main, sub);
         kc.seek(&ek)?;
@@ -919,16 +930,7 @@ fn compaction_slice(db: &mut DbWriter, entries_max: usize) -> Result<bool, Store
             }
             seen += 1;
             let ukey = c.value(rv)?.into_owned();
-            let mut kc = Cursor::new(&*db);
-            let keep = match seek_version(&mut kc, &ukey, target)? {
-                Some((k, v)) => {
-                    let (_, m, s) = split_key(k)?;
-                    let (rec, _) = decode_record(&*db, k, v)?;
-                    m == main && s == sub && !rec.tombstone
-                }
-                None => false,
-            };
-            if !keep {
+            if !is_keeper(&*db, &ukey, main, sub, target)? {
                 doomed.push((main, sub, ukey));
             }
             c.next()?;
@@ -987,6 +989,7 @@ impl ReadView {
             key,
             range_end,
             max_events,
+            self.compact_revision(),
         )?)
     }
     pub fn get_meta(&self, key: &[u8]) -> Option<Vec<u8>> {
