@@ -482,8 +482,13 @@ fn prev_kv_of<S: PageSource>(
     key: &[u8],
     main: i64,
     sub: i64,
+    compact_rev: i64,
 ) -> Result<Option<KeyValue>, StoreError> {
-    // The entry just after (key, main, sub) in `k` order is the next older version.
+    // The entry just after (key, main, sub) in `k` order is the next older version. Below the
+    // compaction it is gone (or about to be) unless it is the newest version at or below it.
+    if main <= compact_rev {
+        return Ok(None);
+    }
     let mut c = Cursor::new(src);
     let mut t = enc_key(key, main, sub);
     t.push(0);
@@ -527,7 +532,7 @@ fn events_in<S: PageSource>(
             let Some((k, v)) = kc.current().filter(|(k, _)| *k == ek.as_slice()) else {
                 return Err(bad_record(rk, "revision log entry without its key entry"));
             };
-            let prev = prev_kv_of(src, &ukey, main, sub)?;
+            let prev = prev_kv_of(src, &ukey, main, sub, compact_rev)?;
             match record_kv(src, k, v, true)? {
                 Some(kv) => out.push(Event {
                     kind: EventKind::Put,
