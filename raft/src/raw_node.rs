@@ -253,7 +253,17 @@ pub struct RawNode {
     read_states: Vec<ReadState>,
     pending_reads: VecDeque<PendingRead>,
     reads_before_commit: Vec<(Vec<u8>, NodeId)>,
+    /// Sequence of the last heartbeat broadcast (heartbeats double as ReadIndex rounds).
     read_seq: u64,
+    /// Leader: ticks since it became leader, and (seq, tick) of recent heartbeat broadcasts,
+    /// for the lease.
+    leader_ticks: u64,
+    hb_sent: VecDeque<(u64, u64)>,
+    /// Leader: a TimeoutNow was sent this term, so followers may vote despite their lease.
+    lease_broken: bool,
+    /// With `lease_read`: after a (re)start, behave as if a leader was heard just now, so a
+    /// restarted follower does not break a live leader's lease by voting at once.
+    startup_guard: bool,
     transferee: NodeId,
     pending_conf_index: u64,
     uncommitted_bytes: u64,
@@ -355,6 +365,10 @@ impl RawNode {
             pending_reads: VecDeque::new(),
             reads_before_commit: Vec::new(),
             read_seq: 0,
+            leader_ticks: 0,
+            hb_sent: VecDeque::new(),
+            lease_broken: false,
+            startup_guard: cfg.lease_read,
             transferee: NO_NODE,
             pending_conf_index: 0,
             uncommitted_bytes: 0,
@@ -465,6 +479,9 @@ impl RawNode {
             return;
         }
         self.election_elapsed = self.election_elapsed.saturating_add(1);
+        if self.election_elapsed >= self.cfg.election_ticks {
+            self.startup_guard = false;
+        }
         if self.role == Role::Leader {
             self.tick_leader();
         } else if self.promotable() && self.election_elapsed >= self.randomized_election_ticks {
@@ -768,6 +785,10 @@ impl RawNode {
         self.transferee = NO_NODE;
         self.pending_reads.clear();
         self.reads_before_commit.clear();
+        self.hb_sent.clear();
+        self.leader_ticks = 0;
+        self.lease_broken = false;
+        self.startup_guard = false;
         self.pending_bcast = false;
         self.uncommitted_bytes = 0;
     }
@@ -882,6 +903,7 @@ impl RawNode {
 
     fn tick_leader(&mut self) {
         self.heartbeat_elapsed += 1;
+        self.leader_ticks += 1;
         if self.election_elapsed >= self.cfg.election_ticks {
             self.election_elapsed = 0;
             if self.cfg.check_quorum {
@@ -915,6 +937,19 @@ impl RawNode {
     }
 
     fn bcast_heartbeat(&mut self) {
+        self.read_seq += 1;
+        let seq = self.read_seq;
+        if let Some(pr) = self.progress.get_mut(&self.id) {
+            pr.read_acked_seq = seq;
+        }
+        self.hb_sent.push_back((seq, self.leader_ticks));
+        while self
+            .hb_sent
+            .front()
+            .is_some_and(|&(_, t)| t + (self.cfg.election_ticks as u64) < self.leader_ticks)
+        {
+            self.hb_sent.pop_front();
+        }
         let peers: Vec<NodeId> = self
             .progress
             .keys()
@@ -1156,15 +1191,11 @@ impl RawNode {
         }
         let index = self.log.committed;
         let lone = self.conf.voters.len() == 1 && self.conf.is_voter(self.id);
-        if lone || self.cfg.lease_read {
+        if lone || (self.cfg.lease_read && self.lease_valid()) {
             self.respond_read(index, ctx, from);
             return;
         }
-        self.read_seq += 1;
-        let seq = self.read_seq;
-        if let Some(pr) = self.progress.get_mut(&self.id) {
-            pr.read_acked_seq = seq;
-        }
+        let seq = self.read_seq + 1;
         self.pending_reads.push_back(PendingRead {
             seq,
             index,
@@ -1172,6 +1203,31 @@ impl RawNode {
             from,
         });
         self.bcast_heartbeat();
+    }
+
+    /// The leader lease: a quorum acknowledged a heartbeat sent less than
+    /// `election_ticks - 1` ticks ago (one tick of margin for tick phase between nodes). Those
+    /// voters ignore vote requests for `election_ticks` after receiving it, so no other leader
+    /// can exist yet — if every node's ticks run at the same rate (see `Config::lease_read`).
+    fn lease_valid(&self) -> bool {
+        if self.lease_broken || self.transferee != NO_NODE || self.cfg.election_ticks < 2 {
+            return false;
+        }
+        let mut acked: Vec<u64> = self
+            .conf
+            .voters
+            .iter()
+            .map(|v| self.progress.get(v).map_or(0, |p| p.read_acked_seq))
+            .collect();
+        if acked.is_empty() {
+            return false;
+        }
+        acked.sort_unstable_by(|a, b| b.cmp(a));
+        let seq = acked[self.quorum() - 1];
+        match self.hb_sent.iter().find(|&&(s, _)| s == seq) {
+            Some(&(_, sent)) => self.leader_ticks - sent < (self.cfg.election_ticks - 1) as u64,
+            None => false,
+        }
     }
 
     fn respond_read(&mut self, index: u64, ctx: Vec<u8>, from: NodeId) {
@@ -1220,6 +1276,7 @@ impl RawNode {
         self.transferee = target;
         self.election_elapsed = 0;
         if self.progress[&target].matched == self.log.last_index() {
+            self.lease_broken = true;
             self.send(Message::new(
                 MessageKind::TimeoutNow,
                 self.id,
@@ -1300,8 +1357,8 @@ impl RawNode {
         if m.term > self.term {
             if matches!(m.kind, Vote | PreVote) {
                 let forced = m.kind == Vote && m.seq == VOTE_SEQ_TRANSFER;
-                let heard_recently =
-                    self.leader != NO_NODE && self.election_elapsed < self.cfg.election_ticks;
+                let heard_recently = (self.leader != NO_NODE || self.startup_guard)
+                    && self.election_elapsed < self.cfg.election_ticks;
                 // Leader lease (check-quorum) and pre-vote's rule (thesis §9.6): ignore
                 // elections while a leader is known to be alive.
                 let in_lease = heard_recently && (self.cfg.check_quorum || m.kind == PreVote);
@@ -1618,6 +1675,7 @@ impl RawNode {
                 while self.send_append(from, false) {}
                 if self.transferee == from && self.progress[&from].matched == self.log.last_index()
                 {
+                    self.lease_broken = true;
                     self.send(Message::new(TimeoutNow, self.id, from, self.term));
                 }
             }

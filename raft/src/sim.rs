@@ -448,6 +448,30 @@ impl Sim {
                 self.nodes.get_mut(&l).expect("node").restart_at = Some(back);
             }
         }
+        // Isolate the leader: the old leader must stop serving reads and writes in time.
+        if self.opts.partitions && self.rng.chance(2) {
+            if let Some(l) = self.current_leader() {
+                for &o in &ids {
+                    if o != l {
+                        self.blocked.insert((l, o));
+                        self.blocked.insert((o, l));
+                    }
+                }
+                self.trace(format!("isolate leader {l}"));
+            }
+        }
+        if self.opts.partitions && self.rng.chance(40) {
+            // Reads at whoever believes it leads (possibly a deposed leader).
+            let leaders: Vec<NodeId> = self
+                .nodes
+                .iter()
+                .filter(|(_, n)| n.raw.as_ref().is_some_and(|r| r.role() == Role::Leader))
+                .map(|(&id, _)| id)
+                .collect();
+            for l in leaders {
+                self.read(l)?;
+            }
+        }
         if self.opts.partitions && self.rng.chance(6) {
             if self.rng.chance(300) {
                 self.blocked.clear();
