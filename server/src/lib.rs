@@ -27,3 +27,22 @@ pub mod http;
 pub mod lock;
 pub mod logging;
 pub mod metrics;
+
+pub mod apply;
+pub mod auth_svc;
+pub mod cluster;
+pub mod errors;
+pub mod internal;
+pub mod kv;
+pub mod kvops;
+pub mod lease;
+pub mod lessor;
+pub mod maintenance;
+pub mod raft_core;
+pub mod server;
+pub mod state;
+pub mod transport;
+pub mod watch;
+pub mod watch_hub;
+
+pub use server::run;

@@ -1,1 +1,13 @@
-fn main() { eprintln!("ferrite: not built yet"); std::process::exit(1); }
+//! The `ferrite` binary: etcd's flags in, an etcd-compatible server out.
+
+fn main() {
+    let config = ferrite::config::Config::from_args_and_env();
+    if let Err(e) = ferrite::logging::init(&config) {
+        eprintln!("ferrite: {e}");
+        std::process::exit(1);
+    }
+    if let Err(e) = ferrite::run(config) {
+        ferrite::logging::early_fatal(&e);
+        std::process::exit(1);
+    }
+}

@@ -1,0 +1,151 @@
+//! etcd's server errors and their gRPC status codes and messages
+//! (etcdserver/api/v3rpc/rpctypes/error.go in etcd 3.4), as one enum.
+
+use tonic::{Code, Status};
+
+/// Every error the server answers with. `status()` maps each to etcd's exact gRPC code and
+/// message, so clients (etcdctl, clientv3, the etcd-client crate) recognise them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EtcdError {
+    EmptyKey,
+    KeyNotFound,
+    ValueProvided,
+    LeaseProvided,
+    TooManyOps,
+    DuplicateKey,
+    Compacted,
+    FutureRev,
+    NoSpace,
+    LeaseNotFound,
+    LeaseExists,
+    LeaseTtlTooLarge,
+    MemberNotFound,
+    RequestTooLarge,
+    TooManyRequests,
+    AuthNotEnabled,
+    NoLeader,
+    NotLeader,
+    Stopped,
+    Timeout,
+    Unimplemented(&'static str),
+    /// A storage or internal failure; the message is logged and sent as `Unknown`.
+    Internal(String),
+}
+
+impl EtcdError {
+    pub fn status(&self) -> Status {
+        let (code, msg): (Code, &str) = match self {
+            EtcdError::EmptyKey => (Code::InvalidArgument, "etcdserver: key is not provided"),
+            EtcdError::KeyNotFound => (Code::InvalidArgument, "etcdserver: key not found"),
+            EtcdError::ValueProvided => (Code::InvalidArgument, "etcdserver: value is provided"),
+            EtcdError::LeaseProvided => (Code::InvalidArgument, "etcdserver: lease is provided"),
+            EtcdError::TooManyOps => (
+                Code::InvalidArgument,
+                "etcdserver: too many operations in txn request",
+            ),
+            EtcdError::DuplicateKey => (
+                Code::InvalidArgument,
+                "etcdserver: duplicate key given in txn request",
+            ),
+            EtcdError::Compacted => (
+                Code::OutOfRange,
+                "etcdserver: mvcc: required revision has been compacted",
+            ),
+            EtcdError::FutureRev => (
+                Code::OutOfRange,
+                "etcdserver: mvcc: required revision is a future revision",
+            ),
+            EtcdError::NoSpace => (
+                Code::ResourceExhausted,
+                "etcdserver: mvcc: database space exceeded",
+            ),
+            EtcdError::LeaseNotFound => (Code::NotFound, "etcdserver: requested lease not found"),
+            EtcdError::LeaseExists => {
+                (Code::FailedPrecondition, "etcdserver: lease already exists")
+            }
+            EtcdError::LeaseTtlTooLarge => (Code::OutOfRange, "etcdserver: too large lease TTL"),
+            EtcdError::MemberNotFound => (Code::NotFound, "etcdserver: member not found"),
+            EtcdError::RequestTooLarge => {
+                (Code::InvalidArgument, "etcdserver: request is too large")
+            }
+            EtcdError::TooManyRequests => {
+                (Code::ResourceExhausted, "etcdserver: too many requests")
+            }
+            EtcdError::AuthNotEnabled => (
+                Code::FailedPrecondition,
+                "etcdserver: authentication is not enabled",
+            ),
+            EtcdError::NoLeader => (Code::Unavailable, "etcdserver: no leader"),
+            EtcdError::NotLeader => (Code::FailedPrecondition, "etcdserver: not leader"),
+            EtcdError::Stopped => (Code::Unavailable, "etcdserver: server stopped"),
+            EtcdError::Timeout => (Code::Unavailable, "etcdserver: request timed out"),
+            EtcdError::Unimplemented(what) => return Status::new(Code::Unimplemented, *what),
+            EtcdError::Internal(msg) => return Status::new(Code::Unknown, msg.clone()),
+        };
+        Status::new(code, msg)
+    }
+
+    /// A stable numeric code for the error inside a Raft apply result (see `internal.rs`).
+    pub fn to_code(&self) -> u32 {
+        match self {
+            EtcdError::EmptyKey => 1,
+            EtcdError::KeyNotFound => 2,
+            EtcdError::ValueProvided => 3,
+            EtcdError::LeaseProvided => 4,
+            EtcdError::TooManyOps => 5,
+            EtcdError::DuplicateKey => 6,
+            EtcdError::Compacted => 7,
+            EtcdError::FutureRev => 8,
+            EtcdError::NoSpace => 9,
+            EtcdError::LeaseNotFound => 10,
+            EtcdError::LeaseExists => 11,
+            EtcdError::LeaseTtlTooLarge => 12,
+            EtcdError::MemberNotFound => 13,
+            EtcdError::RequestTooLarge => 14,
+            EtcdError::TooManyRequests => 15,
+            EtcdError::AuthNotEnabled => 16,
+            EtcdError::NoLeader => 17,
+            EtcdError::NotLeader => 18,
+            EtcdError::Stopped => 19,
+            EtcdError::Timeout => 20,
+            EtcdError::Unimplemented(_) => 21,
+            EtcdError::Internal(_) => 22,
+        }
+    }
+}
+
+impl std::fmt::Display for EtcdError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.status().message())
+    }
+}
+
+impl std::error::Error for EtcdError {}
+
+impl From<EtcdError> for Status {
+    fn from(e: EtcdError) -> Status {
+        e.status()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_match_etcd() {
+        let s = EtcdError::Compacted.status();
+        assert_eq!(s.code(), Code::OutOfRange);
+        assert_eq!(
+            s.message(),
+            "etcdserver: mvcc: required revision has been compacted"
+        );
+        let s = EtcdError::RequestTooLarge.status();
+        assert_eq!(s.code(), Code::InvalidArgument);
+        assert_eq!(s.message(), "etcdserver: request is too large");
+        assert_eq!(
+            EtcdError::DuplicateKey.status().message(),
+            "etcdserver: duplicate key given in txn request"
+        );
+    }
+}
