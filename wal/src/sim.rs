@@ -110,7 +110,10 @@ impl SimDisk {
 
     /// A storage handle on this disk for the WAL.
     pub fn storage(&self) -> SimStorage {
-        SimStorage { disk: self.clone(), pending_prepare: None }
+        SimStorage {
+            disk: self.clone(),
+            pending_prepare: None,
+        }
     }
 
     /// Operations performed so far.
@@ -221,7 +224,10 @@ impl Storage for SimStorage {
     }
 
     fn begin_prepare(&mut self, name: &str, _tmp_name: &str, header: Vec<u8>, len_bytes: u64) {
-        assert!(self.pending_prepare.is_none(), "one segment preparation at a time");
+        assert!(
+            self.pending_prepare.is_none(),
+            "one segment preparation at a time"
+        );
         self.pending_prepare = Some((name.to_string(), header, len_bytes));
     }
 
