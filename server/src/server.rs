@@ -243,52 +243,79 @@ pub fn run(config: Config) -> Result<(), String> {
     Ok(())
 }
 
-/// The per-core router: every etcd gRPC service plus the front's HTTP routes.
+/// The per-core router: every etcd gRPC service (plus v3lock and v3election) and the front's
+/// HTTP routes (health, version, metrics, JSON gateway) calling the same service objects.
 pub fn build_router(shared: &Arc<Shared>) -> Router {
+    use ferrite_net::pb::v3electionpb::election_server::ElectionServer;
+    use ferrite_net::pb::v3lockpb::lock_server::LockServer;
     let limit = grpc_decoding_limit_bytes(shared.limits.request_bytes_max);
-    let kv = crate::kv::KvService {
-        shared: shared.clone(),
-    };
-    Router::builder()
+    let services = crate::http::Services::new(
+        Arc::new(crate::kv::KvService {
+            shared: shared.clone(),
+        }),
+        Arc::new(crate::watch::WatchService {
+            shared: shared.clone(),
+        }),
+        Arc::new(crate::lease::LeaseService {
+            shared: shared.clone(),
+        }),
+        Arc::new(crate::cluster::ClusterService {
+            shared: shared.clone(),
+        }),
+        Arc::new(crate::maintenance::MaintenanceService {
+            shared: shared.clone(),
+        }),
+        Arc::new(crate::auth_svc::AuthService {
+            shared: shared.clone(),
+        }),
+    );
+    let out = GRPC_RESPONSE_BYTES_MAX;
+    let builder = Router::builder()
         .grpc(
-            KvServer::new(kv)
+            KvServer::from_arc(services.kv.clone())
                 .max_decoding_message_size(limit)
-                .max_encoding_message_size(GRPC_RESPONSE_BYTES_MAX),
+                .max_encoding_message_size(out),
         )
         .grpc(
-            WatchServer::new(crate::watch::WatchService {
-                shared: shared.clone(),
-            })
-            .max_decoding_message_size(limit)
-            .max_encoding_message_size(GRPC_RESPONSE_BYTES_MAX),
+            WatchServer::from_arc(services.watch.clone())
+                .max_decoding_message_size(limit)
+                .max_encoding_message_size(out),
         )
         .grpc(
-            LeaseServer::new(crate::lease::LeaseService {
-                shared: shared.clone(),
-            })
-            .max_decoding_message_size(limit)
-            .max_encoding_message_size(GRPC_RESPONSE_BYTES_MAX),
+            LeaseServer::from_arc(services.lease.clone())
+                .max_decoding_message_size(limit)
+                .max_encoding_message_size(out),
         )
         .grpc(
-            MaintenanceServer::new(crate::maintenance::MaintenanceService {
-                shared: shared.clone(),
-            })
-            .max_decoding_message_size(limit)
-            .max_encoding_message_size(GRPC_RESPONSE_BYTES_MAX),
+            MaintenanceServer::from_arc(services.maintenance.clone())
+                .max_decoding_message_size(limit)
+                .max_encoding_message_size(out),
         )
         .grpc(
-            ClusterServer::new(crate::cluster::ClusterService {
-                shared: shared.clone(),
-            })
-            .max_decoding_message_size(limit),
+            ClusterServer::from_arc(services.cluster.clone())
+                .max_decoding_message_size(limit)
+                .max_encoding_message_size(out),
         )
         .grpc(
-            AuthServer::new(crate::auth_svc::AuthService {
-                shared: shared.clone(),
-            })
-            .max_decoding_message_size(limit),
+            AuthServer::from_arc(services.auth.clone())
+                .max_decoding_message_size(limit)
+                .max_encoding_message_size(out),
         )
-        .build()
+        .grpc(
+            LockServer::from_arc(services.lock.clone())
+                .max_decoding_message_size(limit)
+                .max_encoding_message_size(out),
+        )
+        .grpc(
+            ElectionServer::from_arc(services.election.clone())
+                .max_decoding_message_size(limit)
+                .max_encoding_message_size(out),
+        );
+    let gateway = std::rc::Rc::new(crate::http::Gateway {
+        backend: services,
+        request_bytes_max: shared.limits.request_bytes_max,
+    });
+    crate::http::add_routes(builder, gateway).build()
 }
 
 #[cfg(test)]
