@@ -26,7 +26,7 @@ use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKey
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{
-    CertificateError, ClientConfig, DigitallySignedStruct, DistinguishedName, OtherError, RootCertStore,
+    ClientConfig, DigitallySignedStruct, DistinguishedName, OtherError, RootCertStore,
     ServerConfig, SignatureScheme, SupportedCipherSuite,
 };
 
@@ -180,7 +180,7 @@ impl AllowedPeer {
 
     fn check(&self, end_entity: &CertificateDer<'_>) -> Result<(), rustls::Error> {
         let refuse = |msg: String| {
-            rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(tls_err(msg)))))
+            rustls::Error::Other(OtherError(Arc::new(tls_err(format!("peer certificate refused: {msg}")))))
         };
         match self {
             AllowedPeer::Any => Ok(()),
