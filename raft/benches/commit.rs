@@ -55,22 +55,21 @@ fn run(mode: &Mode, entries_total: u64) -> Result {
     let mut rounds = 0u64;
     let mut messages = 0u64;
     let start = Instant::now();
-    let mut handle =
-        |n: &mut RawNode, out: &mut Vec<Message>, committed: &mut u64, is_leader: bool| {
-            while n.has_ready() {
-                let rd = n.ready();
-                out.extend(rd.early_messages);
-                out.extend(rd.messages);
-                if is_leader {
-                    *committed += rd
-                        .committed_entries
-                        .iter()
-                        .filter(|e| e.data.len() == ENTRY_BYTES)
-                        .count() as u64;
-                }
-                n.advance();
+    let handle = |n: &mut RawNode, out: &mut Vec<Message>, committed: &mut u64, is_leader: bool| {
+        while n.has_ready() {
+            let rd = n.ready();
+            out.extend(rd.early_messages);
+            out.extend(rd.messages);
+            if is_leader {
+                *committed += rd
+                    .committed_entries
+                    .iter()
+                    .filter(|e| e.data.len() == ENTRY_BYTES)
+                    .count() as u64;
             }
-        };
+            n.advance();
+        }
+    };
     while committed < entries_total {
         rounds += 1;
         assert!(rounds < 100_000_000);
@@ -107,7 +106,7 @@ fn run(mode: &Mode, entries_total: u64) -> Result {
             handle(n, &mut next, &mut committed, lead);
         }
         for n in nodes.values_mut() {
-            if rounds % ROUNDS_PER_TICK != 0 {
+            if !rounds.is_multiple_of(ROUNDS_PER_TICK) {
                 break;
             }
             n.tick();

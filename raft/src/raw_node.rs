@@ -1504,12 +1504,9 @@ impl RawNode {
                 self.leader = m.from;
                 self.handle_snapshot(m);
             }
-            TimeoutNow => {
-                // Leadership transfer: campaign at once, skipping pre-vote and leases.
-                if self.promotable() {
-                    self.campaign(true);
-                }
-            }
+            // Leadership transfer: campaign at once, skipping pre-vote and leases
+            // (`campaign` checks that we may).
+            TimeoutNow => self.campaign(true),
             ReadIndexResp => {
                 self.read_states.push(ReadState {
                     index: m.index,

@@ -381,7 +381,7 @@ impl Sim {
         for id in due {
             self.restart(id)?;
         }
-        if self.now % SUBSTEPS_PER_TICK == 0 {
+        if self.now.is_multiple_of(SUBSTEPS_PER_TICK) {
             let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
             for id in ids {
                 if let Some(raw) = self.nodes.get_mut(&id).and_then(|n| n.raw.as_mut()) {
