@@ -151,9 +151,6 @@ impl AuthStore {
                 return Err(err(format!("user {name:?}: roles not sorted")));
             }
             let no_password = pb.options.is_some_and(|o| o.no_password);
-            if no_password && !pb.password.is_empty() {
-                return Err(err(format!("user {name:?}: no-password user with a password hash")));
-            }
             let user = User { name: name.clone(), password_hash: pb.password, roles: pb.roles, no_password };
             if users.insert(name.clone(), user).is_some() {
                 return Err(err(format!("duplicate user {name:?}")));

@@ -60,7 +60,8 @@ pub fn prefix_range_end(prefix: &[u8]) -> Vec<u8> {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct User {
     pub name: String,
-    /// bcrypt hash (`$2a$...`); empty for no-password users.
+    /// bcrypt hash (`$2a$...`); empty for users added with no password (a later password
+    /// change sets one, but the user stays no-password, as in etcd).
     pub password_hash: Vec<u8>,
     /// Sorted, without duplicates.
     pub roles: Vec<String>,
@@ -226,7 +227,7 @@ impl AuthStore {
         }
         let user = self.users.get(name).ok_or(AuthError::AuthFailed)?;
         if user.no_password {
-            return Err(AuthError::AuthFailed);
+            return Err(AuthError::NoPasswordUser);
         }
         Ok((user.password_hash.clone(), self.revision))
     }
@@ -420,7 +421,6 @@ impl AuthStore {
         for (name, u) in &self.users {
             assert_eq!(name, &u.name, "user key mismatch");
             assert!(u.roles.windows(2).all(|w| w[0] < w[1]), "roles of {name} not sorted/unique");
-            assert!(!u.no_password || u.password_hash.is_empty(), "no-password user {name} has a hash");
         }
         for (name, r) in &self.roles {
             assert_eq!(name, &r.name, "role key mismatch");

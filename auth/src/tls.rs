@@ -189,7 +189,8 @@ impl AllowedPeer {
                 if cn.as_deref() == Some(want.as_str()) {
                     Ok(())
                 } else {
-                    Err(refuse(format!("certificate CN {cn:?} is not the allowed CN {want:?}")))
+                    let cn = cn.map_or_else(|| "(none)".to_string(), |c| format!("{c:?}"));
+                    Err(refuse(format!("certificate CN {cn} is not the allowed CN {want:?}")))
                 }
             }
             AllowedPeer::Hostname(want) => {

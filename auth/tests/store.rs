@@ -232,7 +232,7 @@ fn authenticate_and_password_lookup() {
     st = enabled_store();
     st.apply_unchecked(&C::UserAdd { name: s("cn-user"), password_hash: vec![], no_password: true }).unwrap();
     assert_eq!(st.password_hash_for("nobody"), Err(E::AuthFailed));
-    assert_eq!(st.password_hash_for("cn-user"), Err(E::AuthFailed));
+    assert_eq!(st.password_hash_for("cn-user"), Err(E::NoPasswordUser));
     let (hash, rev) = st.password_hash_for("root").unwrap();
     assert!(ferrite_auth::verify_password("pw", &hash));
     assert_eq!(rev, st.revision());
