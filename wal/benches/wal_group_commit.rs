@@ -86,15 +86,11 @@ fn floor(dir: &Path, secs: Duration, op_bytes: usize, name: &str) -> Row {
         f.write_all_at(&buf, off).unwrap();
         f.sync_data().unwrap();
         lats.push(t.elapsed());
-        off = (off + OP_BYTES as u64) % FLOOR_FILE_BYTES;
+        off = (off + op_bytes as u64) % FLOOR_FILE_BYTES;
     }
     let el = start.elapsed();
-    summarize(
-        "floor: std pwrite 4 KiB + fdatasync, plain thread".into(),
-        &mut lats,
-        el,
-        String::new(),
-    )
+    let mb_per_sec = lats.len() as f64 * op_bytes as f64 / el.as_secs_f64() / 1e6;
+    summarize(name.into(), &mut lats, el, format!("{mb_per_sec:.0} MB/s"))
 }
 
 fn executor<T: Send + 'static>(f: impl AsyncFnOnce() -> T + Send + 'static) -> T {
