@@ -34,7 +34,7 @@ impl LogState {
                     }
                 }
                 if let Some(last) = self.last_index {
-                    if index > last + 1 {
+                    if index - 1 > last {
                         return Err(format!(
                             "entry index {index} leaves a gap after the last index {last}"
                         ));
@@ -531,7 +531,7 @@ impl<S: Storage> Wal<S> {
     /// marker. Returns how many segments were freed.
     pub fn release_below(&mut self, index: u64) -> Result<usize, WalError> {
         match self.state.snapshot {
-            Some((s, _)) if index <= s + 1 => {}
+            Some((s, _)) if index.saturating_sub(1) <= s => {}
             _ => return Err(WalError::NoSnapshot { index }),
         }
         let mut freed = 0;

@@ -294,3 +294,52 @@ pub fn decode_record(buf: &[u8]) -> Result<(WalRecord, usize), DecodeError> {
     };
     Ok((record, total))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The worked example in docs/format.md, byte by byte.
+    #[test]
+    fn documented_example_layout() {
+        let mut b = Vec::new();
+        encode_record(
+            &WalRecord::Entry {
+                index: 1,
+                term: 2,
+                data: b"hi".to_vec(),
+            },
+            &mut b,
+        );
+        let mut want = vec![0x12, 0, 0, 0, 1, 0, 0, 0];
+        want.extend_from_slice(&1u64.to_le_bytes());
+        want.extend_from_slice(&2u64.to_le_bytes());
+        want.extend_from_slice(b"hi");
+        assert_eq!(b.len(), 30);
+        assert_eq!(&b[4..], &want[..]);
+        assert_eq!(
+            u32::from_le_bytes(b[..4].try_into().unwrap()),
+            crc32c::crc32c(&want)
+        );
+        let h = SegmentHeader {
+            seq: 0x1234,
+            batch_bytes_max: 4096,
+        }
+        .encode();
+        assert_eq!(&h[..8], b"FRTWAL\r\n");
+        assert_eq!(
+            SegmentHeader::decode(&h),
+            Ok(SegmentHeader {
+                seq: 0x1234,
+                batch_bytes_max: 4096
+            })
+        );
+        assert_eq!(
+            parse_segment_file_name(&segment_file_name(0x1234)),
+            Some(0x1234)
+        );
+        assert_eq!(segment_file_name(0x1234), "0000000000001234.wal");
+        assert_eq!(parse_segment_file_name("0000000000001234.wal.tmp"), None);
+        assert_eq!(decode_record(&[0u8; 12]), Err(DecodeError::Zero));
+    }
+}
