@@ -1093,6 +1093,11 @@ impl DbWriter {
         Ok(false)
     }
 
+    /// Reusable free pages below `cutoff` (where defragmentation can move pages to).
+    pub fn free_below(&self, cutoff: PageId) -> usize {
+        self.free.range(..cutoff).count()
+    }
+
     /// Pages in use, free, and the file's page count (for defragmentation decisions).
     pub fn page_stats(&self) -> (u64, u64, u64) {
         let free = self.free.len() as u64 + self.pending_count + self.freed_now.len() as u64;

@@ -774,7 +774,9 @@ impl MvccStore {
     /// has uncommitted changes (then the writer's commits continue it).
     pub fn defragment(&self) -> Result<(), StoreError> {
         self.inner.defrag_requested.store(true, Ordering::Release);
-        for _ in 0..1_000_000 {
+        let pages = self.size_bytes() / PAGE_SIZE as u64;
+        let slices_max = 2 * pages / self.inner.opts.defrag_pages_per_slice.max(1) as u64 + 8;
+        for _ in 0..slices_max {
             let mut w = self.lock();
             if w.db.has_changes() {
                 return Ok(());
@@ -959,7 +961,13 @@ fn defrag_slice(db: &mut DbWriter, pages_max: usize) -> Result<bool, StoreError>
     if cutoff >= total {
         return Ok(false);
     }
-    let moved = db.relocate_above(cutoff, pages_max)?;
+    // Only move pages when there is room below the cutoff; pages pinned by readers or waiting
+    // for a durable commit become room later.
+    let room = db.free_below(cutoff).min(pages_max);
+    if room == 0 {
+        return Ok(false);
+    }
+    let moved = db.relocate_above(cutoff, room)?;
     Ok(moved > 0)
 }
 

@@ -19,7 +19,11 @@ fn fingerprint(s: &MvccStore) -> Fingerprint {
             ..RangeOptions::default()
         })
         .unwrap();
-    let kvs = r.kvs.into_iter().map(|kv| (kv.key, kv.value, kv.version)).collect();
+    let kvs = r
+        .kvs
+        .into_iter()
+        .map(|kv| (kv.key, kv.value, kv.version))
+        .collect();
     (v.revision(), kvs, s.hash_kv(0).unwrap().0)
 }
 
@@ -37,10 +41,7 @@ fn opts() -> StoreOptions {
 
 /// Runs the workload until an operation fails. Calls `on_commit(n, store)` after each
 /// successful commit `n` and returns the durable commits reached (by number).
-fn workload(
-    s: &MvccStore,
-    mut on_commit: impl FnMut(u64, &MvccStore),
-) -> Result<(), StoreError> {
+fn workload(s: &MvccStore, mut on_commit: impl FnMut(u64, &MvccStore)) -> Result<(), StoreError> {
     let mut w = s.writer();
     let big: Vec<u8> = (0..100_000u32).map(|i| (i % 253) as u8).collect();
     for n in 1..=40u64 {
@@ -48,7 +49,11 @@ fn workload(
             let mut t = w.txn();
             for j in 0..(n % 5 + 1) {
                 let k = format!("key/{:03}", (n * 7 + j * 13) % 50);
-                t.put(k.as_bytes(), format!("v{n}.{j}").repeat((n % 9) as usize).as_bytes(), 0);
+                t.put(
+                    k.as_bytes(),
+                    format!("v{n}.{j}").repeat((n % 9) as usize).as_bytes(),
+                    0,
+                );
             }
             if n % 6 == 0 {
                 t.delete_range(b"key/01", b"key/02");
@@ -93,7 +98,10 @@ fn crash_at_every_io_reopens_a_durable_commit() {
     })
     .unwrap();
     let total_ops = sim.ops_done() - ops_at_open;
-    assert!(total_ops > 60, "workload too small: {total_ops} I/O operations");
+    assert!(
+        total_ops > 60,
+        "workload too small: {total_ops} I/O operations"
+    );
 
     let mut reopened_at = std::collections::BTreeSet::new();
     for cut in 0..total_ops {
@@ -102,7 +110,10 @@ fn crash_at_every_io_reopens_a_durable_commit() {
         sim.fail_after_ops(Some(cut));
         let mut last_ok = 0;
         let r = workload(&s, |n, _| last_ok = n);
-        assert!(r.is_err(), "cut {cut} of {total_ops} did not fail the workload");
+        assert!(
+            r.is_err(),
+            "cut {cut} of {total_ops} did not fail the workload"
+        );
         drop(s);
         for seed in 0..4 {
             let img = sim.crash_image(seed * 7919 + cut);
