@@ -24,11 +24,15 @@ pub struct Config {
     /// that heard from a leader within the election timeout ignore vote requests.
     pub check_quorum: bool,
     /// Serve ReadIndex from the leader lease instead of a heartbeat round. Requires
-    /// `check_quorum`. Assumes clocks (tick rates) on all nodes drift by less than the gap
-    /// between the election timeout and the leader's step-down: a new leader cannot be elected
-    /// until followers stop hearing from the old one for `election_ticks`, while the old leader
-    /// steps down after `election_ticks` without a quorum. If a node's ticks run slow by more
-    /// than that margin (VM pause, clock jump), a lease read may be stale.
+    /// `check_quorum`. The lease: a quorum of voters acknowledged a heartbeat the leader sent
+    /// less than `election_ticks - 1` of its ticks ago; each of those voters, on receiving it,
+    /// ignores vote requests for `election_ticks` of *its* ticks (check-quorum's lease), and a
+    /// restarted node ignores them for its first `election_ticks` (startup guard). So no other
+    /// leader can be elected while the lease holds **provided every node's tick rate is within
+    /// one tick per election timeout of the leader's** (clock drift, VM pauses and stalled tick
+    /// loops break this: a leader paused past its lease then resumed may serve one stale read
+    /// before it learns of the new term). The lease is never used after a TimeoutNow was sent
+    /// in the term (a transfer target is allowed to ignore leases).
     pub lease_read: bool,
     /// Max bytes of entries per Append message (at least one entry is always sent).
     pub msg_bytes_max: u64,
@@ -1683,8 +1687,10 @@ impl RawNode {
                 if pr.read_acked_seq < m.seq {
                     pr.read_acked_seq = m.seq;
                 }
+                // A full window whose acks were lost would stall forever: each heartbeat
+                // response frees one slot so replication (or a rejection) resumes.
                 if pr.state == ProgressState::Replicate
-                    && pr.inflights.len() >= self.cfg.inflight_msgs_max
+                    && pr.is_paused(self.cfg.inflight_msgs_max, self.cfg.inflight_bytes_max)
                 {
                     pr.free_first();
                 }

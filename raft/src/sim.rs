@@ -70,6 +70,7 @@ pub struct SimOptions {
     pub lease_read: bool,
     pub snapshot_chunk_bytes: u64,
     pub inflight_msgs_max: usize,
+    pub inflight_bytes_max: u64,
     pub msg_bytes_max: u64,
 }
 
@@ -98,6 +99,7 @@ impl SimOptions {
             snapshot_chunk_bytes: [7, 64, 1024][r.below(3) as usize],
             inflight_msgs_max: [1, 4, 64][r.below(3) as usize],
             msg_bytes_max: [1, 200, 1 << 20][r.below(3) as usize],
+            inflight_bytes_max: [100, 1000, 1 << 30][r.below(3) as usize],
         }
     }
 }
@@ -253,6 +255,7 @@ impl Sim {
         c.snapshot_chunk_bytes = self.opts.snapshot_chunk_bytes;
         c.inflight_msgs_max = self.opts.inflight_msgs_max;
         c.msg_bytes_max = self.opts.msg_bytes_max;
+        c.inflight_bytes_max = self.opts.inflight_bytes_max;
         c.seed = self.opts.seed;
         c
     }

@@ -917,3 +917,45 @@ fn snapshot_sent_in_chunks_to_new_node() {
     assert_eq!(net.node(4).last_index(), net.node(1).last_index());
     assert!(net.node(4).conf_state().is_learner(4));
 }
+
+// ----- limits and forwarding -----
+
+/// Followers forward proposals to the leader; a leader refuses proposals beyond
+/// `uncommitted_bytes_max`; the inflight window is also bounded in bytes.
+#[test]
+fn forwarding_and_byte_limits() {
+    let mut net = Net::new(3, |c| {
+        c.uncommitted_bytes_max = 3 * (ENTRY_OVERHEAD_BYTES + 100);
+        c.inflight_bytes_max = 2 * (ENTRY_OVERHEAD_BYTES + 100);
+        c.msg_bytes_max = 1;
+    });
+    net.elect(1);
+    net.stabilize();
+    net.propose(2, &[2; 100]).unwrap();
+    net.stabilize();
+    assert_eq!(net.applied_data(3).last().unwrap(), &vec![2; 100]);
+    // Nobody acknowledges: the leader accepts up to the uncommitted limit, then refuses.
+    net.cut.insert((2, 1));
+    net.cut.insert((3, 1));
+    let before = net.log.len();
+    let results: Vec<bool> = (0..5u8)
+        .map(|i| net.propose(1, &[i; 100]).is_ok())
+        .collect();
+    assert_eq!(results, vec![true, true, true, false, false]);
+    net.stabilize();
+    let appends_to_2 = net.log[before..]
+        .iter()
+        .filter(|m| m.kind == MessageKind::Append && m.to == 2 && !m.entries.is_empty())
+        .count();
+    assert_eq!(
+        appends_to_2, 2,
+        "inflight bytes window holds two 100-byte entries"
+    );
+    net.heal();
+    net.tick_all(3);
+    assert_eq!(net.applied_data(2).len(), 4);
+    assert!(
+        net.propose(1, &[9; 100]).is_ok(),
+        "accepted again once committed"
+    );
+}

@@ -18,6 +18,7 @@ fn sim_seeds() {
     for seed in start..start + count {
         match run_seed(seed) {
             Ok(s) => {
+                total.ticks += s.ticks;
                 total.committed += s.committed;
                 total.elections += s.elections;
                 total.crashes += s.crashes;
