@@ -213,3 +213,134 @@ fn take_record<'a>(rest: &mut &'a [u8]) -> Result<&'a [u8], String> {
     *rest = &rest[4 + len..];
     Ok(rec)
 }
+
+/// Wire form of one [`AuthCommand`] inside a Raft entry (docs/format.md, "Auth store").
+#[derive(Clone, PartialEq, prost::Message)]
+struct PbAuthCommand {
+    #[prost(uint32, tag = "1")]
+    kind: u32,
+    #[prost(string, tag = "2")]
+    name: String,
+    #[prost(string, tag = "3")]
+    other: String,
+    #[prost(bytes = "vec", tag = "4")]
+    password_hash: Vec<u8>,
+    #[prost(bool, tag = "5")]
+    no_password: bool,
+    #[prost(message, optional, tag = "6")]
+    perm: Option<PbPermission>,
+}
+
+/// `kind` values of an encoded auth command.
+pub mod command_kind {
+    pub const AUTH_ENABLE: u32 = 1;
+    pub const AUTH_DISABLE: u32 = 2;
+    pub const AUTHENTICATE: u32 = 3;
+    pub const USER_ADD: u32 = 4;
+    pub const USER_DELETE: u32 = 5;
+    pub const USER_CHANGE_PASSWORD: u32 = 6;
+    pub const USER_GRANT_ROLE: u32 = 7;
+    pub const USER_REVOKE_ROLE: u32 = 8;
+    pub const ROLE_ADD: u32 = 9;
+    pub const ROLE_DELETE: u32 = 10;
+    pub const ROLE_GRANT_PERMISSION: u32 = 11;
+    pub const ROLE_REVOKE_PERMISSION: u32 = 12;
+}
+
+impl crate::store::AuthCommand {
+    /// Encodes for a Raft entry (never contains a clear-text password).
+    pub fn encode(&self) -> Vec<u8> {
+        use crate::store::AuthCommand as C;
+        use command_kind::*;
+        let mut pb = PbAuthCommand::default();
+        let perm_pb = |p: &Permission| PbPermission {
+            perm_type: p.perm_type as i32,
+            key: p.key.clone(),
+            range_end: p.range_end.clone(),
+        };
+        match self {
+            C::AuthEnable => pb.kind = AUTH_ENABLE,
+            C::AuthDisable => pb.kind = AUTH_DISABLE,
+            C::Authenticate { name, simple_token_prefix } => {
+                pb.kind = AUTHENTICATE;
+                pb.name = name.clone();
+                pb.other = simple_token_prefix.clone();
+            }
+            C::UserAdd { name, password_hash, no_password } => {
+                pb.kind = USER_ADD;
+                pb.name = name.clone();
+                pb.password_hash = password_hash.clone();
+                pb.no_password = *no_password;
+            }
+            C::UserDelete { name } => {
+                pb.kind = USER_DELETE;
+                pb.name = name.clone();
+            }
+            C::UserChangePassword { name, password_hash } => {
+                pb.kind = USER_CHANGE_PASSWORD;
+                pb.name = name.clone();
+                pb.password_hash = password_hash.clone();
+            }
+            C::UserGrantRole { user, role } => {
+                pb.kind = USER_GRANT_ROLE;
+                pb.name = user.clone();
+                pb.other = role.clone();
+            }
+            C::UserRevokeRole { name, role } => {
+                pb.kind = USER_REVOKE_ROLE;
+                pb.name = name.clone();
+                pb.other = role.clone();
+            }
+            C::RoleAdd { name } => {
+                pb.kind = ROLE_ADD;
+                pb.name = name.clone();
+            }
+            C::RoleDelete { role } => {
+                pb.kind = ROLE_DELETE;
+                pb.name = role.clone();
+            }
+            C::RoleGrantPermission { name, perm } => {
+                pb.kind = ROLE_GRANT_PERMISSION;
+                pb.name = name.clone();
+                pb.perm = Some(perm_pb(perm));
+            }
+            C::RoleRevokePermission { role, key, range_end } => {
+                pb.kind = ROLE_REVOKE_PERMISSION;
+                pb.name = role.clone();
+                pb.perm = Some(PbPermission { perm_type: 0, key: key.clone(), range_end: range_end.clone() });
+            }
+        }
+        pb.encode_to_vec()
+    }
+
+    /// Decodes [`AuthCommand::encode`] output; malformed input is an error.
+    pub fn decode(bytes: &[u8]) -> Result<crate::store::AuthCommand, DecodeError> {
+        use crate::store::AuthCommand as C;
+        use command_kind::*;
+        let pb = PbAuthCommand::decode(bytes).map_err(|e| err(format!("auth command: {e}")))?;
+        let perm = || pb.perm.clone().ok_or_else(|| err("auth command: permission missing"));
+        Ok(match pb.kind {
+            AUTH_ENABLE => C::AuthEnable,
+            AUTH_DISABLE => C::AuthDisable,
+            AUTHENTICATE => C::Authenticate { name: pb.name, simple_token_prefix: pb.other },
+            USER_ADD => C::UserAdd { name: pb.name, password_hash: pb.password_hash, no_password: pb.no_password },
+            USER_DELETE => C::UserDelete { name: pb.name },
+            USER_CHANGE_PASSWORD => C::UserChangePassword { name: pb.name, password_hash: pb.password_hash },
+            USER_GRANT_ROLE => C::UserGrantRole { user: pb.name, role: pb.other },
+            USER_REVOKE_ROLE => C::UserRevokeRole { name: pb.name, role: pb.other },
+            ROLE_ADD => C::RoleAdd { name: pb.name },
+            ROLE_DELETE => C::RoleDelete { role: pb.name },
+            ROLE_GRANT_PERMISSION => {
+                let p = perm()?;
+                let perm_type = PermType::from_i32(p.perm_type)
+                    .ok_or_else(|| err(format!("auth command: permission type {}", p.perm_type)))?;
+                C::RoleGrantPermission { name: pb.name, perm: Permission { perm_type, key: p.key, range_end: p.range_end } }
+            }
+            ROLE_REVOKE_PERMISSION => {
+                let p = perm()?;
+                C::RoleRevokePermission { role: pb.name, key: p.key, range_end: p.range_end }
+            }
+            other => return Err(err(format!("auth command: unknown kind {other}"))),
+        })
+    }
+}

@@ -21,6 +21,7 @@
 
 pub mod codec;
 pub mod error;
+pub mod gosort;
 pub mod hash;
 pub mod perm;
 pub mod store;

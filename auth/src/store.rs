@@ -78,7 +78,8 @@ impl User {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Role {
     pub name: String,
-    /// Sorted by key (stable among equal keys), as etcd keeps them.
+    /// Sorted by key; permissions with equal keys (different range ends) in the order Go's
+    /// unstable `sort.Sort` leaves them, as etcd keeps them.
     pub perms: Vec<Permission>,
 }
 
@@ -361,7 +362,8 @@ impl AuthStore {
                     }
                     _ => {
                         role.perms.push(perm.clone());
-                        role.perms.sort_by(|a, b| a.key.cmp(&b.key));
+                        // Go's unstable sort.Sort, so ties between equal keys land as in etcd.
+                        crate::gosort::go_sort(&mut role.perms, &|a: &Permission, b: &Permission| a.key < b.key);
                     }
                 }
                 self.committed();

@@ -435,6 +435,15 @@ proptest! {
     #[test]
     fn decode_never_panics(bytes in prop::collection::vec(any::<u8>(), 0..200)) {
         let _ = AuthStore::decode(&bytes);
+        let _ = C::decode(&bytes);
+    }
+
+    /// Auth commands survive their Raft-entry encoding.
+    #[test]
+    fn command_round_trip(cmd in command_strategy(), prefix in "[a-zA-Z]{0,16}") {
+        prop_assert_eq!(C::decode(&cmd.encode()).unwrap(), cmd);
+        let auth = C::Authenticate { name: s("u"), simple_token_prefix: prefix };
+        prop_assert_eq!(C::decode(&auth.encode()).unwrap(), auth);
     }
 }
 
