@@ -23,9 +23,12 @@ use crate::error::WalError;
 use crate::storage::FileStorage;
 use crate::{Recovered, WalOptions, WalRecord};
 
+/// The result (once sent) and the waker of the task awaiting it.
+type Slot<T> = (Option<Result<T, WalError>>, Option<Waker>);
+
 /// A one-shot result slot with the waker of the task awaiting it.
 struct Completion<T> {
-    slot: Mutex<(Option<Result<T, WalError>>, Option<Waker>)>,
+    slot: Mutex<Slot<T>>,
 }
 
 impl<T> Completion<T> {
