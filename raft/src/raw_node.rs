@@ -156,6 +156,8 @@ pub enum RaftError {
     /// `compact` index is not after the current snapshot, not yet applied, or precedes the
     /// last applied membership change.
     BadCompactIndex,
+    /// A peer message contradicts itself (see `RawNode::step`).
+    InvalidMessage(&'static str),
 }
 
 impl fmt::Display for RaftError {
@@ -167,6 +169,7 @@ impl fmt::Display for RaftError {
             RaftError::InvalidConfig(s) => write!(f, "raft: invalid config: {s}"),
             RaftError::Corrupt(s) => write!(f, "raft: corrupt persisted state: {s}"),
             RaftError::BadCompactIndex => write!(f, "raft: bad compaction index"),
+            RaftError::InvalidMessage(s) => write!(f, "raft: invalid message: {s}"),
         }
     }
 }
@@ -575,10 +578,15 @@ impl RawNode {
     }
 
     /// Feeds a message from a peer.
+    /// Feeds a message from a peer. A message that is internally inconsistent (entries not
+    /// contiguous after `index`, terms decreasing or above the message's term, a snapshot chunk
+    /// past its total length) is refused with `InvalidMessage` and changes nothing; messages
+    /// for another node, from node 0, or reaching a removed node are ignored.
     pub fn step(&mut self, m: Message) -> Result<(), RaftError> {
         if m.to != self.id || m.from == NO_NODE || self.removed {
             return Ok(());
         }
+        validate_message(&m)?;
         self.step_inner(m);
         self.log.check();
         Ok(())
@@ -1546,7 +1554,9 @@ impl RawNode {
     }
 
     fn handle_heartbeat(&mut self, m: Message) {
-        self.log.commit_to(m.commit);
+        // The leader sends min(commit, our match), so this is within our log; the min only
+        // guards against a confused peer.
+        self.log.commit_to(m.commit.min(self.log.last_index()));
         let mut r = Message::new(MessageKind::HeartbeatResp, self.id, m.from, self.term);
         r.seq = m.seq;
         self.send(r);
@@ -1722,4 +1732,32 @@ impl RawNode {
             _ => {}
         }
     }
+}
+
+fn validate_message(m: &Message) -> Result<(), RaftError> {
+    let bad = |s| Err(RaftError::InvalidMessage(s));
+    if m.kind == MessageKind::Append {
+        let mut prev_term = m.log_term;
+        for (k, e) in m.entries.iter().enumerate() {
+            if m.index.checked_add(k as u64 + 1) != Some(e.index) {
+                return bad("append entries not contiguous after index");
+            }
+            if e.term < prev_term || e.term > m.term {
+                return bad("append entry terms out of order");
+            }
+            prev_term = e.term;
+        }
+    }
+    if let Some(c) = &m.snapshot {
+        if c.offset
+            .checked_add(c.data.len() as u64)
+            .is_none_or(|end| end > c.total_len)
+        {
+            return bad("snapshot chunk beyond its total length");
+        }
+        if c.meta.index == 0 {
+            return bad("snapshot at index 0");
+        }
+    }
+    Ok(())
 }

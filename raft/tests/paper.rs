@@ -959,3 +959,42 @@ fn forwarding_and_byte_limits() {
         "accepted again once committed"
     );
 }
+
+/// A message that contradicts itself is refused with an error and changes nothing.
+#[test]
+fn invalid_messages_are_refused() {
+    let mut net = Net::new(3, no_tweak);
+    net.elect(1);
+    net.stabilize();
+    let t = net.node(2).term();
+    let last = net.node(2).last_index();
+    let mut m = Message::new(MessageKind::Append, 1, 2, t);
+    m.index = last;
+    m.log_term = t;
+    m.entries = entries(last + 2, last + 2, t); // gap
+    assert!(matches!(
+        net.raw(2).step(m.clone()),
+        Err(RaftError::InvalidMessage(_))
+    ));
+    m.entries = entries(last + 1, last + 1, t + 1); // term above the leader's
+    assert!(matches!(
+        net.raw(2).step(m),
+        Err(RaftError::InvalidMessage(_))
+    ));
+    assert_eq!(net.node(2).last_index(), last);
+    let mut s = Message::new(MessageKind::Snapshot, 1, 2, t);
+    s.snapshot = Some(SnapshotChunk {
+        meta: SnapshotMeta {
+            index: 99,
+            term: t,
+            conf_state: ConfState::with_voters(&[1, 2, 3]),
+        },
+        offset: 10,
+        total_len: 11,
+        data: vec![0; 5],
+    });
+    assert!(matches!(
+        net.raw(2).step(s),
+        Err(RaftError::InvalidMessage(_))
+    ));
+}
