@@ -130,13 +130,19 @@ impl<T: 'static> CoreLocal<T> {
     /// The value. Panics off the owning thread.
     pub fn get(&self) -> &T {
         self.check_owner();
-        self.value.as_deref().expect("CoreLocal value present until drop")
+        self.value
+            .as_deref()
+            .expect("CoreLocal value present until drop")
     }
 
     /// A clone of the `Rc`, to move into a [`run_local`] task. Panics off the owning thread.
     pub fn rc(&self) -> Rc<T> {
         self.check_owner();
-        Rc::clone(self.value.as_ref().expect("CoreLocal value present until drop"))
+        Rc::clone(
+            self.value
+                .as_ref()
+                .expect("CoreLocal value present until drop"),
+        )
     }
 
     /// Whether the current thread owns the value.

@@ -37,4 +37,5 @@ pub mod v3electionpb {
 }
 
 /// The encoded `FileDescriptorSet` of all of the above (for reflection or tooling).
-pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/etcd_descriptor.bin"));
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/etcd_descriptor.bin"));

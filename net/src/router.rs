@@ -181,12 +181,18 @@ impl Router {
         if let Some(h) = routes.exact.get(path) {
             return h(req);
         }
-        if let Some((_, h)) = routes.prefixes.iter().find(|(p, _)| path.starts_with(p.as_str())) {
+        if let Some((_, h)) = routes
+            .prefixes
+            .iter()
+            .find(|(p, _)| path.starts_with(p.as_str()))
+        {
             return h(req);
         }
         match &routes.fallback {
             Some(h) => h(req),
-            None => Box::pin(async { text_response(StatusCode::NOT_FOUND, "404 page not found\n") }),
+            None => {
+                Box::pin(async { text_response(StatusCode::NOT_FOUND, "404 page not found\n") })
+            }
         }
     }
 }
@@ -232,7 +238,10 @@ impl RouterBuilder {
     {
         let handler: Handler = Rc::new(move |req| Box::pin(handler(req)));
         assert!(
-            self.routes.exact.insert(path.to_string(), handler).is_none(),
+            self.routes
+                .exact
+                .insert(path.to_string(), handler)
+                .is_none(),
             "route {path} registered twice"
         );
         self
@@ -248,7 +257,7 @@ impl RouterBuilder {
         self.routes.prefixes.push((prefix.to_string(), handler));
         self.routes
             .prefixes
-            .sort_by(|(a, _), (b, _)| b.len().cmp(&a.len()));
+            .sort_by_key(|(p, _)| std::cmp::Reverse(p.len()));
         self
     }
 

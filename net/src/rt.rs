@@ -61,12 +61,8 @@ impl BridgedSleep {
         let (mut tx, rx) = oneshot::channel();
         glommio::spawn_local(async move {
             let cancelled = tx.cancellation();
-            let timer = glommio::timer::sleep(duration);
-            futures_lite::future::or(async { Some(timer.await) }, async {
-                cancelled.await;
-                None
-            })
-            .await;
+            // Whichever comes first: the deadline, or the Sleep being dropped.
+            futures_lite::future::or(glommio::timer::sleep(duration), cancelled).await;
             let _ = tx.send(());
         })
         .detach();
@@ -123,7 +119,10 @@ impl<T: AsyncRead + Unpin> hyper::rt::Read for HyperIo<T> {
             unsafe { std::slice::from_raw_parts_mut(spare.as_mut_ptr().cast::<u8>(), window) };
         match Pin::new(&mut self.inner).poll_read(cx, init) {
             Poll::Ready(Ok(n)) => {
-                assert!(n <= window, "read reported more bytes than the buffer holds");
+                assert!(
+                    n <= window,
+                    "read reported more bytes than the buffer holds"
+                );
                 // SAFETY: the first `n` bytes were initialised above and filled by `read`.
                 unsafe { buf.advance(n) };
                 Poll::Ready(Ok(()))

@@ -352,9 +352,9 @@ where
         let spawned = builder.spawn(move || async move {
             // SAFETY: each fd is a bound, listening, non-blocking TCP socket created above and
             // owned by nobody else; the listener takes ownership.
-            let listeners: Vec<TcpListener> = core_fds
+            let listeners: Vec<(TcpListener, RawFd)> = core_fds
                 .into_iter()
-                .map(|fd| unsafe { TcpListener::from_raw_fd(fd) })
+                .map(|fd| (unsafe { TcpListener::from_raw_fd(fd) }, fd))
                 .collect();
             let service = match factory(info).await {
                 Ok(s) => s,
@@ -443,7 +443,7 @@ fn connection_builder(config: &ServeConfig) -> auto::Builder<LocalExec> {
 
 async fn run_core<S, B>(
     config: Arc<ServeConfig>,
-    listeners: Vec<TcpListener>,
+    listeners: Vec<(TcpListener, RawFd)>,
     service: S,
     stop: oneshot::Receiver<()>,
 ) where
@@ -455,28 +455,44 @@ async fn run_core<S, B>(
 {
     let builder = Rc::new(connection_builder(&config));
     let connections = Rc::new(Semaphore::new(config.connections_per_core_max as u64));
+    // Never signalled, only closed: closing wakes every task waiting on it (shutdown).
+    let stopping = Rc::new(Semaphore::new(0));
     let mut loops = Vec::with_capacity(listeners.len());
-    for (listener, listen) in listeners.into_iter().zip(config.listen.iter()) {
+    for ((listener, fd), listen) in listeners.into_iter().zip(config.listen.iter()) {
         loops.push(glommio::spawn_local(accept_loop(
             listener,
+            fd,
             listen.wrapper.clone(),
             Rc::clone(&builder),
             service.clone(),
             Rc::clone(&connections),
+            Rc::clone(&stopping),
         )));
     }
     // Runs until shutdown is requested (or the handle is gone and never will be).
     let _ = stop.await;
+    stopping.close();
     connections.close();
-    drop(loops); // cancels the accept loops; the executor drops open connections on exit
+    // Wait for the accept loops to drop their listeners (closing the sockets) before the
+    // executor exits; open connections see `stopping` and close themselves.
+    for l in loops {
+        l.await;
+    }
+}
+
+/// Resolves once `stopping` is closed.
+async fn stopped(stopping: &Semaphore) {
+    let _ = stopping.acquire(1).await;
 }
 
 async fn accept_loop<S, B>(
     listener: TcpListener,
+    listener_fd: RawFd,
     wrapper: Option<Arc<dyn StreamWrapper>>,
     builder: Rc<auto::Builder<LocalExec>>,
     service: S,
     connections: Rc<Semaphore>,
+    stopping: Rc<Semaphore>,
 ) where
     S: hyper::service::Service<Request<Incoming>, Response = Response<B>> + Clone + 'static,
     S::Error: Into<BoxError>,
@@ -488,9 +504,23 @@ async fn accept_loop<S, B>(
         let Ok(permit) = connections.acquire_static_permit(1).await else {
             return; // closed: shutting down
         };
-        let stream = match listener.accept().await {
-            Ok(s) => s,
-            Err(_) => {
+        let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
+            stopped(&stopping).await;
+            None
+        })
+        .await;
+        let stream = match accepted {
+            None => {
+                // An accept may still be in flight in io_uring, holding the socket open after
+                // the fd is closed; shutting the socket down stops it listening right now, so
+                // the port is free when `ServerHandle::shutdown` returns.
+                // SAFETY: `listener` owns `listener_fd` and is alive for this whole scope.
+                let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(listener_fd) };
+                let _ = socket2::SockRef::from(&fd).shutdown(std::net::Shutdown::Both);
+                return;
+            }
+            Some(Ok(s)) => s,
+            Some(Err(_)) => {
                 // EMFILE/ENFILE/ENOBUFS or a connection reset before accept: back off briefly
                 // instead of spinning, then keep serving.
                 glommio::timer::sleep(Duration::from_millis(10)).await;
@@ -501,6 +531,7 @@ async fn accept_loop<S, B>(
         let wrapper = wrapper.clone();
         let builder = Rc::clone(&builder);
         let service = service.clone();
+        let stopping = Rc::clone(&stopping);
         glommio::spawn_local(async move {
             let _permit = permit;
             let io: BoxStream = match wrapper {
@@ -512,7 +543,8 @@ async fn accept_loop<S, B>(
             };
             // Errors here are the peer going away or speaking bad HTTP; the connection is
             // closed either way and nothing else is affected.
-            let _ = builder.serve_connection(HyperIo::new(io), service).await;
+            let conn = builder.serve_connection(HyperIo::new(io), service);
+            futures_lite::future::or(async { drop(conn.await) }, stopped(&stopping)).await;
         })
         .detach();
     }

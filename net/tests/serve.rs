@@ -1,0 +1,299 @@
+//! End-to-end: `ferrite_net::serve` on glommio, driven by a tonic client and raw HTTP/1.1 on
+//! tokio (a different runtime in other threads, as a real client would be).
+
+use std::cell::Cell;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use ferrite_net::pb::etcdserverpb::kv_client::KvClient;
+use ferrite_net::pb::etcdserverpb::kv_server::{Kv, KvServer};
+use ferrite_net::pb::etcdserverpb::watch_client::WatchClient;
+use ferrite_net::pb::etcdserverpb::*;
+use ferrite_net::pb::mvccpb::KeyValue;
+use ferrite_net::{
+    run_local, serve, text_response, CoreLocal, Listen, Router, ServeConfig, ServerHandle,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tonic::{Code, Request, Response, Status};
+
+/// Answers Range with the requested key echoed back and, in the header, the core that served it
+/// and how many Range calls that core has served (state reached through run_local).
+struct EchoKv {
+    core: u64,
+    served: CoreLocal<Cell<i64>>,
+}
+
+#[tonic::async_trait]
+impl Kv for EchoKv {
+    async fn range(&self, req: Request<RangeRequest>) -> Result<Response<RangeResponse>, Status> {
+        let req = req.into_inner();
+        let served = self.served.rc();
+        let count = run_local(async move {
+            served.set(served.get() + 1);
+            served.get()
+        })
+        .await
+        .map_err(|e| Status::unavailable(e.to_string()))?;
+        Ok(Response::new(RangeResponse {
+            header: Some(ResponseHeader {
+                cluster_id: 7,
+                member_id: self.core,
+                revision: count,
+                raft_term: 1,
+            }),
+            kvs: vec![KeyValue {
+                key: req.key.clone(),
+                value: req.range_end.clone(),
+                version: req.limit,
+                ..Default::default()
+            }],
+            more: false,
+            count: 1,
+        }))
+    }
+    async fn put(&self, _: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
+        Err(Status::unimplemented("put"))
+    }
+    async fn delete_range(
+        &self,
+        _: Request<DeleteRangeRequest>,
+    ) -> Result<Response<DeleteRangeResponse>, Status> {
+        Err(Status::unimplemented("delete_range"))
+    }
+    async fn txn(&self, _: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
+        Err(Status::unimplemented("txn"))
+    }
+    async fn compact(
+        &self,
+        _: Request<CompactionRequest>,
+    ) -> Result<Response<CompactionResponse>, Status> {
+        Err(Status::unimplemented("compact"))
+    }
+}
+
+const MESSAGE_BYTES_MAX: usize = 4096;
+
+fn start(cores: usize, listeners: usize, tweak: impl FnOnce(&mut ServeConfig)) -> ServerHandle {
+    let urls = vec!["http://127.0.0.1:0"; listeners].join(",");
+    let mut config = ServeConfig::new(Listen::parse_urls(&urls).unwrap(), cores);
+    tweak(&mut config);
+    serve(config, |core| async move {
+        let kv = EchoKv {
+            core: core.index as u64,
+            served: CoreLocal::new(Cell::new(0)),
+        };
+        Ok(Router::builder()
+            .grpc(KvServer::new(kv).max_decoding_message_size(MESSAGE_BYTES_MAX))
+            .route("/health", |_req| async {
+                text_response(http::StatusCode::OK, "{\"health\":\"true\"}")
+            })
+            .build())
+    })
+    .expect("server starts")
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+async fn kv_client(addr: SocketAddr) -> KvClient<tonic::transport::Channel> {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .expect("connects");
+    KvClient::new(channel)
+}
+
+/// Sends one HTTP/1.1 request on a fresh connection and returns the whole response text.
+async fn http1_get(addr: SocketAddr, path: &str) -> String {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    out
+}
+
+#[test]
+fn grpc_range_and_http_on_every_listener() {
+    let server = start(2, 2, |_| {});
+    let addrs = server.local_addrs().to_vec();
+    assert_eq!(addrs.len(), 2);
+    assert_ne!(addrs[0].port(), addrs[1].port());
+    let rt = runtime();
+    rt.block_on(async {
+        for addr in &addrs {
+            let mut client = kv_client(*addr).await;
+            let mut last_revision = 0;
+            for i in 0..20i64 {
+                let key = format!("key-{i}").into_bytes();
+                let resp = client
+                    .range(RangeRequest {
+                        key: key.clone().into(),
+                        range_end: b"end".to_vec().into(),
+                        limit: i,
+                        ..Default::default()
+                    })
+                    .await
+                    .expect("range succeeds")
+                    .into_inner();
+                let header = resp.header.expect("header present");
+                assert_eq!(header.cluster_id, 7);
+                assert!(header.member_id < 2);
+                assert_eq!(resp.kvs.len(), 1);
+                assert_eq!(&resp.kvs[0].key[..], &key[..]);
+                assert_eq!(&resp.kvs[0].value[..], b"end");
+                assert_eq!(resp.kvs[0].version, i);
+                // One connection stays on one core: its per-core count only grows.
+                assert!(header.revision > last_revision);
+                last_revision = header.revision;
+            }
+
+            let health = http1_get(*addr, "/health").await;
+            assert!(health.starts_with("HTTP/1.1 200 OK\r\n"), "{health}");
+            assert!(health.ends_with("{\"health\":\"true\"}"), "{health}");
+            let missing = http1_get(*addr, "/nope").await;
+            assert!(
+                missing.starts_with("HTTP/1.1 404 Not Found\r\n"),
+                "{missing}"
+            );
+        }
+    });
+    // An idle connection open at shutdown is closed by the server.
+    let mut idle = std::net::TcpStream::connect(addrs[0]).unwrap();
+    idle.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(50)); // let a core accept it
+    server.shutdown();
+    let mut buf = [0u8; 16];
+    let n = std::io::Read::read(&mut idle, &mut buf).expect("EOF, not a timeout");
+    assert_eq!(n, 0);
+    // After shutdown nothing listens any more.
+    for addr in addrs {
+        assert!(std::net::TcpStream::connect(addr).is_err());
+    }
+}
+
+#[test]
+fn grpc_errors_unknown_service_and_oversize_message() {
+    let server = start(1, 1, |_| {});
+    let addr = server.local_addrs()[0];
+    runtime().block_on(async {
+        // A service that is not registered: UNIMPLEMENTED, and the connection stays usable.
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let mut watch = WatchClient::new(channel.clone());
+        let err = watch
+            .watch(futures_lite::stream::once(WatchRequest::default()))
+            .await
+            .expect_err("watch is not served");
+        assert_eq!(err.code(), Code::Unimplemented, "{err:?}");
+
+        // A method the handler refuses.
+        let mut kv = KvClient::new(channel);
+        let err = kv
+            .put(PutRequest::default())
+            .await
+            .expect_err("put refused");
+        assert_eq!(err.code(), Code::Unimplemented);
+
+        // Over the per-service decoding limit: refused before the handler runs.
+        let err = kv
+            .range(RangeRequest {
+                key: vec![b'k'; MESSAGE_BYTES_MAX + 1].into(),
+                ..Default::default()
+            })
+            .await
+            .expect_err("oversize message refused");
+        assert_eq!(err.code(), Code::OutOfRange, "{err:?}");
+        assert!(err.message().contains("too large"), "{err:?}");
+
+        // Just under the limit still works on the same connection.
+        let ok = kv
+            .range(RangeRequest {
+                key: vec![b'k'; MESSAGE_BYTES_MAX - 16].into(),
+                ..Default::default()
+            })
+            .await
+            .expect("message under the limit is served");
+        assert_eq!(ok.into_inner().kvs[0].key.len(), MESSAGE_BYTES_MAX - 16);
+    });
+    server.shutdown();
+}
+
+#[test]
+fn connection_limit_queues_excess_connections() {
+    let server = start(1, 1, |c| c.connections_per_core_max = 1);
+    let addr = server.local_addrs()[0];
+    runtime().block_on(async {
+        let request = format!("GET /health HTTP/1.1\r\nHost: {addr}\r\n\r\n");
+        // First connection: served, kept alive.
+        let mut first = tokio::net::TcpStream::connect(addr).await.unwrap();
+        first.write_all(request.as_bytes()).await.unwrap();
+        let mut buf = [0u8; 1024];
+        let n = first.read(&mut buf).await.unwrap();
+        assert!(buf[..n].starts_with(b"HTTP/1.1 200 OK"));
+
+        // Second connection: the kernel accepts it, but the server does not serve it while
+        // the first is open.
+        let mut second = tokio::net::TcpStream::connect(addr).await.unwrap();
+        second.write_all(request.as_bytes()).await.unwrap();
+        let waited = tokio::time::timeout(Duration::from_millis(300), second.read(&mut buf)).await;
+        assert!(waited.is_err(), "second connection served over the limit");
+
+        // Closing the first frees the slot.
+        drop(first);
+        let n = tokio::time::timeout(Duration::from_secs(10), second.read(&mut buf))
+            .await
+            .expect("second connection served once the first closed")
+            .unwrap();
+        assert!(buf[..n].starts_with(b"HTTP/1.1 200 OK"));
+    });
+    server.shutdown();
+}
+
+#[test]
+fn bad_listen_urls_are_clear_errors() {
+    for (url, needle) in [
+        ("127.0.0.1:2379", "scheme"),
+        ("ftp://127.0.0.1:2379", "unsupported scheme"),
+        ("https://127.0.0.1:2379", "TLS"),
+        ("http://127.0.0.1", "invalid"),
+        ("http://127.0.0.1:2379/path", "path"),
+    ] {
+        let err = Listen::parse_url(url).expect_err(url).to_string();
+        assert!(err.contains(url), "{err}");
+        assert!(err.contains(needle), "{url}: {err}");
+    }
+    // Binding an address already bound without SO_REUSEPORT fails with the address named.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let config = ServeConfig::new(Listen::parse_urls(&format!("http://{addr}")).unwrap(), 1);
+    let err = serve(config, |_| async { Ok(Router::builder().build()) })
+        .err()
+        .expect("bind conflict");
+    assert!(err.to_string().contains(&addr.to_string()), "{err}");
+}
+
+#[test]
+fn factory_error_is_reported_and_nothing_keeps_running() {
+    let config = ServeConfig::new(Listen::parse_urls("http://127.0.0.1:0").unwrap(), 2);
+    let err = serve(config, |core| async move {
+        if core.index == 1 {
+            Err("no disk".into())
+        } else {
+            Ok(Router::builder().build())
+        }
+    })
+    .err()
+    .expect("factory failure");
+    assert_eq!(err.to_string(), "core 1: no disk");
+}
