@@ -89,8 +89,13 @@ fn reopen(disk: &SimDisk, options: WalOptions) -> ferrite_wal::Recovered {
 #[test]
 fn crash_at_every_io_boundary() {
     let options = small_options();
-    for seed in 0..4u64 {
-        let steps = workload(seed, 50, 300);
+    // More seeds: WAL_CRASH_SEEDS=200 cargo test -p ferrite-wal --release --test sim_log crash
+    let seeds: u64 = std::env::var("WAL_CRASH_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(8);
+    for seed in 0..seeds {
+        let steps = workload(seed, 60, 300);
         let full = SimDisk::new();
         let r = run(&full, &steps, options);
         assert!(
