@@ -64,3 +64,13 @@ fn sim_replay() {
         Err(e) => panic!("{e}"),
     }
 }
+
+/// A seed replays exactly: same options, same trajectory, same counters.
+#[test]
+fn sim_is_deterministic() {
+    for seed in [7u64, 1234, 99_999] {
+        let a = format!("{:?}", run_seed(seed).unwrap());
+        let b = format!("{:?}", run_seed(seed).unwrap());
+        assert_eq!(a, b, "seed {seed} did not replay");
+    }
+}
