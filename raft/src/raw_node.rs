@@ -1649,6 +1649,9 @@ impl RawNode {
         match m.kind {
             AppendResp => {
                 self.progress.get_mut(&from).expect("pr").recent_active = true;
+                if !m.reject && m.index > self.log.last_index() {
+                    return; // acknowledges entries we never had: a confused peer
+                }
                 if m.reject {
                     let probe_hint = if m.log_term > 0 {
                         self.log.find_conflict_by_term(m.reject_hint, m.log_term).0
