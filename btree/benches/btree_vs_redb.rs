@@ -41,7 +41,10 @@ fn keys(n: usize, seed: u64) -> Vec<Vec<u8>> {
 }
 
 fn bench_keys() -> usize {
-    std::env::var("BENCH_KEYS").ok().and_then(|s| s.parse().ok()).unwrap_or(1_000_000)
+    std::env::var("BENCH_KEYS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1_000_000)
 }
 
 fn ferrite_fill(path: &Path, keys: &[Vec<u8>], batch: usize) -> Db {
@@ -124,10 +127,18 @@ fn reads(c: &mut Criterion) {
     let dir = tempfile::tempdir().unwrap();
     let t0 = Instant::now();
     let fdb = ferrite_fill(&dir.path().join("f"), &ks, 10_000);
-    eprintln!("ferrite: {n} keys loaded in {:?}, RSS {} MiB", t0.elapsed(), rss_kib() / 1024);
+    eprintln!(
+        "ferrite: {n} keys loaded in {:?}, RSS {} MiB",
+        t0.elapsed(),
+        rss_kib() / 1024
+    );
     let t0 = Instant::now();
     let rdb = redb_fill(&dir.path().join("r"), &ks, 10_000);
-    eprintln!("redb: {n} keys loaded in {:?}, RSS {} MiB", t0.elapsed(), rss_kib() / 1024);
+    eprintln!(
+        "redb: {n} keys loaded in {:?}, RSS {} MiB",
+        t0.elapsed(),
+        rss_kib() / 1024
+    );
     let mut sorted = ks.clone();
     sorted.sort();
 

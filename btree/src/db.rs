@@ -309,6 +309,7 @@ impl<'a, S: PageSource> Cursor<'a, S> {
         }
     }
 
+    #[allow(clippy::should_implement_trait)] // fallible, and positions rather than yields
     pub fn next(&mut self) -> Result<(), StoreError> {
         if let Some((leaf, i)) = self.stack.last_mut() {
             *i += 1;

@@ -442,8 +442,7 @@ fn range_in<S: PageSource>(
     target.extend_from_slice(&(!(rev as u64)).to_be_bytes());
     target.extend_from_slice(&[0; 8]);
     c.seek(&target)?;
-    loop {
-        let Some((k, v)) = c.current() else { break };
+    while let Some((k, v)) = c.current() {
         if k >= end.as_slice() {
             break;
         }
@@ -875,7 +874,7 @@ impl MvccStore {
                 let v = get(input, vl as usize)?;
                 w.db.insert(&k, &v)?;
                 n += 1;
-                if n % 50_000 == 0 {
+                if n.is_multiple_of(50_000) {
                     w.db.commit(false)?;
                 }
             }

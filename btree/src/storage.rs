@@ -17,6 +17,7 @@ pub trait Mapping: Send + Sync {
 
 /// Page I/O. Implementations must be safe to call from the single writer while readers use
 /// mappings on other threads.
+#[allow(clippy::len_without_is_empty)] // a page file is never empty once opened
 pub trait Storage: Send + Sync + 'static {
     fn len(&self) -> io::Result<u64>;
     fn set_len(&self, len: u64) -> io::Result<()>;

@@ -13,6 +13,9 @@ use ferrite_btree::{
 };
 use proptest::prelude::*;
 
+type Map = BTreeMap<Vec<u8>, Vec<u8>>;
+type EventBrief = (EventKind, Vec<u8>, i64, i64, i64, Option<i64>);
+
 fn cases(default: u32) -> u32 {
     std::env::var("PROPTEST_CASES")
         .ok()
@@ -76,7 +79,7 @@ proptest! {
         let mut working: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
         let mut committed = working.clone();
         let mut durable = working.clone();
-        let mut pinned: Vec<(Arc<ferrite_btree::Snapshot>, BTreeMap<Vec<u8>, Vec<u8>>)> = Vec::new();
+        let mut pinned: Vec<(Arc<ferrite_btree::Snapshot>, Map)> = Vec::new();
         for op in ops {
             match op {
                 DbOp::Insert { key, len, fill } => {
@@ -385,7 +388,7 @@ proptest! {
                             });
                         }
                         let got: Vec<_> = got.into_iter().map(|e| (e.kind, e.kv, e.prev_kv)).collect();
-                        let brief = |v: &Vec<(EventKind, KeyValue, Option<KeyValue>)>| -> Vec<(EventKind, Vec<u8>, i64, i64, i64, Option<i64>)> {
+                        let brief = |v: &Vec<(EventKind, KeyValue, Option<KeyValue>)>| -> Vec<EventBrief> {
                             v.iter().map(|(k, kv, p)| (*k, kv.key.clone(), kv.mod_revision, kv.version, kv.create_revision, p.as_ref().map(|p| p.mod_revision))).collect()
                         };
                         prop_assert_eq!(brief(&got), brief(&want), "from {} compact {}", from, committed.compact);

@@ -248,7 +248,7 @@ fn txn_sees_own_writes_and_sub_revisions() {
 fn large_values_and_keys_with_zero_bytes_survive_reopen() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("db");
-    let big: Vec<u8> = (0..(1_600_000u32)).map(|i| (i * 7 % 251) as u8).collect();
+    let big: Vec<u8> = (0..1_600_000u32).map(|i| (i * 7 % 251) as u8).collect();
     {
         let s = MvccStore::open(&path, StoreOptions::default()).unwrap();
         let mut w = s.writer();
