@@ -670,8 +670,16 @@ impl Sim {
                 self.rng.below(self.opts.disk_delay_substeps_max + 1)
             };
             self.check_ready(id, &rd)?;
+            let sent_early = !rd.early_messages.is_empty() && !rd.entries.is_empty();
             for m in std::mem::take(&mut rd.early_messages) {
                 self.send(m);
+            }
+            // The sharpest crash point: a leader sent new entries but has not persisted them.
+            if sent_early && !self.healed && self.opts.crashes && self.rng.chance(8) {
+                self.crash(id);
+                let back = self.now + 1 + self.rng.below(30 * SUBSTEPS_PER_TICK);
+                self.nodes.get_mut(&id).expect("node").restart_at = Some(back);
+                return Ok(());
             }
             let due = self.now + delay;
             self.nodes.get_mut(&id).expect("node").pending = Some((rd, due));
