@@ -555,6 +555,19 @@ impl RawNode {
         Ok(())
     }
 
+    /// The transport could not deliver to `id` (etcd's `ReportUnreachable`): a leader stops
+    /// pipelining to it and probes one append at a time until it answers again.
+    pub fn report_unreachable(&mut self, id: NodeId) {
+        if self.role != Role::Leader || id == self.id {
+            return;
+        }
+        if let Some(pr) = self.progress.get_mut(&id) {
+            if pr.state == ProgressState::Replicate {
+                pr.become_probe();
+            }
+        }
+    }
+
     /// Records a snapshot of the state machine at `index` (which must be applied, after the
     /// current snapshot, and not before the last applied membership change) and drops the log up
     /// to it. The caller must have made the snapshot durable first. The leader sends it to

@@ -998,3 +998,27 @@ fn invalid_messages_are_refused() {
         Err(RaftError::InvalidMessage(_))
     ));
 }
+
+/// `report_unreachable` drops a follower from pipelining back to one probe at a time.
+#[test]
+fn report_unreachable_returns_follower_to_probe() {
+    let mut net = Net::new(3, no_tweak);
+    net.elect(1);
+    net.stabilize();
+    let state = |net: &Net| {
+        net.node(1)
+            .status()
+            .progress
+            .iter()
+            .find(|p| p.0 == 2)
+            .unwrap()
+            .3
+    };
+    assert_eq!(state(&net), ProgressState::Replicate);
+    net.raw(1).report_unreachable(2);
+    assert_eq!(state(&net), ProgressState::Probe);
+    net.propose(1, b"x").unwrap();
+    net.stabilize();
+    assert_eq!(state(&net), ProgressState::Replicate);
+    assert_eq!(net.applied_data(2).last().unwrap(), b"x");
+}
