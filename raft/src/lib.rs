@@ -51,8 +51,9 @@
 //!   the single-server-change bug Ongaro described (a change is never built on an uncommitted
 //!   one from an older term). Any two configurations in force at once differ by one node, so
 //!   their majorities overlap. A node applying its own removal steps down and stops (ignores
-//!   ticks and messages); a learner is promoted with `AddVoter`. Demoting a voter to learner is
-//!   refused (as etcd 3.4 does).
+//!   ticks and messages); a learner is promoted with `AddVoter`. An `AddLearner` for a current
+//!   voter (demotion, which etcd 3.4 also refuses) and other no-op changes commit but change
+//!   nothing; the server should reject them before proposing.
 //! - **Log in memory**: the node keeps entries after the last snapshot; the caller bounds memory
 //!   with [`RawNode::compact`] after taking a state-machine snapshot (which the leader then
 //!   streams, in `snapshot_chunk_bytes` chunks, to followers that fell behind it).
