@@ -21,7 +21,7 @@ use std::fs::OpenOptions;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
-use std::sync::{mpsc, Arc};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ferrite_wal::{GroupWal, WalOptions, WalRecord};
@@ -102,92 +102,101 @@ fn executor<T: Send + 'static>(f: impl AsyncFnOnce() -> T + Send + 'static) -> T
         .unwrap()
 }
 
-fn io_paths(dir: &Path, secs: Duration) -> Vec<Row> {
-    let mut rows = Vec::new();
+fn io_paths(dir: PathBuf, secs: Duration) -> Vec<Box<dyn Fn() -> Row>> {
+    let mut rows: Vec<Box<dyn Fn() -> Row>> = Vec::new();
     // glommio DmaFile (O_DIRECT through io_uring).
     let path = dir.join("dma.dat");
-    zero_file(&path);
-    rows.push(executor(async move || {
-        let f: DmaFile = glommio::io::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .dma_open(&path)
-            .await
-            .unwrap();
-        let mut lats = Vec::new();
-        let start = Instant::now();
-        let mut off = 0u64;
-        while start.elapsed() < secs {
-            let t = Instant::now();
-            let mut buf = f.alloc_dma_buffer(OP_BYTES);
-            buf.as_bytes_mut().fill(0xab);
-            f.write_at(buf, off).await.unwrap();
-            f.fdatasync().await.unwrap();
-            lats.push(t.elapsed());
-            off = (off + OP_BYTES as u64) % FLOOR_FILE_BYTES;
-        }
-        f.close().await.unwrap();
-        summarize(
-            "glommio DmaFile write_at + fdatasync".into(),
-            &mut lats,
-            start.elapsed(),
-            String::new(),
-        )
+    rows.push(Box::new(move || {
+        zero_file(&path);
+        let path = path.clone();
+        executor(async move || {
+            let f: DmaFile = glommio::io::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .dma_open(&path)
+                .await
+                .unwrap();
+            let mut lats = Vec::new();
+            let start = Instant::now();
+            let mut off = 0u64;
+            while start.elapsed() < secs {
+                let t = Instant::now();
+                let mut buf = f.alloc_dma_buffer(OP_BYTES);
+                buf.as_bytes_mut().fill(0xab);
+                f.write_at(buf, off).await.unwrap();
+                f.fdatasync().await.unwrap();
+                lats.push(t.elapsed());
+                off = (off + OP_BYTES as u64) % FLOOR_FILE_BYTES;
+            }
+            f.close().await.unwrap();
+            summarize(
+                "glommio DmaFile write_at + fdatasync".into(),
+                &mut lats,
+                start.elapsed(),
+                String::new(),
+            )
+        })
     }));
     // glommio BufferedFile (page cache writes through io_uring).
     let path = dir.join("buffered.dat");
-    zero_file(&path);
-    rows.push(executor(async move || {
-        let f: BufferedFile = glommio::io::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .buffered_open(&path)
-            .await
-            .unwrap();
-        let mut lats = Vec::new();
-        let start = Instant::now();
-        let mut off = 0u64;
-        while start.elapsed() < secs {
-            let t = Instant::now();
-            f.write_at(vec![0xab; OP_BYTES], off).await.unwrap();
-            f.fdatasync().await.unwrap();
-            lats.push(t.elapsed());
-            off = (off + OP_BYTES as u64) % FLOOR_FILE_BYTES;
-        }
-        f.close().await.unwrap();
-        summarize(
-            "glommio BufferedFile write_at + fdatasync".into(),
-            &mut lats,
-            start.elapsed(),
-            String::new(),
-        )
+    rows.push(Box::new(move || {
+        zero_file(&path);
+        let path = path.clone();
+        executor(async move || {
+            let f: BufferedFile = glommio::io::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .buffered_open(&path)
+                .await
+                .unwrap();
+            let mut lats = Vec::new();
+            let start = Instant::now();
+            let mut off = 0u64;
+            while start.elapsed() < secs {
+                let t = Instant::now();
+                f.write_at(vec![0xab; OP_BYTES], off).await.unwrap();
+                f.fdatasync().await.unwrap();
+                lats.push(t.elapsed());
+                off = (off + OP_BYTES as u64) % FLOOR_FILE_BYTES;
+            }
+            f.close().await.unwrap();
+            summarize(
+                "glommio BufferedFile write_at + fdatasync".into(),
+                &mut lats,
+                start.elapsed(),
+                String::new(),
+            )
+        })
     }));
     // std pwrite + fdatasync on glommio's blocking thread pool.
     let path = dir.join("pool.dat");
-    zero_file(&path);
-    rows.push(executor(async move || {
-        let f = Arc::new(OpenOptions::new().write(true).open(&path).unwrap());
-        let mut lats = Vec::new();
-        let start = Instant::now();
-        let mut off = 0u64;
-        while start.elapsed() < secs {
-            let t = Instant::now();
-            let g = f.clone();
-            glommio::executor()
-                .spawn_blocking(move || {
-                    g.write_all_at(&[0xab; OP_BYTES], off).unwrap();
-                    g.sync_data().unwrap();
-                })
-                .await;
-            lats.push(t.elapsed());
-            off = (off + OP_BYTES as u64) % FLOOR_FILE_BYTES;
-        }
-        summarize(
-            "std pwrite + fdatasync on glommio's blocking pool".into(),
-            &mut lats,
-            start.elapsed(),
-            String::new(),
-        )
+    rows.push(Box::new(move || {
+        zero_file(&path);
+        let path = path.clone();
+        executor(async move || {
+            let f = Arc::new(OpenOptions::new().write(true).open(&path).unwrap());
+            let mut lats = Vec::new();
+            let start = Instant::now();
+            let mut off = 0u64;
+            while start.elapsed() < secs {
+                let t = Instant::now();
+                let g = f.clone();
+                glommio::executor()
+                    .spawn_blocking(move || {
+                        g.write_all_at(&[0xab; OP_BYTES], off).unwrap();
+                        g.sync_data().unwrap();
+                    })
+                    .await;
+                lats.push(t.elapsed());
+                off = (off + OP_BYTES as u64) % FLOOR_FILE_BYTES;
+            }
+            summarize(
+                "std pwrite + fdatasync on glommio's blocking pool".into(),
+                &mut lats,
+                start.elapsed(),
+                String::new(),
+            )
+        })
     }));
     rows
 }
@@ -256,48 +265,57 @@ fn main() {
         .map(PathBuf::from)
         .unwrap_or_else(std::env::temp_dir);
     let dir = tempfile::tempdir_in(base).unwrap();
-    let (tx, rx) = mpsc::channel();
-    let floor_name = "floor: std pwrite 4 KiB + fdatasync, plain thread";
-    let first = floor(dir.path(), secs, OP_BYTES, floor_name);
-    for r in io_paths(dir.path(), secs) {
-        tx.send(r).unwrap();
+    let d = dir.path().to_path_buf();
+    let mut contenders: Vec<Box<dyn Fn() -> Row>> = Vec::new();
+    let io = io_paths(d.clone(), secs);
+    for f in io {
+        contenders.push(f);
     }
     for &record_bytes in &[256usize, 4096] {
         for &appenders in &[1usize, 16, 256] {
-            tx.send(group(dir.path(), secs, appenders, record_bytes))
-                .unwrap();
+            let d = d.clone();
+            contenders.push(Box::new(move || group(&d, secs, appenders, record_bytes)));
         }
     }
-    tx.send(floor(
-        dir.path(),
-        secs,
-        512 * 1024,
-        "bandwidth: std pwrite 512 KiB + fdatasync",
-    ))
-    .unwrap();
-    let last = floor(
-        dir.path(),
-        secs,
-        OP_BYTES,
-        &format!("{floor_name} (again, at the end)"),
+    {
+        let d = d.clone();
+        contenders.push(Box::new(move || {
+            floor(
+                &d,
+                secs,
+                512 * 1024,
+                "bandwidth: std pwrite 512 KiB + fdatasync",
+            )
+        }));
+    }
+    // The disk is shared and noisy: every contender runs between two floor runs and is
+    // compared with their mean (side by side in time, not against one early number).
+    let floor_name = "floor: std pwrite 4 KiB + fdatasync, plain thread";
+    let mut before = floor(&d, secs, OP_BYTES, floor_name);
+    let mut rows = Vec::new();
+    for c in &contenders {
+        let row = c();
+        let after = floor(&d, secs, OP_BYTES, floor_name);
+        let floor_ops = (before.ops_per_sec + after.ops_per_sec) / 2.0;
+        let floor_p50 = (before.p50_us + after.p50_us) / 2.0;
+        rows.push((row, floor_ops, floor_p50));
+        before = after;
+    }
+    println!(
+        "| pattern | ops/s | p50 µs | p99 µs | floor ops/s | floor p50 µs | ops/s ÷ floor | p50 ÷ floor p50 | note |"
     );
-    // Compare against the better of the two floor runs (the stricter comparison).
-    let floor_ops = first.ops_per_sec.max(last.ops_per_sec);
-    let floor_p50 = first.p50_us.min(last.p50_us);
-    tx.send(first).unwrap();
-    tx.send(last).unwrap();
-    drop(tx);
-    println!("| pattern | ops/s | x floor ops/s | p50 µs | p50 / floor p50 | p99 µs | note |");
-    println!("|---|---:|---:|---:|---:|---:|---|");
-    for r in rx {
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---|");
+    for (r, fo, fp) in rows {
         println!(
-            "| {} | {:.0} | {:.1} | {:.0} | {:.2} | {:.0} | {} |",
+            "| {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.1} | {:.2} | {} |",
             r.name,
             r.ops_per_sec,
-            r.ops_per_sec / floor_ops,
             r.p50_us,
-            r.p50_us / floor_p50,
             r.p99_us,
+            fo,
+            fp,
+            r.ops_per_sec / fo,
+            r.p50_us / fp,
             r.note
         );
     }

@@ -1,20 +1,24 @@
 //! `GroupWal`: the group-commit front end used from a glommio executor.
 //!
-//! Appenders on the executor push their records into a queue shared with one WAL I/O
-//! thread (a plain OS thread, so no blocking syscall ever runs on an executor thread) and
-//! await a completion. The I/O thread takes everything queued, writes it with one pwrite
-//! and makes it durable with one fdatasync, then completes every appender of the group.
-//! While it syncs, new appends queue up and become the next group: batching adapts to
-//! load and a lone append on an idle log is written at once (no linger).
+//! Appenders on the executor stage their records; the first append of an executor turn
+//! spawns a flush task that, once the tasks already runnable have run, moves the turn's
+//! requests into a queue shared with one WAL I/O thread (a plain OS thread, so no blocking
+//! syscall ever runs on an executor thread). Each appender awaits a completion. The I/O
+//! thread takes everything queued, writes it with one pwrite and makes it durable with one
+//! fdatasync, then completes every appender of the group. While it syncs, new appends
+//! queue up and become the next group: batching adapts to load and a lone append on an
+//! idle log is written at once (no timer, no linger).
 //!
 //! The hand-off protocol (queue under a mutex + condvar to the I/O thread; a one-shot
 //! completion holding a result and a waker back to the appender) is modelled with loom
 //! in `loom-tests/tests/wal_handoff.rs`.
 
+use std::cell::RefCell;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::task::{Context, Poll, Waker};
 
@@ -99,6 +103,8 @@ struct Queue {
 }
 
 struct Shared {
+    /// Set once the log is closing: no more requests are taken.
+    closed: AtomicBool,
     queue: Mutex<Queue>,
     wake_io: Condvar,
     groups: AtomicU64,
@@ -119,6 +125,9 @@ pub struct GroupWal {
     shared: Arc<Shared>,
     exited: Arc<Completion<()>>,
     dir: PathBuf,
+    /// Requests made during the current executor turn, handed to the I/O thread together
+    /// by a flush task that runs after the tasks already runnable (no timer, no linger).
+    staged: Rc<RefCell<Vec<Request>>>,
 }
 
 impl GroupWal {
@@ -131,6 +140,7 @@ impl GroupWal {
         options.validate()?;
         let dir = dir.as_ref().to_path_buf();
         let shared = Arc::new(Shared {
+            closed: AtomicBool::new(false),
             queue: Mutex::new(Queue::default()),
             wake_io: Condvar::new(),
             groups: AtomicU64::new(0),
@@ -154,21 +164,26 @@ impl GroupWal {
                 shared,
                 exited,
                 dir,
+                staged: Rc::new(RefCell::new(Vec::new())),
             },
             recovered,
         ))
     }
 
     fn push(&self, r: Request) -> Result<(), WalError> {
-        let mut q = self.shared.queue.lock().unwrap_or_else(|p| p.into_inner());
-        if q.closed {
+        if self.shared.closed.load(Ordering::Acquire) {
             return Err(WalError::Closed);
         }
-        let was_empty = q.requests.is_empty();
-        q.requests.push(r);
-        drop(q);
-        if was_empty {
-            self.shared.wake_io.notify_one();
+        let first_of_turn = {
+            let mut staged = self.staged.borrow_mut();
+            staged.push(r);
+            staged.len() == 1
+        };
+        if first_of_turn {
+            // First request of this turn: hand the turn's requests over once the tasks
+            // already runnable (e.g. appenders just woken by the last group) have run.
+            let (staged, shared) = (self.staged.clone(), self.shared.clone());
+            glommio::spawn_local(async move { hand_over(&shared, &staged) }).detach();
         }
         Ok(())
     }
@@ -222,6 +237,8 @@ impl GroupWal {
     }
 
     fn shut(&self) {
+        hand_over(&self.shared, &self.staged);
+        self.shared.closed.store(true, Ordering::Release);
         let mut q = self.shared.queue.lock().unwrap_or_else(|p| p.into_inner());
         q.closed = true;
         drop(q);
@@ -234,6 +251,24 @@ impl Drop for GroupWal {
         // Tell the I/O thread to finish; it exits on its own (joining it here would block
         // the executor). Use `close` to wait for it.
         self.shut();
+    }
+}
+
+/// Moves the staged requests into the I/O thread's queue (order kept) and wakes it.
+fn hand_over(shared: &Shared, staged: &RefCell<Vec<Request>>) {
+    let mut batch = std::mem::take(&mut *staged.borrow_mut());
+    if batch.is_empty() {
+        return;
+    }
+    let mut q = shared.queue.lock().unwrap_or_else(|p| p.into_inner());
+    if q.closed {
+        return; // dropping the requests answers them with `Closed`
+    }
+    let was_empty = q.requests.is_empty();
+    q.requests.append(&mut batch);
+    drop(q);
+    if was_empty {
+        shared.wake_io.notify_one();
     }
 }
 
@@ -318,6 +353,7 @@ fn commit(
 }
 
 fn close_queue(shared: &Shared) {
+    shared.closed.store(true, Ordering::Release);
     shared
         .queue
         .lock()
