@@ -200,42 +200,22 @@ impl<S: Storage> Wal<S> {
             seqs.push(0);
         }
 
-        // Read every segment; find the last one holding anything past its header.
-        let mut images = Vec::with_capacity(seqs.len());
-        for &seq in &seqs {
-            let name = format::segment_file_name(seq);
-            let mut f = storage
-                .open(&name)
-                .map_err(|e| WalError::io("open", storage.describe(&name), &e))?;
-            let len = f
-                .len_bytes()
-                .map_err(|e| WalError::io("stat", storage.describe(&name), &e))?;
-            let mut bytes = vec![0u8; len as usize];
-            f.read_exact_at(&mut bytes, 0)
-                .map_err(|e| WalError::io("read", storage.describe(&name), &e))?;
-            let header = SegmentHeader::decode(&bytes).map_err(|r| WalError::Corrupt {
-                file: storage.describe(&name),
-                offset: 0,
-                reason: r.to_string(),
-            })?;
-            if header.seq != seq {
-                return Err(WalError::Corrupt {
-                    file: storage.describe(&name),
-                    offset: format::SEGMENT_SEQ_OFFSET as u64,
-                    reason: format!(
-                        "header names segment {} but the file name says {seq}",
-                        header.seq
-                    ),
-                });
+        // Find the last segment holding anything past its header, reading from the end
+        // (only that one and the spares after it are read here; at most two segment images
+        // are in memory at a time).
+        let mut last = 0;
+        let mut last_image = None;
+        for (k, &seq) in seqs.iter().enumerate().rev() {
+            let image = read_image(&mut storage, seq)?;
+            if k == 0 || first_nonzero(&image.3[SEGMENT_HEADER_BYTES..]).is_some() {
+                last = k;
+                last_image = Some(image);
+                break;
             }
-            images.push((name, f, header, bytes));
         }
-        let last = images
-            .iter()
-            .rposition(|(_, _, _, b)| first_nonzero(&b[SEGMENT_HEADER_BYTES..]).is_some())
-            .unwrap_or(0);
         // Spare (prepared, never written) segments after the last written one go.
-        for (name, _, _, _) in images.drain(last + 1..) {
+        for &seq in &seqs[last + 1..] {
+            let name = format::segment_file_name(seq);
             storage
                 .remove(&name)
                 .map_err(|e| WalError::io("remove", storage.describe(&name), &e))?;
@@ -245,10 +225,13 @@ impl<S: Storage> Wal<S> {
         let mut log = EntryLog::default();
         let mut segments = VecDeque::new();
         let mut write_offset = SEGMENT_HEADER_BYTES as u64;
-        let image_count = images.len();
         let mut current = None;
-        for (i, (name, mut file, header, bytes)) in images.into_iter().enumerate() {
-            let is_last = i + 1 == image_count;
+        for (i, &seq) in seqs[..=last].iter().enumerate() {
+            let is_last = i == last;
+            let (name, mut file, header, bytes) = match is_last {
+                true => last_image.take().expect("read above"),
+                false => read_image(&mut storage, seq)?,
+            };
             let mut off = SEGMENT_HEADER_BYTES;
             let mut max_entry_index = None;
             let bad: Option<(usize, String)> = loop {
@@ -568,6 +551,39 @@ impl<S: Storage> Wal<S> {
     pub fn poisoned(&self) -> Option<&str> {
         self.poisoned.as_deref()
     }
+}
+
+/// Opens and reads segment `seq` whole, checking its header.
+fn read_image<S: Storage>(
+    storage: &mut S,
+    seq: u64,
+) -> Result<(String, S::File, SegmentHeader, Vec<u8>), WalError> {
+    let name = format::segment_file_name(seq);
+    let mut f = storage
+        .open(&name)
+        .map_err(|e| WalError::io("open", storage.describe(&name), &e))?;
+    let len = f
+        .len_bytes()
+        .map_err(|e| WalError::io("stat", storage.describe(&name), &e))?;
+    let mut bytes = vec![0u8; len as usize];
+    f.read_exact_at(&mut bytes, 0)
+        .map_err(|e| WalError::io("read", storage.describe(&name), &e))?;
+    let header = SegmentHeader::decode(&bytes).map_err(|r| WalError::Corrupt {
+        file: storage.describe(&name),
+        offset: 0,
+        reason: r.to_string(),
+    })?;
+    if header.seq != seq {
+        return Err(WalError::Corrupt {
+            file: storage.describe(&name),
+            offset: format::SEGMENT_SEQ_OFFSET as u64,
+            reason: format!(
+                "header names segment {} but the file name says {seq}",
+                header.seq
+            ),
+        });
+    }
+    Ok((name, f, header, bytes))
 }
 
 fn prepare_segment<S: Storage>(
