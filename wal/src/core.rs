@@ -13,7 +13,10 @@ use crate::{Entry, HardState, Recovered, WalOptions, WalRecord};
 pub(crate) struct LogState {
     pub hard_state: Option<HardState>,
     pub snapshot: Option<(u64, u64)>,
-    /// Index of the last surviving entry, if any entry survives past the snapshot.
+    /// Raft's last index: the last entry's index or the snapshot marker's, whichever is
+    /// later; 0 for an empty log. `None` only during recovery, before the first entry of a
+    /// log whose older segments were released (the last index is not known yet, so the
+    /// first entry seen is taken as it is).
     pub last_index: Option<u64>,
 }
 
@@ -58,8 +61,8 @@ impl LogState {
                     }
                 }
                 self.snapshot = Some((*index, *term));
-                if self.last_index.is_some_and(|l| l <= *index) {
-                    self.last_index = None;
+                if let Some(last) = self.last_index {
+                    self.last_index = Some(last.max(*index));
                 }
             }
         }
@@ -299,7 +302,17 @@ impl<S: Storage> Wal<S> {
             snapshot: state.snapshot,
             entries: log.entries,
         };
-        assert_eq!(recovered.entries.last().map(|e| e.index), state.last_index);
+        let known_last = recovered
+            .entries
+            .last()
+            .map(|e| e.index)
+            .or(state.snapshot.map(|s| s.0));
+        state.last_index = Some(state.last_index.unwrap_or(known_last.unwrap_or(0)));
+        assert_eq!(
+            state.last_index,
+            Some(known_last.unwrap_or(0)),
+            "recovered last index"
+        );
         let mut wal = Wal {
             storage,
             options,
@@ -540,8 +553,9 @@ impl<S: Storage> Wal<S> {
     pub fn snapshot(&self) -> Option<(u64, u64)> {
         self.state.snapshot
     }
-    pub fn last_index(&self) -> Option<u64> {
-        self.state.last_index
+    /// Raft's last index: the last entry's or the snapshot marker's, 0 for an empty log.
+    pub fn last_index(&self) -> u64 {
+        self.state.last_index.expect("known once open")
     }
     /// Sequence numbers of the live segments, oldest first.
     pub fn segment_seqs(&self) -> Vec<u64> {

@@ -458,3 +458,42 @@ fn oversized_append_is_rejected() {
     .validate()
     .is_err());
 }
+
+/// The append rules: a fresh log starts at index 1; after a snapshot marker past the last
+/// entry the next entry is exactly one past the marker; nothing at or below the marker; a
+/// marker never goes backwards. Rejected appends change nothing.
+#[test]
+fn entry_rules_around_snapshot_markers() {
+    let options = small_options();
+    let disk = SimDisk::new();
+    let (mut wal, _) = Wal::open(disk.storage(), options).unwrap();
+    let e = |index| WalRecord::Entry {
+        index,
+        term: 1,
+        data: vec![],
+    };
+    let rejected = |r: Result<(), WalError>| matches!(r, Err(WalError::InvalidRecord { .. }));
+    assert!(rejected(wal.append(&[e(2)])), "a fresh log starts at 1");
+    assert!(rejected(wal.append(&[e(0)])));
+    wal.append(&[e(1), e(2), e(3)]).unwrap();
+    wal.append(&[WalRecord::Snapshot { index: 10, term: 1 }])
+        .unwrap();
+    assert_eq!(wal.last_index(), 10);
+    assert!(rejected(wal.append(&[e(4)])), "at or below the marker");
+    assert!(rejected(wal.append(&[e(12)])), "gap after the marker");
+    assert!(rejected(
+        wal.append(&[WalRecord::Snapshot { index: 9, term: 1 }])
+    ));
+    // A rejected record rejects its whole append.
+    assert!(rejected(wal.append(&[e(11), e(13)])));
+    assert_eq!(wal.last_index(), 10);
+    wal.append(&[e(11)]).unwrap();
+    drop(wal);
+    let (wal, got) = Wal::open(disk.storage(), options).unwrap();
+    assert_eq!(got.snapshot, Some((10, 1)));
+    assert_eq!(
+        got.entries.iter().map(|e| e.index).collect::<Vec<_>>(),
+        vec![11]
+    );
+    assert_eq!(wal.last_index(), 11);
+}
