@@ -237,7 +237,7 @@ fn apply_alarm(ctx: &mut ApplyCtx<'_>, a: &AlarmRequest) -> AlarmResponse {
                 alarm: a.alarm,
             };
             if !ctx.alarms.contains(&m) {
-                ctx.alarms.push(m.clone());
+                ctx.alarms.push(m);
                 ctx.alarms_dirty = true;
             }
             resp.alarms.push(m);
@@ -270,7 +270,7 @@ pub fn encode_alarms(alarms: &[AlarmMember]) -> Vec<u8> {
 }
 
 pub fn decode_alarms(b: &[u8]) -> Result<Vec<AlarmMember>, String> {
-    if b.len() % 12 != 0 {
+    if !b.len().is_multiple_of(12) {
         return Err(format!(
             "alarm metadata of {} bytes is not a multiple of 12",
             b.len()

@@ -70,8 +70,8 @@ mod tests {
                 id: 7,
                 member_id: 9,
                 op: Some(Op::Put(PutRequest {
-                    key: b"k".to_vec(),
-                    value: b"v".to_vec(),
+                    key: bytes::Bytes::from_static(b"k"),
+                    value: bytes::Bytes::from_static(b"v"),
                     ..Default::default()
                 })),
             }],

@@ -474,14 +474,12 @@ fn check_path<T: WriteTxn + ?Sized>(
     for op in ops {
         match &op.request {
             Some(request_op::Request::RequestPut(p)) => check_put_preconditions(txn, p)?,
-            Some(request_op::Request::RequestRange(r)) => {
-                if r.revision > 0 {
-                    if r.revision > txn.current_revision() {
-                        return Err(EtcdError::FutureRev);
-                    }
-                    if r.revision < txn.compact_revision() {
-                        return Err(EtcdError::Compacted);
-                    }
+            Some(request_op::Request::RequestRange(r)) if r.revision > 0 => {
+                if r.revision > txn.current_revision() {
+                    return Err(EtcdError::FutureRev);
+                }
+                if r.revision < txn.compact_revision() {
+                    return Err(EtcdError::Compacted);
                 }
             }
             Some(request_op::Request::RequestTxn(nt)) => check_path(txn, nt, path, i)?,

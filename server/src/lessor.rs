@@ -156,7 +156,7 @@ impl Lessor {
     }
 
     pub fn decode_meta(bytes: &[u8]) -> Result<Vec<(i64, i64)>, String> {
-        if bytes.len() % 16 != 0 {
+        if !bytes.len().is_multiple_of(16) {
             return Err(format!(
                 "lease metadata of {} bytes is not a multiple of 16",
                 bytes.len()

@@ -186,17 +186,14 @@ impl Maintenance for MaintenanceService {
             })
             .map_err(|e| Status::new(Code::Internal, format!("spawning snapshot thread: {e}")))?;
         let header = self.shared.header(self.shared.current_revision());
-        let stream = futures_util::stream::unfold(rx, move |mut rx| {
-            let header = header.clone();
-            async move {
-                let item = rx.recv().await?;
-                let item = item.map(|blob| SnapshotResponse {
-                    header: Some(header),
-                    remaining_bytes: 0,
-                    blob: blob.into(),
-                });
-                Some((item, rx))
-            }
+        let stream = futures_util::stream::unfold(rx, move |mut rx| async move {
+            let item = rx.recv().await?;
+            let item = item.map(|blob| SnapshotResponse {
+                header: Some(header),
+                remaining_bytes: 0,
+                blob: blob.into(),
+            });
+            Some((item, rx))
         });
         Ok(Response::new(Box::pin(stream)))
     }

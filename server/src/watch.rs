@@ -185,18 +185,7 @@ impl StreamState {
     async fn on_request(&mut self, req: WatchRequest) {
         match req.request_union {
             Some(watch_request::RequestUnion::CreateRequest(c)) => self.create(c).await,
-            Some(watch_request::RequestUnion::CancelRequest(c)) => {
-                if self.watchers.remove(&c.watch_id).is_some() {
-                    let rev = self.shared.current_revision();
-                    self.send(WatchResponse {
-                        header: self.header(rev),
-                        watch_id: c.watch_id,
-                        canceled: true,
-                        ..Default::default()
-                    })
-                    .await;
-                }
-            }
+            Some(watch_request::RequestUnion::CancelRequest(c)) => self.cancel(c.watch_id).await,
             Some(watch_request::RequestUnion::ProgressRequest(_)) => {
                 // Only meaningful once every watcher is caught up: etcd answers with the
                 // store revision, which no synced watcher is behind.
@@ -211,6 +200,20 @@ impl StreamState {
             }
             None => {}
         }
+    }
+
+    async fn cancel(&mut self, id: i64) {
+        if self.watchers.remove(&id).is_none() {
+            return;
+        }
+        let rev = self.shared.current_revision();
+        self.send(WatchResponse {
+            header: self.header(rev),
+            watch_id: id,
+            canceled: true,
+            ..Default::default()
+        })
+        .await;
     }
 
     async fn create(&mut self, c: WatchCreateRequest) {
