@@ -1022,3 +1022,32 @@ fn report_unreachable_returns_follower_to_probe() {
     assert_eq!(state(&net), ProgressState::Replicate);
     assert_eq!(net.applied_data(2).last().unwrap(), b"x");
 }
+
+/// `committed_bytes_per_ready_max` splits a long apply backlog over several Readies, in order.
+#[test]
+fn committed_entries_are_paged() {
+    let mut net = Net::new(3, |c| {
+        c.committed_bytes_per_ready_max = 3 * (ENTRY_OVERHEAD_BYTES + 10)
+    });
+    net.elect(1);
+    net.stabilize();
+    for i in 0..20u8 {
+        net.raw(1).propose(vec![i; 10]).unwrap();
+    }
+    net.stabilize();
+    net.tick_all(2);
+    let applied = net.applied_data(2);
+    assert_eq!(applied, (0..20u8).map(|i| vec![i; 10]).collect::<Vec<_>>());
+    // Restart with applied = 0: the backlog comes back in pages of at most 3 entries.
+    net.restart(2);
+    let mut pages = Vec::new();
+    while net.raw(2).has_ready() {
+        let rd = net.raw(2).ready();
+        if !rd.committed_entries.is_empty() {
+            pages.push(rd.committed_entries.len());
+        }
+        net.raw(2).advance();
+    }
+    assert!(pages.iter().all(|&n| n <= 3), "{pages:?}");
+    assert_eq!(pages.iter().sum::<usize>() as u64, net.node(2).committed());
+}
