@@ -12,7 +12,9 @@
 //! ```
 //!
 //! `--via-local` hands each call to a core-local task through `run_local` and awaits the `Send`
-//! oneshot, as the real server's handlers do, to price that hop.
+//! oneshot, as the real server's handlers do, to price that hop. `--tokio` serves the same
+//! service with tonic's own transport on a tokio runtime of `--cores` threads instead, for
+//! comparison.
 
 use std::time::Duration;
 
@@ -85,7 +87,8 @@ impl Kv for EchoKv {
 
 fn usage() -> ! {
     eprintln!(
-        "usage: grpc_echo [--listen URL[,URL...]] [--cores N] [--pin] [--via-local] [--spin-us N]"
+        "usage: grpc_echo [--listen URL[,URL...]] [--cores N] [--pin] [--via-local] [--spin-us N] \
+         [--tokio]"
     );
     std::process::exit(2)
 }
@@ -96,6 +99,7 @@ fn main() {
     let mut pin = false;
     let mut via_local = false;
     let mut spin_us = 0u64;
+    let mut on_tokio = false;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -108,6 +112,7 @@ fn main() {
             }
             "--pin" => pin = true,
             "--via-local" => via_local = true,
+            "--tokio" => on_tokio = true,
             "--spin-us" => {
                 spin_us = args
                     .next()
@@ -121,6 +126,10 @@ fn main() {
         eprintln!("{e}");
         std::process::exit(2)
     });
+    if on_tokio {
+        serve_on_tokio(&listen, cores);
+        return;
+    }
     let mut config = ServeConfig::new(listen, cores);
     config.pin_cores = pin;
     if spin_us > 0 {
@@ -147,4 +156,26 @@ fn main() {
         server.local_addrs()
     );
     server.join();
+}
+
+/// The same echo service on tonic's own HTTP/2 transport and a multi-threaded tokio runtime.
+fn serve_on_tokio(listen: &[Listen], cores: usize) {
+    let addr = listen[0].addr;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(cores)
+        .enable_all()
+        .build()
+        .unwrap();
+    eprintln!("grpc_echo (tonic on tokio) serving on {addr} with {cores} threads");
+    rt.block_on(async move {
+        tonic::transport::Server::builder()
+            .tcp_nodelay(true)
+            .add_service(KvServer::new(EchoKv {
+                member_id: 1,
+                via_local: false,
+            }))
+            .serve(addr)
+            .await
+            .unwrap();
+    });
 }

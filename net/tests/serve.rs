@@ -297,3 +297,169 @@ fn factory_error_is_reported_and_nothing_keeps_running() {
     .expect("factory failure");
     assert_eq!(err.to_string(), "core 1: no disk");
 }
+
+/// Answers each create request on a watch stream with `created` and the client's watch id, and
+/// each cancel with `canceled`; ends when the client closes its side.
+struct EchoWatch;
+
+#[tonic::async_trait]
+impl ferrite_net::pb::etcdserverpb::watch_server::Watch for EchoWatch {
+    type WatchStream = std::pin::Pin<
+        Box<dyn futures_lite::Stream<Item = Result<WatchResponse, Status>> + Send + 'static>,
+    >;
+
+    async fn watch(
+        &self,
+        req: Request<tonic::Streaming<WatchRequest>>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        let inbound = req.into_inner();
+        let out = futures_lite::stream::unfold(inbound, |mut inbound| async move {
+            let next = inbound.message().await;
+            match next {
+                Ok(Some(WatchRequest {
+                    request_union: Some(watch_request::RequestUnion::CreateRequest(c)),
+                })) => Some((
+                    Ok(WatchResponse {
+                        watch_id: c.watch_id,
+                        created: true,
+                        ..Default::default()
+                    }),
+                    inbound,
+                )),
+                Ok(Some(WatchRequest {
+                    request_union: Some(watch_request::RequestUnion::CancelRequest(c)),
+                })) => Some((
+                    Ok(WatchResponse {
+                        watch_id: c.watch_id,
+                        canceled: true,
+                        ..Default::default()
+                    }),
+                    inbound,
+                )),
+                Ok(Some(_)) => Some((Err(Status::invalid_argument("unexpected")), inbound)),
+                Ok(None) | Err(_) => None,
+            }
+        });
+        Ok(Response::new(Box::pin(out)))
+    }
+}
+
+#[test]
+fn bidi_stream_and_large_messages() {
+    const LARGE_BYTES_MAX: usize = 4 * 1024 * 1024;
+    let config = ServeConfig::new(Listen::parse_urls("http://127.0.0.1:0").unwrap(), 1);
+    let server = serve(config, |core| async move {
+        let kv = EchoKv {
+            core: core.index as u64,
+            served: CoreLocal::new(Cell::new(0)),
+        };
+        Ok(Router::builder()
+            .grpc(
+                KvServer::new(kv)
+                    .max_decoding_message_size(LARGE_BYTES_MAX)
+                    .max_encoding_message_size(LARGE_BYTES_MAX),
+            )
+            .grpc(ferrite_net::pb::etcdserverpb::watch_server::WatchServer::new(EchoWatch))
+            .build())
+    })
+    .unwrap();
+    let addr = server.local_addrs()[0];
+    runtime().block_on(async {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+
+        // 3 MiB each way: many HTTP/2 frames and flow-control window updates.
+        let mut kv = KvClient::new(channel.clone())
+            .max_decoding_message_size(LARGE_BYTES_MAX)
+            .max_encoding_message_size(LARGE_BYTES_MAX);
+        let big: Vec<u8> = (0..3 * 1024 * 1024).map(|i| (i % 251) as u8).collect();
+        let resp = kv
+            .range(RangeRequest {
+                key: big.clone().into(),
+                ..Default::default()
+            })
+            .await
+            .expect("large request served")
+            .into_inner();
+        assert_eq!(&resp.kvs[0].key[..], &big[..]);
+
+        // A bidirectional stream: requests and responses interleave.
+        let (tx, rx) = tokio::sync::mpsc::channel::<WatchRequest>(4);
+        let outbound =
+            futures_lite::stream::unfold(
+                rx,
+                |mut rx| async move { rx.recv().await.map(|m| (m, rx)) },
+            );
+        let mut watch = WatchClient::new(channel);
+        let mut inbound = watch
+            .watch(outbound)
+            .await
+            .expect("stream opens")
+            .into_inner();
+        for id in [5i64, 9, 12] {
+            tx.send(WatchRequest {
+                request_union: Some(watch_request::RequestUnion::CreateRequest(
+                    WatchCreateRequest {
+                        key: b"k".to_vec().into(),
+                        watch_id: id,
+                        ..Default::default()
+                    },
+                )),
+            })
+            .await
+            .unwrap();
+            let r = inbound
+                .message()
+                .await
+                .unwrap()
+                .expect("a response per request");
+            assert!(r.created);
+            assert_eq!(r.watch_id, id);
+        }
+        tx.send(WatchRequest {
+            request_union: Some(watch_request::RequestUnion::CancelRequest(
+                WatchCancelRequest { watch_id: 9 },
+            )),
+        })
+        .await
+        .unwrap();
+        let r = inbound.message().await.unwrap().unwrap();
+        assert!(r.canceled);
+        assert_eq!(r.watch_id, 9);
+        drop(tx);
+        assert!(
+            inbound.message().await.unwrap().is_none(),
+            "stream ends with the client's"
+        );
+    });
+    server.shutdown();
+}
+
+#[test]
+fn http1_header_timeout_closes_slow_clients() {
+    let server = start(1, 1, |c| {
+        c.http1_header_read_timeout = Duration::from_millis(200)
+    });
+    let addr = server.local_addrs()[0];
+    runtime().block_on(async {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        // Start a request but never finish its headers.
+        s.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n")
+            .await
+            .unwrap();
+        let mut out = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out))
+            .await
+            .expect("server closed the connection after the header timeout")
+            .ok();
+        let text = String::from_utf8_lossy(&out);
+        assert!(
+            text.is_empty() || text.starts_with("HTTP/1.1 408"),
+            "unexpected answer {text:?}"
+        );
+    });
+    server.shutdown();
+}
