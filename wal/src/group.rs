@@ -15,7 +15,7 @@
 
 use std::cell::RefCell;
 use std::future::Future;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -24,7 +24,7 @@ use std::task::{Context, Poll, Waker};
 
 use crate::core::Wal;
 use crate::error::WalError;
-use crate::storage::FileStorage;
+use crate::storage::{FileStorage, Storage};
 use crate::{Recovered, WalOptions, WalRecord};
 
 /// The result (once sent) and the waker of the task awaiting it.
@@ -124,7 +124,6 @@ pub struct GroupStats {
 pub struct GroupWal {
     shared: Arc<Shared>,
     exited: Arc<Completion<()>>,
-    dir: PathBuf,
     /// Requests made during the current executor turn, handed to the I/O thread together
     /// by a flush task that runs after the tasks already runnable (no timer, no linger).
     staged: Rc<RefCell<Vec<Request>>>,
@@ -137,8 +136,27 @@ impl GroupWal {
         dir: impl AsRef<Path>,
         options: WalOptions,
     ) -> Result<(GroupWal, Recovered), WalError> {
-        options.validate()?;
         let dir = dir.as_ref().to_path_buf();
+        let name = dir.display().to_string();
+        GroupWal::open_with(
+            move || {
+                FileStorage::open_dir(&dir)
+                    .map_err(|e| WalError::io("open directory", dir.display().to_string(), &e))
+            },
+            options,
+            name,
+        )
+        .await
+    }
+
+    /// Like [`GroupWal::open`] on any [`Storage`] (tests use the simulated disk), made by
+    /// `make_storage` on the I/O thread. `name` names the log in errors.
+    pub async fn open_with<S: Storage>(
+        make_storage: impl FnOnce() -> Result<S, WalError> + Send + 'static,
+        options: WalOptions,
+        name: String,
+    ) -> Result<(GroupWal, Recovered), WalError> {
+        options.validate()?;
         let shared = Arc::new(Shared {
             closed: AtomicBool::new(false),
             queue: Mutex::new(Queue::default()),
@@ -148,23 +166,25 @@ impl GroupWal {
         });
         let opened = Completion::new();
         let exited = Completion::new();
-        let (t_shared, t_opened, t_exited, t_dir) = (
+        let (t_shared, t_opened, t_exited) = (
             shared.clone(),
             Responder(Some(opened.clone())),
             Responder(Some(exited.clone())),
-            dir.clone(),
         );
         std::thread::Builder::new()
             .name("wal-io".into())
-            .spawn(move || io_thread(t_dir, options, t_shared, t_opened, t_exited))
-            .map_err(|e| WalError::io("spawn I/O thread for", dir.display().to_string(), &e))?;
+            .spawn(move || {
+                let wal = make_storage().and_then(|storage| Wal::open(storage, options));
+                io_thread(wal, t_shared, t_opened, t_exited)
+            })
+            .map_err(|e| WalError::io("spawn I/O thread for", name, &e))?;
         let recovered = Wait(opened).await?;
+        let staged = Rc::new(RefCell::new(Vec::new()));
         Ok((
             GroupWal {
                 shared,
                 exited,
-                dir,
-                staged: Rc::new(RefCell::new(Vec::new())),
+                staged,
             },
             recovered,
         ))
@@ -226,10 +246,6 @@ impl GroupWal {
         }
     }
 
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
     /// Serves every queued request, stops the I/O thread and waits for it to exit.
     pub async fn close(self) {
         self.shut();
@@ -272,25 +288,13 @@ fn hand_over(shared: &Shared, staged: &RefCell<Vec<Request>>) {
     }
 }
 
-fn io_thread(
-    dir: PathBuf,
-    options: WalOptions,
+fn io_thread<S: Storage>(
+    opened_wal: Result<(Wal<S>, Recovered), WalError>,
     shared: Arc<Shared>,
     opened: Responder<Recovered>,
     exited: Responder<()>,
 ) {
-    let storage = match FileStorage::open_dir(&dir) {
-        Ok(s) => s,
-        Err(e) => {
-            close_queue(&shared);
-            return opened.send(Err(WalError::io(
-                "open directory",
-                dir.display().to_string(),
-                &e,
-            )));
-        }
-    };
-    let mut wal = match Wal::open(storage, options) {
+    let mut wal = match opened_wal {
         Ok((wal, recovered)) => {
             opened.send(Ok(recovered));
             wal
@@ -331,8 +335,8 @@ fn io_thread(
     exited.send(Ok(()));
 }
 
-fn commit(
-    wal: &mut Wal<FileStorage>,
+fn commit<S: Storage>(
+    wal: &mut Wal<S>,
     shared: &Shared,
     appends: &mut Vec<Vec<WalRecord>>,
     waiting: &mut Vec<Responder<()>>,
