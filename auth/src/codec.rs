@@ -81,15 +81,25 @@ impl AuthStore {
         out.extend_from_slice(&VERSION.to_le_bytes());
         out.push(if self.enabled { FLAG_ENABLED } else { 0 });
         out.extend_from_slice(&self.revision.to_le_bytes());
-        out.extend_from_slice(&u32::try_from(self.users.len()).expect("user count").to_le_bytes());
-        out.extend_from_slice(&u32::try_from(self.roles.len()).expect("role count").to_le_bytes());
+        out.extend_from_slice(
+            &u32::try_from(self.users.len())
+                .expect("user count")
+                .to_le_bytes(),
+        );
+        out.extend_from_slice(
+            &u32::try_from(self.roles.len())
+                .expect("role count")
+                .to_le_bytes(),
+        );
         debug_assert_eq!(out.len(), HEADER_BYTES);
         for u in self.users.values() {
             let pb = PbUser {
                 name: u.name.as_bytes().to_vec(),
                 password: u.password_hash.clone(),
                 roles: u.roles.clone(),
-                options: Some(PbUserAddOptions { no_password: u.no_password }),
+                options: Some(PbUserAddOptions {
+                    no_password: u.no_password,
+                }),
             };
             put_record(&mut out, &pb.encode_to_vec());
         }
@@ -116,13 +126,18 @@ impl AuthStore {
     /// Decodes bytes written by [`AuthStore::encode`]; any corruption is an error, never a panic.
     pub fn decode(bytes: &[u8]) -> Result<AuthStore, DecodeError> {
         if bytes.len() < HEADER_BYTES + TRAILER_BYTES {
-            return Err(err(format!("{} bytes is shorter than header and checksum", bytes.len())));
+            return Err(err(format!(
+                "{} bytes is shorter than header and checksum",
+                bytes.len()
+            )));
         }
         let (body, trailer) = bytes.split_at(bytes.len() - TRAILER_BYTES);
         let stored = u32::from_le_bytes(trailer.try_into().expect("4 bytes"));
         let actual = crc32c::crc32c(body);
         if stored != actual {
-            return Err(err(format!("checksum mismatch (stored {stored:#010x}, computed {actual:#010x})")));
+            return Err(err(format!(
+                "checksum mismatch (stored {stored:#010x}, computed {actual:#010x})"
+            )));
         }
         if body[..8] != MAGIC {
             return Err(err("bad magic"));
@@ -146,12 +161,18 @@ impl AuthStore {
         for i in 0..user_count {
             let rec = take_record(&mut rest).map_err(|e| err(format!("user #{i}: {e}")))?;
             let pb = PbUser::decode(rec).map_err(|e| err(format!("user #{i}: {e}")))?;
-            let name = String::from_utf8(pb.name).map_err(|_| err(format!("user #{i}: name is not UTF-8")))?;
+            let name = String::from_utf8(pb.name)
+                .map_err(|_| err(format!("user #{i}: name is not UTF-8")))?;
             if !pb.roles.windows(2).all(|w| w[0] < w[1]) {
                 return Err(err(format!("user {name:?}: roles not sorted")));
             }
             let no_password = pb.options.is_some_and(|o| o.no_password);
-            let user = User { name: name.clone(), password_hash: pb.password, roles: pb.roles, no_password };
+            let user = User {
+                name: name.clone(),
+                password_hash: pb.password,
+                roles: pb.roles,
+                no_password,
+            };
             if users.insert(name.clone(), user).is_some() {
                 return Err(err(format!("duplicate user {name:?}")));
             }
@@ -160,17 +181,32 @@ impl AuthStore {
         for i in 0..role_count {
             let rec = take_record(&mut rest).map_err(|e| err(format!("role #{i}: {e}")))?;
             let pb = PbRole::decode(rec).map_err(|e| err(format!("role #{i}: {e}")))?;
-            let name = String::from_utf8(pb.name).map_err(|_| err(format!("role #{i}: name is not UTF-8")))?;
+            let name = String::from_utf8(pb.name)
+                .map_err(|_| err(format!("role #{i}: name is not UTF-8")))?;
             let mut perms = Vec::with_capacity(pb.key_permission.len());
             for p in pb.key_permission {
-                let perm_type = PermType::from_i32(p.perm_type)
-                    .ok_or_else(|| err(format!("role {name:?}: permission type {}", p.perm_type)))?;
-                perms.push(Permission { perm_type, key: p.key, range_end: p.range_end });
+                let perm_type = PermType::from_i32(p.perm_type).ok_or_else(|| {
+                    err(format!("role {name:?}: permission type {}", p.perm_type))
+                })?;
+                perms.push(Permission {
+                    perm_type,
+                    key: p.key,
+                    range_end: p.range_end,
+                });
             }
             if !perms.windows(2).all(|w| w[0].key <= w[1].key) {
                 return Err(err(format!("role {name:?}: permissions not sorted")));
             }
-            if roles.insert(name.clone(), Role { name: name.clone(), perms }).is_some() {
+            if roles
+                .insert(
+                    name.clone(),
+                    Role {
+                        name: name.clone(),
+                        perms,
+                    },
+                )
+                .is_some()
+            {
                 return Err(err(format!("duplicate role {name:?}")));
             }
         }
@@ -185,7 +221,13 @@ impl AuthStore {
         {
             return Err(err("enabled without root user holding the root role"));
         }
-        let mut store = AuthStore { enabled, revision, users, roles, perm_cache: Default::default() };
+        let mut store = AuthStore {
+            enabled,
+            revision,
+            users,
+            roles,
+            perm_cache: Default::default(),
+        };
         store.refresh_perm_cache();
         store.check_invariants();
         Ok(store)
@@ -193,7 +235,11 @@ impl AuthStore {
 }
 
 fn put_record(out: &mut Vec<u8>, rec: &[u8]) {
-    assert!(rec.len() <= RECORD_BYTES_MAX, "auth record of {} bytes exceeds the limit", rec.len());
+    assert!(
+        rec.len() <= RECORD_BYTES_MAX,
+        "auth record of {} bytes exceeds the limit",
+        rec.len()
+    );
     out.extend_from_slice(&(rec.len() as u32).to_le_bytes());
     out.extend_from_slice(rec);
 }
@@ -261,12 +307,19 @@ impl crate::store::AuthCommand {
         match self {
             C::AuthEnable => pb.kind = AUTH_ENABLE,
             C::AuthDisable => pb.kind = AUTH_DISABLE,
-            C::Authenticate { name, simple_token_prefix } => {
+            C::Authenticate {
+                name,
+                simple_token_prefix,
+            } => {
                 pb.kind = AUTHENTICATE;
                 pb.name = name.clone();
                 pb.other = simple_token_prefix.clone();
             }
-            C::UserAdd { name, password_hash, no_password } => {
+            C::UserAdd {
+                name,
+                password_hash,
+                no_password,
+            } => {
                 pb.kind = USER_ADD;
                 pb.name = name.clone();
                 pb.password_hash = password_hash.clone();
@@ -276,7 +329,10 @@ impl crate::store::AuthCommand {
                 pb.kind = USER_DELETE;
                 pb.name = name.clone();
             }
-            C::UserChangePassword { name, password_hash } => {
+            C::UserChangePassword {
+                name,
+                password_hash,
+            } => {
                 pb.kind = USER_CHANGE_PASSWORD;
                 pb.name = name.clone();
                 pb.password_hash = password_hash.clone();
@@ -304,10 +360,18 @@ impl crate::store::AuthCommand {
                 pb.name = name.clone();
                 pb.perm = Some(perm_pb(perm));
             }
-            C::RoleRevokePermission { role, key, range_end } => {
+            C::RoleRevokePermission {
+                role,
+                key,
+                range_end,
+            } => {
                 pb.kind = ROLE_REVOKE_PERMISSION;
                 pb.name = role.clone();
-                pb.perm = Some(PbPermission { perm_type: 0, key: key.clone(), range_end: range_end.clone() });
+                pb.perm = Some(PbPermission {
+                    perm_type: 0,
+                    key: key.clone(),
+                    range_end: range_end.clone(),
+                });
             }
         }
         pb.encode_to_vec()
@@ -318,27 +382,58 @@ impl crate::store::AuthCommand {
         use crate::store::AuthCommand as C;
         use command_kind::*;
         let pb = PbAuthCommand::decode(bytes).map_err(|e| err(format!("auth command: {e}")))?;
-        let perm = || pb.perm.clone().ok_or_else(|| err("auth command: permission missing"));
+        let perm = || {
+            pb.perm
+                .clone()
+                .ok_or_else(|| err("auth command: permission missing"))
+        };
         Ok(match pb.kind {
             AUTH_ENABLE => C::AuthEnable,
             AUTH_DISABLE => C::AuthDisable,
-            AUTHENTICATE => C::Authenticate { name: pb.name, simple_token_prefix: pb.other },
-            USER_ADD => C::UserAdd { name: pb.name, password_hash: pb.password_hash, no_password: pb.no_password },
+            AUTHENTICATE => C::Authenticate {
+                name: pb.name,
+                simple_token_prefix: pb.other,
+            },
+            USER_ADD => C::UserAdd {
+                name: pb.name,
+                password_hash: pb.password_hash,
+                no_password: pb.no_password,
+            },
             USER_DELETE => C::UserDelete { name: pb.name },
-            USER_CHANGE_PASSWORD => C::UserChangePassword { name: pb.name, password_hash: pb.password_hash },
-            USER_GRANT_ROLE => C::UserGrantRole { user: pb.name, role: pb.other },
-            USER_REVOKE_ROLE => C::UserRevokeRole { name: pb.name, role: pb.other },
+            USER_CHANGE_PASSWORD => C::UserChangePassword {
+                name: pb.name,
+                password_hash: pb.password_hash,
+            },
+            USER_GRANT_ROLE => C::UserGrantRole {
+                user: pb.name,
+                role: pb.other,
+            },
+            USER_REVOKE_ROLE => C::UserRevokeRole {
+                name: pb.name,
+                role: pb.other,
+            },
             ROLE_ADD => C::RoleAdd { name: pb.name },
             ROLE_DELETE => C::RoleDelete { role: pb.name },
             ROLE_GRANT_PERMISSION => {
                 let p = perm()?;
                 let perm_type = PermType::from_i32(p.perm_type)
                     .ok_or_else(|| err(format!("auth command: permission type {}", p.perm_type)))?;
-                C::RoleGrantPermission { name: pb.name, perm: Permission { perm_type, key: p.key, range_end: p.range_end } }
+                C::RoleGrantPermission {
+                    name: pb.name,
+                    perm: Permission {
+                        perm_type,
+                        key: p.key,
+                        range_end: p.range_end,
+                    },
+                }
             }
             ROLE_REVOKE_PERMISSION => {
                 let p = perm()?;
-                C::RoleRevokePermission { role: pb.name, key: p.key, range_end: p.range_end }
+                C::RoleRevokePermission {
+                    role: pb.name,
+                    key: p.key,
+                    range_end: p.range_end,
+                }
             }
             other => return Err(err(format!("auth command: unknown kind {other}"))),
         })

@@ -60,7 +60,9 @@ impl AuthError {
             AuthError::AuthFailed => {
                 "etcdserver: authentication failed, invalid user ID or password"
             }
-            AuthError::NoPasswordUser => "auth: authentication failed, password was given for no password user",
+            AuthError::NoPasswordUser => {
+                "auth: authentication failed, password was given for no password user"
+            }
             AuthError::PermissionDenied => "etcdserver: permission denied",
             AuthError::RoleNotGranted => "etcdserver: role is not granted to the user",
             AuthError::PermissionNotGranted => "etcdserver: permission is not granted to the role",
@@ -135,7 +137,11 @@ mod tests {
     fn messages_are_distinct_and_prefixed() {
         let mut seen = std::collections::HashSet::new();
         for e in AuthError::ALL {
-            let prefix = if e == AuthError::NoPasswordUser { "auth: " } else { "etcdserver: " };
+            let prefix = if e == AuthError::NoPasswordUser {
+                "auth: "
+            } else {
+                "etcdserver: "
+            };
             assert!(e.to_string().starts_with(prefix), "{e:?}");
             assert!(seen.insert(e.message()), "duplicate message {e:?}");
         }
@@ -147,6 +153,9 @@ mod tests {
         assert_eq!(AuthError::InvalidAuthToken.grpc_code() as i32, 16);
         assert_eq!(AuthError::AuthFailed.grpc_code() as i32, 3);
         assert_eq!(AuthError::RootUserNotExist.grpc_code() as i32, 9);
-        assert_eq!(AuthError::AuthOldRevision.grpc_code(), GrpcCode::InvalidArgument);
+        assert_eq!(
+            AuthError::AuthOldRevision.grpc_code(),
+            GrpcCode::InvalidArgument
+        );
     }
 }

@@ -39,7 +39,13 @@ fn insertion_sort<T>(data: &mut [T], a: usize, b: usize, less: &impl Fn(&T, &T) 
     }
 }
 
-fn sift_down<T>(data: &mut [T], lo: usize, hi: usize, first: usize, less: &impl Fn(&T, &T) -> bool) {
+fn sift_down<T>(
+    data: &mut [T],
+    lo: usize,
+    hi: usize,
+    first: usize,
+    less: &impl Fn(&T, &T) -> bool,
+) {
     let mut root = lo;
     loop {
         let mut child = 2 * root + 1;
@@ -70,7 +76,13 @@ fn heap_sort<T>(data: &mut [T], a: usize, b: usize, less: &impl Fn(&T, &T) -> bo
     }
 }
 
-fn pdqsort<T>(data: &mut [T], mut a: usize, mut b: usize, mut limit: usize, less: &impl Fn(&T, &T) -> bool) {
+fn pdqsort<T>(
+    data: &mut [T],
+    mut a: usize,
+    mut b: usize,
+    mut limit: usize,
+    less: &impl Fn(&T, &T) -> bool,
+) {
     const MAX_INSERTION: usize = 12;
     let mut was_balanced = true;
     let mut was_partitioned = true;
@@ -94,7 +106,11 @@ fn pdqsort<T>(data: &mut [T], mut a: usize, mut b: usize, mut limit: usize, less
             pivot = (b - 1) - (pivot - a);
             hint = Hint::Increasing;
         }
-        if was_balanced && was_partitioned && hint == Hint::Increasing && partial_insertion_sort(data, a, b, less) {
+        if was_balanced
+            && was_partitioned
+            && hint == Hint::Increasing
+            && partial_insertion_sort(data, a, b, less)
+        {
             return;
         }
         if a > 0 && !lt(data, a - 1, pivot, less) {
@@ -117,7 +133,13 @@ fn pdqsort<T>(data: &mut [T], mut a: usize, mut b: usize, mut limit: usize, less
     }
 }
 
-fn partition<T>(data: &mut [T], a: usize, b: usize, pivot: usize, less: &impl Fn(&T, &T) -> bool) -> (usize, bool) {
+fn partition<T>(
+    data: &mut [T],
+    a: usize,
+    b: usize,
+    pivot: usize,
+    less: &impl Fn(&T, &T) -> bool,
+) -> (usize, bool) {
     data.swap(a, pivot);
     // i and j are inclusive bounds; j may go below a + 1 (signed as in Go).
     let (mut i, mut j) = (a as isize + 1, b as isize - 1);
@@ -152,7 +174,13 @@ fn partition<T>(data: &mut [T], a: usize, b: usize, pivot: usize, less: &impl Fn
     (j as usize, false)
 }
 
-fn partition_equal<T>(data: &mut [T], a: usize, b: usize, pivot: usize, less: &impl Fn(&T, &T) -> bool) -> usize {
+fn partition_equal<T>(
+    data: &mut [T],
+    a: usize,
+    b: usize,
+    pivot: usize,
+    less: &impl Fn(&T, &T) -> bool,
+) -> usize {
     data.swap(a, pivot);
     let (mut i, mut j) = (a as isize + 1, b as isize - 1);
     loop {
@@ -172,7 +200,12 @@ fn partition_equal<T>(data: &mut [T], a: usize, b: usize, pivot: usize, less: &i
     i as usize
 }
 
-fn partial_insertion_sort<T>(data: &mut [T], a: usize, b: usize, less: &impl Fn(&T, &T) -> bool) -> bool {
+fn partial_insertion_sort<T>(
+    data: &mut [T],
+    a: usize,
+    b: usize,
+    less: &impl Fn(&T, &T) -> bool,
+) -> bool {
     const MAX_STEPS: usize = 5;
     const SHORTEST_SHIFTING: usize = 50;
     let mut i = a + 1;
@@ -231,7 +264,12 @@ fn break_patterns<T>(data: &mut [T], a: usize, b: usize) {
     }
 }
 
-fn choose_pivot<T>(data: &mut [T], a: usize, b: usize, less: &impl Fn(&T, &T) -> bool) -> (usize, Hint) {
+fn choose_pivot<T>(
+    data: &mut [T],
+    a: usize,
+    b: usize,
+    less: &impl Fn(&T, &T) -> bool,
+) -> (usize, Hint) {
     const SHORTEST_NINTHER: usize = 50;
     const MAX_SWAPS: usize = 4 * 3;
     let l = b - a;
@@ -254,7 +292,13 @@ fn choose_pivot<T>(data: &mut [T], a: usize, b: usize, less: &impl Fn(&T, &T) ->
     }
 }
 
-fn order2<T>(data: &[T], a: usize, b: usize, swaps: &mut usize, less: &impl Fn(&T, &T) -> bool) -> (usize, usize) {
+fn order2<T>(
+    data: &[T],
+    a: usize,
+    b: usize,
+    swaps: &mut usize,
+    less: &impl Fn(&T, &T) -> bool,
+) -> (usize, usize) {
     if lt(data, b, a, less) {
         *swaps += 1;
         (b, a)
@@ -263,7 +307,14 @@ fn order2<T>(data: &[T], a: usize, b: usize, swaps: &mut usize, less: &impl Fn(&
     }
 }
 
-fn median<T>(data: &[T], a: usize, b: usize, c: usize, swaps: &mut usize, less: &impl Fn(&T, &T) -> bool) -> usize {
+fn median<T>(
+    data: &[T],
+    a: usize,
+    b: usize,
+    c: usize,
+    swaps: &mut usize,
+    less: &impl Fn(&T, &T) -> bool,
+) -> usize {
     let (a, b) = order2(data, a, b, swaps, less);
     let (b, _c) = order2(data, b, c, swaps, less);
     let (_a, b) = order2(data, a, b, swaps, less);

@@ -32,7 +32,8 @@ pub fn effective_bcrypt_cost(given: u32) -> (u32, bool) {
 /// Call on the proposing node, before proposing UserAdd / UserChangePassword.
 pub fn hash_password(password: &str, cost: u32) -> Vec<u8> {
     let (cost, _) = effective_bcrypt_cost(cost);
-    let parts = bcrypt::hash_with_result(password, cost).expect("bcrypt with a valid cost cannot fail");
+    let parts =
+        bcrypt::hash_with_result(password, cost).expect("bcrypt with a valid cost cannot fail");
     parts.format_for_version(bcrypt::Version::TwoA).into_bytes()
 }
 
@@ -45,8 +46,16 @@ pub fn verify_password(password: &str, hash: &[u8]) -> bool {
 }
 
 enum Job {
-    Hash { password: String, cost: u32, reply: oneshot::Sender<Vec<u8>> },
-    Verify { password: String, hash: Vec<u8>, reply: oneshot::Sender<bool> },
+    Hash {
+        password: String,
+        cost: u32,
+        reply: oneshot::Sender<Vec<u8>>,
+    },
+    Verify {
+        password: String,
+        hash: Vec<u8>,
+        reply: oneshot::Sender<bool>,
+    },
 }
 
 /// Pool sizing. `queue_len_max` bounds waiting jobs: past it, calls fail fast with
@@ -59,7 +68,10 @@ pub struct HashPoolOptions {
 
 impl Default for HashPoolOptions {
     fn default() -> Self {
-        HashPoolOptions { threads: 1, queue_len_max: 1024 }
+        HashPoolOptions {
+            threads: 1,
+            queue_len_max: 1024,
+        }
     }
 }
 
@@ -79,20 +91,35 @@ impl HashPool {
         let mut threads = Vec::with_capacity(opts.threads);
         for i in 0..opts.threads {
             let rx: Receiver<Job> = rx.clone();
-            threads.push(thread::Builder::new().name(format!("ferrite-bcrypt-{i}")).spawn(move || {
-                for job in rx.iter() {
-                    match job {
-                        Job::Hash { password, cost, reply } => {
-                            let _ = reply.send(hash_password(&password, cost));
+            threads.push(
+                thread::Builder::new()
+                    .name(format!("ferrite-bcrypt-{i}"))
+                    .spawn(move || {
+                        for job in rx.iter() {
+                            match job {
+                                Job::Hash {
+                                    password,
+                                    cost,
+                                    reply,
+                                } => {
+                                    let _ = reply.send(hash_password(&password, cost));
+                                }
+                                Job::Verify {
+                                    password,
+                                    hash,
+                                    reply,
+                                } => {
+                                    let _ = reply.send(verify_password(&password, &hash));
+                                }
+                            }
                         }
-                        Job::Verify { password, hash, reply } => {
-                            let _ = reply.send(verify_password(&password, &hash));
-                        }
-                    }
-                }
-            })?);
+                    })?,
+            );
         }
-        Ok(HashPool { jobs: Some(tx), threads })
+        Ok(HashPool {
+            jobs: Some(tx),
+            threads,
+        })
     }
 
     fn submit(&self, job: Job) -> Result<(), AuthError> {
@@ -110,7 +137,11 @@ impl HashPool {
         cost: u32,
     ) -> impl Future<Output = Result<Vec<u8>, AuthError>> + Send + 'static {
         let (reply, rx) = oneshot::channel();
-        let submitted = self.submit(Job::Hash { password, cost, reply });
+        let submitted = self.submit(Job::Hash {
+            password,
+            cost,
+            reply,
+        });
         async move {
             submitted?;
             Ok(rx.await.expect("bcrypt worker dropped a job"))
@@ -124,7 +155,11 @@ impl HashPool {
         hash: Vec<u8>,
     ) -> impl Future<Output = Result<bool, AuthError>> + Send + 'static {
         let (reply, rx) = oneshot::channel();
-        let submitted = self.submit(Job::Verify { password, hash, reply });
+        let submitted = self.submit(Job::Verify {
+            password,
+            hash,
+            reply,
+        });
         async move {
             submitted?;
             Ok(rx.await.expect("bcrypt worker dropped a job"))
@@ -154,9 +189,18 @@ mod tests {
         assert!(!verify_password("pW", &h));
         assert!(!verify_password("pw", b"not a hash"));
         // Openwall crypt_blowfish test vectors (also in Go's x/crypto/bcrypt tests).
-        assert!(verify_password("U*U", b"$2a$05$CCCCCCCCCCCCCCCCCCCCC.E5YPO9kmyuRGyh0XouQYb4YMJKvyOeW"));
-        assert!(verify_password("U*U*", b"$2a$05$CCCCCCCCCCCCCCCCCCCCC.VGOzA784oUp/Z0DY336zx7pLYAy0lwK"));
-        assert!(!verify_password("U*U*", b"$2a$05$CCCCCCCCCCCCCCCCCCCCC.E5YPO9kmyuRGyh0XouQYb4YMJKvyOeW"));
+        assert!(verify_password(
+            "U*U",
+            b"$2a$05$CCCCCCCCCCCCCCCCCCCCC.E5YPO9kmyuRGyh0XouQYb4YMJKvyOeW"
+        ));
+        assert!(verify_password(
+            "U*U*",
+            b"$2a$05$CCCCCCCCCCCCCCCCCCCCC.VGOzA784oUp/Z0DY336zx7pLYAy0lwK"
+        ));
+        assert!(!verify_password(
+            "U*U*",
+            b"$2a$05$CCCCCCCCCCCCCCCCCCCCC.E5YPO9kmyuRGyh0XouQYb4YMJKvyOeW"
+        ));
     }
 
     #[test]
@@ -168,7 +212,11 @@ mod tests {
 
     #[test]
     fn pool_hashes_and_verifies() {
-        let pool = HashPool::new(HashPoolOptions { threads: 2, queue_len_max: 8 }).unwrap();
+        let pool = HashPool::new(HashPoolOptions {
+            threads: 2,
+            queue_len_max: 8,
+        })
+        .unwrap();
         let h = block_on(pool.hash("secret".into(), 4)).unwrap();
         assert!(block_on(pool.verify("secret".into(), h.clone())).unwrap());
         assert!(!block_on(pool.verify("wrong".into(), h)).unwrap());
@@ -176,11 +224,20 @@ mod tests {
 
     #[test]
     fn pool_refuses_when_queue_full() {
-        let pool = HashPool::new(HashPoolOptions { threads: 1, queue_len_max: 1 }).unwrap();
+        let pool = HashPool::new(HashPoolOptions {
+            threads: 1,
+            queue_len_max: 1,
+        })
+        .unwrap();
         // Cost 12 keeps the single worker busy long enough for the queue to fill.
         let futs: Vec<_> = (0..4).map(|_| pool.hash("x".into(), 12)).collect();
         let results: Vec<_> = futs.into_iter().map(block_on).collect();
-        assert!(results.iter().any(|r| r == &Err(AuthError::TooManyRequests)), "{results:?}");
+        assert!(
+            results
+                .iter()
+                .any(|r| r == &Err(AuthError::TooManyRequests)),
+            "{results:?}"
+        );
         assert!(results.iter().any(|r| r.is_ok()));
     }
 }

@@ -32,8 +32,8 @@ pub use codec::DecodeError;
 pub use error::{AuthError, GrpcCode};
 pub use hash::{effective_bcrypt_cost, hash_password, verify_password, HashPool, HashPoolOptions};
 pub use store::{
-    prefix_range_end, Applied, AuthCommand, AuthInfo, AuthStore, KeyAccess, PermType, Permission, Role, User,
-    ROOT_ROLE, ROOT_USER,
+    prefix_range_end, Applied, AuthCommand, AuthInfo, AuthStore, KeyAccess, PermType, Permission,
+    Role, User, ROOT_ROLE, ROOT_USER,
 };
 pub use tokens::{TokenCheck, TokenConfigError, TokenProvider};
 

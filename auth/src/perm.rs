@@ -31,7 +31,10 @@ impl Interval {
     pub fn point(key: &[u8]) -> Interval {
         let mut end = key.to_vec();
         end.push(0);
-        Interval { begin: key.to_vec(), end }
+        Interval {
+            begin: key.to_vec(),
+            end,
+        }
     }
 
     /// etcd's `Interval.Compare(other) == 0`: the two intervals intersect.
@@ -48,8 +51,15 @@ impl Interval {
             return Interval::point(&perm.key);
         }
         // A range end of "\0" means "every key >= key": an empty (= +inf) end.
-        let end = if perm.range_end.as_slice() == [0] { Vec::new() } else { perm.range_end.clone() };
-        Interval { begin: perm.key.clone(), end }
+        let end = if perm.range_end.as_slice() == [0] {
+            Vec::new()
+        } else {
+            perm.range_end.clone()
+        };
+        Interval {
+            begin: perm.key.clone(),
+            end,
+        }
     }
 }
 
@@ -133,7 +143,10 @@ impl UnifiedPerms {
                 }
             }
         }
-        UnifiedPerms { read: IntervalSet::from_unsorted(read), write: IntervalSet::from_unsorted(write) }
+        UnifiedPerms {
+            read: IntervalSet::from_unsorted(read),
+            write: IntervalSet::from_unsorted(write),
+        }
     }
 
     /// etcd's `isRangeOpPermitted` for a READ or WRITE check (`ReadWrite` asks for both).
@@ -151,8 +164,15 @@ impl UnifiedPerms {
         if range_end.is_empty() {
             return set.intersects(&Interval::point(key));
         }
-        let end = if range_end == [0] { Vec::new() } else { range_end.to_vec() };
-        set.contains(&Interval { begin: key.to_vec(), end })
+        let end = if range_end == [0] {
+            Vec::new()
+        } else {
+            range_end.to_vec()
+        };
+        set.contains(&Interval {
+            begin: key.to_vec(),
+            end,
+        })
     }
 }
 
@@ -161,11 +181,18 @@ mod tests {
     use super::*;
 
     fn perm(key: &str, end: &str, t: PermType) -> Permission {
-        Permission { perm_type: t, key: key.as_bytes().to_vec(), range_end: end.as_bytes().to_vec() }
+        Permission {
+            perm_type: t,
+            key: key.as_bytes().to_vec(),
+            range_end: end.as_bytes().to_vec(),
+        }
     }
 
     fn ivl(b: &str, e: &str) -> Interval {
-        Interval { begin: b.as_bytes().to_vec(), end: e.as_bytes().to_vec() }
+        Interval {
+            begin: b.as_bytes().to_vec(),
+            end: e.as_bytes().to_vec(),
+        }
     }
 
     /// Cases of etcd's `range_perm_cache_test.go` (TestRangePermission), which pin the
@@ -174,9 +201,24 @@ mod tests {
     fn etcd_range_permission_cases() {
         let cases: Vec<(Vec<Interval>, &str, &str, bool)> = vec![
             (vec![ivl("a", "c"), ivl("x", "z")], "a", "z", false),
-            (vec![ivl("a", "f"), ivl("c", "d"), ivl("f", "z")], "a", "z", true),
-            (vec![ivl("a", "d"), ivl("a", "b"), ivl("c", "f")], "a", "f", true),
-            (vec![ivl("a", "d"), ivl("a", "b"), ivl("c", "f")], "a", "g", false),
+            (
+                vec![ivl("a", "f"), ivl("c", "d"), ivl("f", "z")],
+                "a",
+                "z",
+                true,
+            ),
+            (
+                vec![ivl("a", "d"), ivl("a", "b"), ivl("c", "f")],
+                "a",
+                "f",
+                true,
+            ),
+            (
+                vec![ivl("a", "d"), ivl("a", "b"), ivl("c", "f")],
+                "a",
+                "g",
+                false,
+            ),
             (vec![ivl("a", "")], "a", "zzz", true),
             (vec![ivl("a", "b"), ivl("b", "")], "a", "", true),
             (vec![ivl("a", "b"), ivl("c", "")], "a", "", false),
@@ -194,11 +236,19 @@ mod tests {
             (vec![ivl("a", "c"), ivl("x", "z")], "f", false),
             (vec![ivl("a", "f"), ivl("c", "d"), ivl("f", "z")], "b", true),
             (vec![ivl("a", "d"), ivl("a", "b"), ivl("c", "f")], "d", true),
-            (vec![ivl("a", "d"), ivl("a", "b"), ivl("c", "f")], "f", false),
+            (
+                vec![ivl("a", "d"), ivl("a", "b"), ivl("c", "f")],
+                "f",
+                false,
+            ),
         ];
         for (i, (ivls, k, want)) in cases.into_iter().enumerate() {
             let set = IntervalSet::from_unsorted(ivls);
-            assert_eq!(set.intersects(&Interval::point(k.as_bytes())), want, "case {i}");
+            assert_eq!(
+                set.intersects(&Interval::point(k.as_bytes())),
+                want,
+                "case {i}"
+            );
         }
     }
 
@@ -219,7 +269,13 @@ mod tests {
         assert!(!u.permits(b"fa", b"\0", PermType::Write));
         assert!(u.permits(b"/p/x", b"", PermType::ReadWrite));
         assert!(u.permits(b"one", b"", PermType::Read));
-        assert!(!u.permits(b"one", b"onf", PermType::Read), "a point does not cover a range");
-        assert!(u.permits(b"one", b"one\0", PermType::Read), "but covers [one, one\\0)");
+        assert!(
+            !u.permits(b"one", b"onf", PermType::Read),
+            "a point does not cover a range"
+        );
+        assert!(
+            u.permits(b"one", b"one\0", PermType::Read),
+            "but covers [one, one\\0)"
+        );
     }
 }

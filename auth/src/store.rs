@@ -71,7 +71,9 @@ pub struct User {
 
 impl User {
     pub fn has_role(&self, role: &str) -> bool {
-        self.roles.binary_search_by(|r| r.as_str().cmp(role)).is_ok()
+        self.roles
+            .binary_search_by(|r| r.as_str().cmp(role))
+            .is_ok()
     }
 }
 
@@ -99,17 +101,46 @@ pub enum AuthCommand {
     AuthDisable,
     /// The password was checked before proposing; apply re-checks the user and assigns a token.
     /// `simple_token_prefix` is the random part of a simple token (empty for JWT).
-    Authenticate { name: String, simple_token_prefix: String },
+    Authenticate {
+        name: String,
+        simple_token_prefix: String,
+    },
     /// `password_hash` from [`crate::hash_password`]; empty when `no_password`.
-    UserAdd { name: String, password_hash: Vec<u8>, no_password: bool },
-    UserDelete { name: String },
-    UserChangePassword { name: String, password_hash: Vec<u8> },
-    UserGrantRole { user: String, role: String },
-    UserRevokeRole { name: String, role: String },
-    RoleAdd { name: String },
-    RoleDelete { role: String },
-    RoleGrantPermission { name: String, perm: Permission },
-    RoleRevokePermission { role: String, key: Vec<u8>, range_end: Vec<u8> },
+    UserAdd {
+        name: String,
+        password_hash: Vec<u8>,
+        no_password: bool,
+    },
+    UserDelete {
+        name: String,
+    },
+    UserChangePassword {
+        name: String,
+        password_hash: Vec<u8>,
+    },
+    UserGrantRole {
+        user: String,
+        role: String,
+    },
+    UserRevokeRole {
+        name: String,
+        role: String,
+    },
+    RoleAdd {
+        name: String,
+    },
+    RoleDelete {
+        role: String,
+    },
+    RoleGrantPermission {
+        name: String,
+        perm: Permission,
+    },
+    RoleRevokePermission {
+        role: String,
+        key: Vec<u8>,
+        range_end: Vec<u8>,
+    },
 }
 
 impl AuthCommand {
@@ -142,7 +173,11 @@ pub enum KeyAccess<'a> {
     /// Put: WRITE on key, plus READ when `prev_kv`.
     Put { key: &'a [u8], prev_kv: bool },
     /// DeleteRange: WRITE on the range, plus READ when `prev_kv`.
-    DeleteRange { key: &'a [u8], range_end: &'a [u8], prev_kv: bool },
+    DeleteRange {
+        key: &'a [u8],
+        range_end: &'a [u8],
+        prev_kv: bool,
+    },
 }
 
 /// The auth state machine. Invariants (asserted after every apply in debug and release):
@@ -200,7 +235,10 @@ impl AuthStore {
 
     /// UserGet: the user's roles (sorted).
     pub fn user_get(&self, name: &str) -> Result<Vec<String>, AuthError> {
-        self.users.get(name).map(|u| u.roles.clone()).ok_or(AuthError::UserNotFound)
+        self.users
+            .get(name)
+            .map(|u| u.roles.clone())
+            .ok_or(AuthError::UserNotFound)
     }
 
     /// UserList: every user name, sorted.
@@ -210,7 +248,10 @@ impl AuthStore {
 
     /// RoleGet: the role's permissions in key order.
     pub fn role_get(&self, name: &str) -> Result<Vec<Permission>, AuthError> {
-        self.roles.get(name).map(|r| r.perms.clone()).ok_or(AuthError::RoleNotFound)
+        self.roles
+            .get(name)
+            .map(|r| r.perms.clone())
+            .ok_or(AuthError::RoleNotFound)
     }
 
     /// RoleList: every role name, sorted.
@@ -236,7 +277,11 @@ impl AuthStore {
     /// Applies one committed auth command. `caller` is the proposer's identity from the
     /// request header (None when auth was off or no credentials were given); admin commands
     /// check it first, as etcd's `authApplierV3` does.
-    pub fn apply(&mut self, caller: Option<&AuthInfo>, cmd: &AuthCommand) -> Result<Applied, AuthError> {
+    pub fn apply(
+        &mut self,
+        caller: Option<&AuthInfo>,
+        cmd: &AuthCommand,
+    ) -> Result<Applied, AuthError> {
         if cmd.needs_admin() {
             self.is_admin_permitted(caller)?;
         }
@@ -264,18 +309,33 @@ impl AuthStore {
                 if user.no_password {
                     return Err(AuthError::AuthFailed);
                 }
-                Ok(Applied::Authenticated { user: name.clone(), revision: self.revision })
+                Ok(Applied::Authenticated {
+                    user: name.clone(),
+                    revision: self.revision,
+                })
             }
-            AuthCommand::UserAdd { name, password_hash, no_password } => {
+            AuthCommand::UserAdd {
+                name,
+                password_hash,
+                no_password,
+            } => {
                 if name.is_empty() {
                     return Err(AuthError::UserEmpty);
                 }
                 if self.users.contains_key(name) {
                     return Err(AuthError::UserAlreadyExist);
                 }
-                let password_hash = if *no_password { Vec::new() } else { password_hash.clone() };
-                let user =
-                    User { name: name.clone(), password_hash, roles: Vec::new(), no_password: *no_password };
+                let password_hash = if *no_password {
+                    Vec::new()
+                } else {
+                    password_hash.clone()
+                };
+                let user = User {
+                    name: name.clone(),
+                    password_hash,
+                    roles: Vec::new(),
+                    no_password: *no_password,
+                };
                 self.users.insert(name.clone(), user);
                 self.committed();
                 Ok(Applied::Done)
@@ -290,7 +350,10 @@ impl AuthStore {
                 self.committed();
                 Ok(Applied::InvalidateUser(name.clone()))
             }
-            AuthCommand::UserChangePassword { name, password_hash } => {
+            AuthCommand::UserChangePassword {
+                name,
+                password_hash,
+            } => {
                 let user = self.users.get_mut(name).ok_or(AuthError::UserNotFound)?;
                 user.password_hash = password_hash.clone();
                 self.committed();
@@ -334,7 +397,13 @@ impl AuthStore {
                 if self.roles.contains_key(name) {
                     return Err(AuthError::RoleAlreadyExist);
                 }
-                self.roles.insert(name.clone(), Role { name: name.clone(), perms: Vec::new() });
+                self.roles.insert(
+                    name.clone(),
+                    Role {
+                        name: name.clone(),
+                        perms: Vec::new(),
+                    },
+                );
                 self.committed();
                 Ok(Applied::Done)
             }
@@ -363,16 +432,24 @@ impl AuthStore {
                     _ => {
                         role.perms.push(perm.clone());
                         // Go's unstable sort.Sort, so ties between equal keys land as in etcd.
-                        crate::gosort::go_sort(&mut role.perms, &|a: &Permission, b: &Permission| a.key < b.key);
+                        crate::gosort::go_sort(
+                            &mut role.perms,
+                            &|a: &Permission, b: &Permission| a.key < b.key,
+                        );
                     }
                 }
                 self.committed();
                 Ok(Applied::Done)
             }
-            AuthCommand::RoleRevokePermission { role, key, range_end } => {
+            AuthCommand::RoleRevokePermission {
+                role,
+                key,
+                range_end,
+            } => {
                 let r = self.roles.get_mut(role).ok_or(AuthError::RoleNotFound)?;
                 let before = r.perms.len();
-                r.perms.retain(|p| !(&p.key == key && &p.range_end == range_end));
+                r.perms
+                    .retain(|p| !(&p.key == key && &p.range_end == range_end));
                 if r.perms.len() == before {
                     return Err(AuthError::PermissionNotGranted);
                 }
@@ -386,7 +463,10 @@ impl AuthStore {
         if self.enabled {
             return Ok(Applied::Enabled); // etcd: "authentication is already enabled; ignored"
         }
-        let root = self.users.get(ROOT_USER).ok_or(AuthError::RootUserNotExist)?;
+        let root = self
+            .users
+            .get(ROOT_USER)
+            .ok_or(AuthError::RootUserNotExist)?;
         if !root.has_role(ROOT_ROLE) {
             return Err(AuthError::RootRoleNotExist);
         }
@@ -397,7 +477,10 @@ impl AuthStore {
     }
 
     fn commit_revision(&mut self) {
-        self.revision = self.revision.checked_add(1).expect("auth revision overflow");
+        self.revision = self
+            .revision
+            .checked_add(1)
+            .expect("auth revision overflow");
     }
 
     fn committed(&mut self) {
@@ -411,7 +494,11 @@ impl AuthStore {
             .users
             .values()
             .map(|u| {
-                let perms = u.roles.iter().filter_map(|r| roles.get(r)).flat_map(|r| r.perms.iter());
+                let perms = u
+                    .roles
+                    .iter()
+                    .filter_map(|r| roles.get(r))
+                    .flat_map(|r| r.perms.iter());
                 (u.name.clone(), UnifiedPerms::merge(perms))
             })
             .collect();
@@ -422,19 +509,31 @@ impl AuthStore {
         assert!(self.revision >= 1, "auth revision must be >= 1");
         for (name, u) in &self.users {
             assert_eq!(name, &u.name, "user key mismatch");
-            assert!(u.roles.windows(2).all(|w| w[0] < w[1]), "roles of {name} not sorted/unique");
+            assert!(
+                u.roles.windows(2).all(|w| w[0] < w[1]),
+                "roles of {name} not sorted/unique"
+            );
         }
         for (name, r) in &self.roles {
             assert_eq!(name, &r.name, "role key mismatch");
-            assert!(r.perms.windows(2).all(|w| w[0].key <= w[1].key), "perms of {name} not sorted");
+            assert!(
+                r.perms.windows(2).all(|w| w[0].key <= w[1].key),
+                "perms of {name} not sorted"
+            );
         }
         if self.enabled {
             assert!(
-                self.users.get(ROOT_USER).is_some_and(|u| u.has_role(ROOT_ROLE)),
+                self.users
+                    .get(ROOT_USER)
+                    .is_some_and(|u| u.has_role(ROOT_ROLE)),
                 "auth enabled without root user having the root role"
             );
         }
-        assert_eq!(self.perm_cache.len(), self.users.len(), "permission cache out of date");
+        assert_eq!(
+            self.perm_cache.len(),
+            self.users.len(),
+            "permission cache out of date"
+        );
     }
 
     /// etcd's `IsAdminPermitted`.
@@ -446,7 +545,10 @@ impl AuthStore {
             Some(i) if !i.username.is_empty() => i,
             _ => return Err(AuthError::UserEmpty),
         };
-        let user = self.users.get(&info.username).ok_or(AuthError::UserNotFound)?;
+        let user = self
+            .users
+            .get(&info.username)
+            .ok_or(AuthError::UserNotFound)?;
         if !user.has_role(ROOT_ROLE) {
             return Err(AuthError::PermissionDenied);
         }
@@ -471,7 +573,10 @@ impl AuthStore {
         if info.revision < self.revision {
             return Err(AuthError::AuthOldRevision);
         }
-        let user = self.users.get(&info.username).ok_or(AuthError::PermissionDenied)?;
+        let user = self
+            .users
+            .get(&info.username)
+            .ok_or(AuthError::PermissionDenied)?;
         if user.has_role(ROOT_ROLE) {
             return Ok(());
         }
@@ -482,7 +587,12 @@ impl AuthStore {
     }
 
     /// Range (and Txn compares, Watch): READ on `[key, range_end)`.
-    pub fn is_range_permitted(&self, info: Option<&AuthInfo>, key: &[u8], range_end: &[u8]) -> Result<(), AuthError> {
+    pub fn is_range_permitted(
+        &self,
+        info: Option<&AuthInfo>,
+        key: &[u8],
+        range_end: &[u8],
+    ) -> Result<(), AuthError> {
         self.is_op_permitted(info, key, range_end, PermType::Read)
     }
 
@@ -515,14 +625,20 @@ impl AuthStore {
     ) -> Result<(), AuthError> {
         for access in accesses {
             match access {
-                KeyAccess::Read { key, range_end } => self.is_range_permitted(info, key, range_end)?,
+                KeyAccess::Read { key, range_end } => {
+                    self.is_range_permitted(info, key, range_end)?
+                }
                 KeyAccess::Put { key, prev_kv } => {
                     self.is_put_permitted(info, key)?;
                     if prev_kv {
                         self.is_range_permitted(info, key, &[])?;
                     }
                 }
-                KeyAccess::DeleteRange { key, range_end, prev_kv } => {
+                KeyAccess::DeleteRange {
+                    key,
+                    range_end,
+                    prev_kv,
+                } => {
                     if prev_kv {
                         self.is_range_permitted(info, key, range_end)?;
                     }
@@ -545,7 +661,9 @@ impl AuthStore {
     pub fn check_role_get(&self, info: Option<&AuthInfo>, role: &str) -> Result<(), AuthError> {
         match self.is_admin_permitted(info) {
             Err(e) => {
-                let holds = info.and_then(|i| self.users.get(&i.username)).is_some_and(|u| u.has_role(role));
+                let holds = info
+                    .and_then(|i| self.users.get(&i.username))
+                    .is_some_and(|u| u.has_role(role));
                 if holds {
                     Ok(())
                 } else {
@@ -560,7 +678,9 @@ impl AuthStore {
     /// differs from the local store's.
     pub fn check_serializable_revision(&self, info: Option<&AuthInfo>) -> Result<(), AuthError> {
         match info {
-            Some(i) if i.revision != 0 && i.revision != self.revision => Err(AuthError::AuthOldRevision),
+            Some(i) if i.revision != 0 && i.revision != self.revision => {
+                Err(AuthError::AuthOldRevision)
+            }
             _ => Ok(()),
         }
     }
@@ -569,6 +689,9 @@ impl AuthStore {
     /// name, at the current revision. Only when --client-cert-auth is on, and never for the
     /// JSON gateway's own connection.
     pub fn auth_info_from_common_name(&self, common_name: &str) -> AuthInfo {
-        AuthInfo { username: common_name.to_string(), revision: self.revision }
+        AuthInfo {
+            username: common_name.to_string(),
+            revision: self.revision,
+        }
     }
 }

@@ -22,7 +22,9 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::{ring as ring_provider, CryptoProvider};
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::pki_types::{
+    CertificateDer, CertificateRevocationListDer, PrivateKeyDer, ServerName, UnixTime,
+};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{
@@ -85,15 +87,23 @@ pub fn cipher_suites(names: &[String]) -> Result<Vec<SupportedCipherSuite>, TlsE
     ];
     for name in names {
         let suite = match name.as_str() {
-            "TLS_AES_128_GCM_SHA256" | "TLS_AES_256_GCM_SHA384" | "TLS_CHACHA20_POLY1305_SHA256" => continue,
-            "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256" => cs::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
-            "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384" => cs::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
-            "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305" | "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256" => {
+            "TLS_AES_128_GCM_SHA256"
+            | "TLS_AES_256_GCM_SHA384"
+            | "TLS_CHACHA20_POLY1305_SHA256" => continue,
+            "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256" => {
+                cs::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256
+            }
+            "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384" => {
+                cs::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384
+            }
+            "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305"
+            | "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256" => {
                 cs::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256
             }
             "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256" => cs::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
             "TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384" => cs::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
-            "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305" | "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256" => {
+            "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305"
+            | "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256" => {
                 cs::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256
             }
             other if GO_SUITES_UNSUPPORTED.contains(&other) => {
@@ -111,38 +121,61 @@ pub fn cipher_suites(names: &[String]) -> Result<Vec<SupportedCipherSuite>, TlsE
 }
 
 fn provider(suites: &[String]) -> Result<Arc<CryptoProvider>, TlsError> {
-    Ok(Arc::new(CryptoProvider { cipher_suites: cipher_suites(suites)?, ..ring_provider::default_provider() }))
+    Ok(Arc::new(CryptoProvider {
+        cipher_suites: cipher_suites(suites)?,
+        ..ring_provider::default_provider()
+    }))
 }
 
 /// Reads every certificate of a PEM file.
 pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let certs = CertificateDer::pem_file_iter(path)
-        .map_err(|e| tls_err(format!("cannot read certificates from {}: {e}", path.display())))?
+        .map_err(|e| {
+            tls_err(format!(
+                "cannot read certificates from {}: {e}",
+                path.display()
+            ))
+        })?
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| tls_err(format!("cannot parse certificates in {}: {e}", path.display())))?;
+        .map_err(|e| {
+            tls_err(format!(
+                "cannot parse certificates in {}: {e}",
+                path.display()
+            ))
+        })?;
     if certs.is_empty() {
-        return Err(tls_err(format!("no certificate found in {}", path.display())));
+        return Err(tls_err(format!(
+            "no certificate found in {}",
+            path.display()
+        )));
     }
     Ok(certs)
 }
 
 /// Reads the private key (PKCS#1, SEC1 or PKCS#8 PEM).
 pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
-    PrivateKeyDer::from_pem_file(path)
-        .map_err(|e| tls_err(format!("cannot read a private key from {}: {e}", path.display())))
+    PrivateKeyDer::from_pem_file(path).map_err(|e| {
+        tls_err(format!(
+            "cannot read a private key from {}: {e}",
+            path.display()
+        ))
+    })
 }
 
 fn load_roots(path: &Path) -> Result<RootCertStore, TlsError> {
     let mut roots = RootCertStore::empty();
     for cert in load_certs(path)? {
-        roots.add(cert).map_err(|e| tls_err(format!("bad CA certificate in {}: {e}", path.display())))?;
+        roots
+            .add(cert)
+            .map_err(|e| tls_err(format!("bad CA certificate in {}: {e}", path.display())))?;
     }
     Ok(roots)
 }
 
 /// Reads a CRL file, PEM or DER (Go's `x509.ParseCRL` accepts both).
 pub fn load_crls(path: &Path) -> Result<Vec<CertificateRevocationListDer<'static>>, TlsError> {
-    let bytes = std::fs::read(path).map_err(|e| tls_err(format!("cannot read CRL file {}: {e}", path.display())))?;
+    let bytes = std::fs::read(path)
+        .map_err(|e| tls_err(format!("cannot read CRL file {}: {e}", path.display())))?;
     if bytes.starts_with(b"-----BEGIN") {
         let crls = CertificateRevocationListDer::pem_slice_iter(&bytes)
             .collect::<Result<Vec<_>, _>>()
@@ -180,7 +213,9 @@ impl AllowedPeer {
 
     fn check(&self, end_entity: &CertificateDer<'_>) -> Result<(), rustls::Error> {
         let refuse = |msg: String| {
-            rustls::Error::Other(OtherError(Arc::new(tls_err(format!("peer certificate refused: {msg}")))))
+            rustls::Error::Other(OtherError(Arc::new(tls_err(format!(
+                "peer certificate refused: {msg}"
+            )))))
         };
         match self {
             AllowedPeer::Any => Ok(()),
@@ -190,16 +225,22 @@ impl AllowedPeer {
                     Ok(())
                 } else {
                     let cn = cn.map_or_else(|| "(none)".to_string(), |c| format!("{c:?}"));
-                    Err(refuse(format!("certificate CN {cn} is not the allowed CN {want:?}")))
+                    Err(refuse(format!(
+                        "certificate CN {cn} is not the allowed CN {want:?}"
+                    )))
                 }
             }
             AllowedPeer::Hostname(want) => {
-                let name = ServerName::try_from(want.as_str())
-                    .map_err(|_| refuse(format!("allowed hostname {want:?} is not a valid name")))?;
+                let name = ServerName::try_from(want.as_str()).map_err(|_| {
+                    refuse(format!("allowed hostname {want:?} is not a valid name"))
+                })?;
                 let cert = webpki::EndEntityCert::try_from(end_entity)
                     .map_err(|e| refuse(format!("cannot parse certificate: {e}")))?;
-                cert.verify_is_valid_for_subject_name(&name)
-                    .map_err(|_| refuse(format!("certificate is not valid for the allowed hostname {want:?}")))
+                cert.verify_is_valid_for_subject_name(&name).map_err(|_| {
+                    refuse(format!(
+                        "certificate is not valid for the allowed hostname {want:?}"
+                    ))
+                })
             }
         }
     }
@@ -208,7 +249,13 @@ impl AllowedPeer {
 /// The subject common name of a DER certificate.
 pub fn common_name(cert: &CertificateDer<'_>) -> Option<String> {
     let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
-    let cn = parsed.subject().iter_common_name().next()?.as_str().ok()?.to_string();
+    let cn = parsed
+        .subject()
+        .iter_common_name()
+        .next()?
+        .as_str()
+        .ok()?
+        .to_string();
     Some(cn)
 }
 
@@ -217,7 +264,10 @@ pub fn common_name(cert: &CertificateDer<'_>) -> Option<String> {
 /// client certificates required, a finished handshake means the chain was verified. etcd uses
 /// it as the user name when the request carries no token (and not for the JSON gateway).
 pub fn peer_common_name(conn: &rustls::CommonState) -> Option<String> {
-    conn.peer_certificates()?.first().and_then(common_name).filter(|cn| !cn.is_empty())
+    conn.peer_certificates()?
+        .first()
+        .and_then(common_name)
+        .filter(|cn| !cn.is_empty())
 }
 
 /// Client-certificate verifier: webpki chain + CRL, then the allowed CN / hostname.
@@ -243,7 +293,9 @@ impl ClientCertVerifier for AllowedClientVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        let verified = self.inner.verify_client_cert(end_entity, intermediates, now)?;
+        let verified = self
+            .inner
+            .verify_client_cert(end_entity, intermediates, now)?;
         self.allowed.check(end_entity)?;
         Ok(verified)
     }
@@ -298,7 +350,12 @@ impl ServerCertVerifier for PeerServerVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
     fn verify_tls13_signature(
         &self,
@@ -306,10 +363,17 @@ impl ServerCertVerifier for PeerServerVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider.signature_verification_algorithms.supported_schemes()
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
 
@@ -334,7 +398,9 @@ pub struct ServerTlsOptions {
 /// Builds the rustls server configuration. Errors name the flag or file at fault.
 pub fn server_config(opts: &ServerTlsOptions) -> Result<Arc<ServerConfig>, TlsError> {
     if opts.cert_file.as_os_str().is_empty() || opts.key_file.as_os_str().is_empty() {
-        return Err(tls_err("KeyFile and CertFile must both be present (--cert-file, --key-file)"));
+        return Err(tls_err(
+            "KeyFile and CertFile must both be present (--cert-file, --key-file)",
+        ));
     }
     let provider = provider(&opts.cipher_suites)?;
     let certs = load_certs(&opts.cert_file)?;
@@ -353,20 +419,34 @@ pub fn server_config(opts: &ServerTlsOptions) -> Result<Arc<ServerConfig>, TlsEr
         if let Some(crl) = &opts.crl_file {
             // etcd checks the leaf's serial against the CRL and ignores certificates the CRL
             // does not cover; rustls additionally checks the CRL's signature.
-            vb = vb.with_crls(load_crls(crl)?).only_check_end_entity_revocation().allow_unknown_revocation_status();
+            vb = vb
+                .with_crls(load_crls(crl)?)
+                .only_check_end_entity_revocation()
+                .allow_unknown_revocation_status();
         }
-        let inner = vb.build().map_err(|e| tls_err(format!("client certificate verifier: {e}")))?;
-        let verifier = AllowedClientVerifier { inner, allowed: opts.allowed.clone().unwrap_or(AllowedPeer::Any) };
+        let inner = vb
+            .build()
+            .map_err(|e| tls_err(format!("client certificate verifier: {e}")))?;
+        let verifier = AllowedClientVerifier {
+            inner,
+            allowed: opts.allowed.clone().unwrap_or(AllowedPeer::Any),
+        };
         builder.with_client_cert_verifier(Arc::new(verifier))
     } else {
         if opts.crl_file.is_some() {
-            return Err(tls_err("--client-crl-file needs client certificates (--trusted-ca-file)"));
+            return Err(tls_err(
+                "--client-crl-file needs client certificates (--trusted-ca-file)",
+            ));
         }
         builder.with_no_client_auth()
     };
-    let mut cfg = builder
-        .with_single_cert(certs, key)
-        .map_err(|e| tls_err(format!("{} / {}: {e}", opts.cert_file.display(), opts.key_file.display())))?;
+    let mut cfg = builder.with_single_cert(certs, key).map_err(|e| {
+        tls_err(format!(
+            "{} / {}: {e}",
+            opts.cert_file.display(),
+            opts.key_file.display()
+        ))
+    })?;
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(cfg))
 }
@@ -393,16 +473,22 @@ pub fn client_config(opts: &ClientTlsOptions) -> Result<Arc<ClientConfig>, TlsEr
     let webpki = if opts.insecure_skip_verify {
         None
     } else {
-        let ca = opts
-            .trusted_ca_file
-            .as_deref()
-            .ok_or_else(|| tls_err("a TLS client needs --peer-trusted-ca-file (or --peer-auto-tls)"))?;
-        let v = WebPkiServerVerifier::builder_with_provider(Arc::new(load_roots(ca)?), provider.clone())
-            .build()
-            .map_err(|e| tls_err(format!("server certificate verifier: {e}")))?;
+        let ca = opts.trusted_ca_file.as_deref().ok_or_else(|| {
+            tls_err("a TLS client needs --peer-trusted-ca-file (or --peer-auto-tls)")
+        })?;
+        let v = WebPkiServerVerifier::builder_with_provider(
+            Arc::new(load_roots(ca)?),
+            provider.clone(),
+        )
+        .build()
+        .map_err(|e| tls_err(format!("server certificate verifier: {e}")))?;
         Some(v)
     };
-    let verifier = PeerServerVerifier { inner: webpki, provider: provider.clone(), allowed };
+    let verifier = PeerServerVerifier {
+        inner: webpki,
+        provider: provider.clone(),
+        allowed,
+    };
     let builder = ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(rustls::ALL_VERSIONS)
         .map_err(|e| tls_err(format!("--cipher-suites: {e}")))?
@@ -430,14 +516,26 @@ pub struct AutoTlsFiles {
 /// "peer"), reuse `cert.pem`/`key.pem` if both exist, else generate an ECDSA P-256 self-signed
 /// certificate for `hosts` (host names or IPs of the listen URLs; "localhost" when empty),
 /// valid from now for `validity`, for server and client auth. Files are written 0600.
-pub fn auto_tls(data_dir: &Path, kind: &str, hosts: &[String], validity: Duration) -> Result<AutoTlsFiles, TlsError> {
-    assert!(kind == "client" || kind == "peer", "auto TLS kind must be client or peer");
+pub fn auto_tls(
+    data_dir: &Path,
+    kind: &str,
+    hosts: &[String],
+    validity: Duration,
+) -> Result<AutoTlsFiles, TlsError> {
+    assert!(
+        kind == "client" || kind == "peer",
+        "auto TLS kind must be client or peer"
+    );
     let dir = data_dir.join("fixtures").join(kind);
-    let files = AutoTlsFiles { cert_file: dir.join("cert.pem"), key_file: dir.join("key.pem") };
+    let files = AutoTlsFiles {
+        cert_file: dir.join("cert.pem"),
+        key_file: dir.join("key.pem"),
+    };
     if files.cert_file.exists() && files.key_file.exists() {
         return Ok(files);
     }
-    std::fs::create_dir_all(&dir).map_err(|e| tls_err(format!("cannot create {}: {e}", dir.display())))?;
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| tls_err(format!("cannot create {}: {e}", dir.display())))?;
     let mut names: Vec<String> = hosts.iter().filter(|h| !h.is_empty()).cloned().collect();
     if names.is_empty() {
         names.push("localhost".into());
@@ -445,18 +543,26 @@ pub fn auto_tls(data_dir: &Path, kind: &str, hosts: &[String], validity: Duratio
     names.sort();
     names.dedup();
     let key = rcgen::KeyPair::generate().map_err(|e| tls_err(format!("auto TLS key: {e}")))?;
-    let mut params =
-        rcgen::CertificateParams::new(names).map_err(|e| tls_err(format!("auto TLS host names: {e}")))?;
+    let mut params = rcgen::CertificateParams::new(names)
+        .map_err(|e| tls_err(format!("auto TLS host names: {e}")))?;
     let mut dn = rcgen::DistinguishedName::new();
     dn.push(rcgen::DnType::OrganizationName, "etcd");
     params.distinguished_name = dn;
     let now = time::OffsetDateTime::now_utc();
     params.not_before = now - time::Duration::minutes(1);
-    params.not_after = now + time::Duration::seconds(i64::try_from(validity.as_secs()).unwrap_or(i64::MAX / 2));
-    params.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature, rcgen::KeyUsagePurpose::KeyEncipherment];
-    params.extended_key_usages =
-        vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth, rcgen::ExtendedKeyUsagePurpose::ClientAuth];
-    let cert = params.self_signed(&key).map_err(|e| tls_err(format!("auto TLS certificate: {e}")))?;
+    params.not_after =
+        now + time::Duration::seconds(i64::try_from(validity.as_secs()).unwrap_or(i64::MAX / 2));
+    params.key_usages = vec![
+        rcgen::KeyUsagePurpose::DigitalSignature,
+        rcgen::KeyUsagePurpose::KeyEncipherment,
+    ];
+    params.extended_key_usages = vec![
+        rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+        rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    let cert = params
+        .self_signed(&key)
+        .map_err(|e| tls_err(format!("auto TLS certificate: {e}")))?;
     write_private(&files.key_file, key.serialize_pem().as_bytes())?;
     write_private(&files.cert_file, cert.pem().as_bytes())?;
     Ok(files)
@@ -473,6 +579,9 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<(), TlsError> {
         .mode(0o600)
         .open(&tmp)
         .map_err(|e| tls_err(format!("cannot write {}: {e}", tmp.display())))?;
-    f.write_all(bytes).and_then(|_| f.sync_all()).map_err(|e| tls_err(format!("cannot write {}: {e}", tmp.display())))?;
-    std::fs::rename(&tmp, path).map_err(|e| tls_err(format!("cannot rename to {}: {e}", path.display())))
+    f.write_all(bytes)
+        .and_then(|_| f.sync_all())
+        .map_err(|e| tls_err(format!("cannot write {}: {e}", tmp.display())))?;
+    std::fs::rename(&tmp, path)
+        .map_err(|e| tls_err(format!("cannot rename to {}: {e}", path.display())))
 }

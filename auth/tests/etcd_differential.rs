@@ -15,8 +15,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
 use ferrite_auth::{
-    hash_password, prefix_range_end, verify_password, AuthCommand as C, AuthError, AuthInfo, AuthStore, PermType,
-    Permission, TokenCheck, TokenProvider,
+    hash_password, prefix_range_end, verify_password, AuthCommand as C, AuthError, AuthInfo,
+    AuthStore, PermType, Permission, TokenCheck, TokenProvider,
 };
 
 struct Etcd {
@@ -33,14 +33,28 @@ impl Drop for Etcd {
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn have_etcd() -> bool {
-    let ok = Command::new("etcd").arg("--version").output().is_ok_and(|o| o.status.success())
-        && Command::new("etcdctl").arg("version").env("ETCDCTL_API", "3").output().is_ok_and(|o| o.status.success());
+    let ok = Command::new("etcd")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+        && Command::new("etcdctl")
+            .arg("version")
+            .env("ETCDCTL_API", "3")
+            .output()
+            .is_ok_and(|o| o.status.success());
     if !ok {
-        assert!(std::env::var("FERRITE_REQUIRE_ETCD").is_err(), "FERRITE_REQUIRE_ETCD is set but etcd/etcdctl are missing");
+        assert!(
+            std::env::var("FERRITE_REQUIRE_ETCD").is_err(),
+            "FERRITE_REQUIRE_ETCD is set but etcd/etcdctl are missing"
+        );
         eprintln!("etcd or etcdctl not found: differential auth test skipped");
     }
     ok
@@ -57,15 +71,34 @@ impl Etcd {
         let child = Command::new("etcd")
             .args(["--name", "diff", "--data-dir"])
             .arg(dir.path().join("data"))
-            .args(["--listen-client-urls", &client, "--advertise-client-urls", &client])
-            .args(["--listen-peer-urls", &peer, "--initial-advertise-peer-urls", &peer])
-            .args(["--initial-cluster", &format!("diff={peer}"), "--bcrypt-cost", "4"])
+            .args([
+                "--listen-client-urls",
+                &client,
+                "--advertise-client-urls",
+                &client,
+            ])
+            .args([
+                "--listen-peer-urls",
+                &peer,
+                "--initial-advertise-peer-urls",
+                &peer,
+            ])
+            .args([
+                "--initial-cluster",
+                &format!("diff={peer}"),
+                "--bcrypt-cost",
+                "4",
+            ])
             .args(extra)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
             .expect("spawn etcd");
-        let etcd = Etcd { child, client_port, _dir: dir };
+        let etcd = Etcd {
+            child,
+            client_port,
+            _dir: dir,
+        };
         let deadline = Instant::now() + Duration::from_secs(20);
         while etcd.ctl(&["endpoint", "health"], None, "").is_err() {
             assert!(Instant::now() < deadline, "etcd did not become healthy");
@@ -88,13 +121,22 @@ impl Etcd {
             cmd.arg(format!("--user={u}"));
         }
         let mut child = cmd.spawn().expect("spawn etcdctl");
-        child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(stdin.as_bytes())
+            .unwrap();
         let out = child.wait_with_output().unwrap();
         if out.status.success() {
             Ok(String::from_utf8_lossy(&out.stdout).into_owned())
         } else {
             let err = String::from_utf8_lossy(&out.stderr);
-            let line = err.lines().rev().find(|l| l.starts_with("Error: ")).unwrap_or(err.trim());
+            let line = err
+                .lines()
+                .rev()
+                .find(|l| l.starts_with("Error: "))
+                .unwrap_or(err.trim());
             Err(line.trim_start_matches("Error: ").to_string())
         }
     }
@@ -102,7 +144,9 @@ impl Etcd {
     /// POST to the JSON gateway (HTTP/1.0: no chunking), returns the body.
     fn http_post(&self, path: &str, body: &str, token: Option<&str>) -> String {
         let mut s = TcpStream::connect(("127.0.0.1", self.client_port)).unwrap();
-        let auth = token.map(|t| format!("Authorization: {t}\r\n")).unwrap_or_default();
+        let auth = token
+            .map(|t| format!("Authorization: {t}\r\n"))
+            .unwrap_or_default();
         write!(
             s,
             "POST {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n{auth}Content-Length: {}\r\n\r\n{body}",
@@ -111,12 +155,17 @@ impl Etcd {
         .unwrap();
         let mut resp = String::new();
         s.read_to_string(&mut resp).unwrap();
-        resp.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or(resp)
+        resp.split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or(resp)
     }
 }
 
 fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
 }
 
 /// Deterministic xorshift so a failing run replays from its seed.
@@ -156,11 +205,17 @@ impl Model {
         if !verify_password(pw, &hash) {
             return Err(AuthError::AuthFailed.to_string());
         }
-        Ok(Some(AuthInfo { username: user.to_string(), revision: rev }))
+        Ok(Some(AuthInfo {
+            username: user.to_string(),
+            revision: rev,
+        }))
     }
 
     fn apply(&mut self, caller: Option<&AuthInfo>, cmd: C) -> Result<(), String> {
-        self.store.apply(caller, &cmd).map(|_| ()).map_err(|e| e.to_string())
+        self.store
+            .apply(caller, &cmd)
+            .map(|_| ())
+            .map_err(|e| e.to_string())
     }
 }
 
@@ -214,10 +269,19 @@ fn random_range(rng: &mut Rng, key: &str) -> Range {
 
 /// One random operation: runs it on etcd and on the model, asserts equal answers.
 fn step(etcd: &Etcd, m: &mut Model, rng: &mut Rng, i: usize, stats: &mut HashMap<String, usize>) {
-    let root_pw = m.passwords.get("root").cloned().unwrap_or_else(|| "rootpw".into());
+    let root_pw = m
+        .passwords
+        .get("root")
+        .cloned()
+        .unwrap_or_else(|| "rootpw".into());
     let as_root = format!("root:{root_pw}");
     let kind = rng.next() % 100;
-    let (args, user, stdin, expected): (Vec<String>, String, String, Box<dyn Fn(&mut Model) -> Result<Option<String>, String>>);
+    let (args, user, stdin, expected): (
+        Vec<String>,
+        String,
+        String,
+        Box<dyn Fn(&mut Model) -> Result<Option<String>, String>>,
+    );
     macro_rules! admin {
         ($m:ident, $cmd:expr) => {{
             let caller = $m.login("root", &root_pw)?;
@@ -230,15 +294,31 @@ fn step(etcd: &Etcd, m: &mut Model, rng: &mut Rng, i: usize, stats: &mut HashMap
             let no_password = rng.chance(20) && name != "root";
             let pw = format!("pw-{name}");
             args = if no_password {
-                vec!["user".into(), "add".into(), name.clone(), "--no-password".into()]
+                vec![
+                    "user".into(),
+                    "add".into(),
+                    name.clone(),
+                    "--no-password".into(),
+                ]
             } else {
                 vec!["user".into(), "add".into(), format!("{name}:{pw}")]
             };
             user = as_root.clone();
             stdin = String::new();
             expected = Box::new(move |m: &mut Model| {
-                let hash = if no_password { vec![] } else { hash_password(&pw, 4) };
-                let r = admin!(m, C::UserAdd { name: name.clone(), password_hash: hash, no_password });
+                let hash = if no_password {
+                    vec![]
+                } else {
+                    hash_password(&pw, 4)
+                };
+                let r = admin!(
+                    m,
+                    C::UserAdd {
+                        name: name.clone(),
+                        password_hash: hash,
+                        no_password
+                    }
+                );
                 if r.is_ok() && !no_password {
                     m.passwords.insert(name.clone(), pw.clone());
                 }
@@ -261,11 +341,22 @@ fn step(etcd: &Etcd, m: &mut Model, rng: &mut Rng, i: usize, stats: &mut HashMap
         16..=19 => {
             let name = rng.pick(USERS).to_string();
             let pw = format!("pw2-{name}-{i}");
-            args = vec!["user".into(), "passwd".into(), name.clone(), "--interactive=false".into()];
+            args = vec![
+                "user".into(),
+                "passwd".into(),
+                name.clone(),
+                "--interactive=false".into(),
+            ];
             user = as_root.clone();
             stdin = format!("{pw}\n");
             expected = Box::new(move |m: &mut Model| {
-                let r = admin!(m, C::UserChangePassword { name: name.clone(), password_hash: hash_password(&pw, 4) });
+                let r = admin!(
+                    m,
+                    C::UserChangePassword {
+                        name: name.clone(),
+                        password_hash: hash_password(&pw, 4)
+                    }
+                );
                 if r.is_ok() {
                     m.passwords.insert(name.clone(), pw.clone());
                 }
@@ -275,21 +366,42 @@ fn step(etcd: &Etcd, m: &mut Model, rng: &mut Rng, i: usize, stats: &mut HashMap
         20..=31 => {
             let (u, r) = (rng.pick(USERS).to_string(), rng.pick(ROLES).to_string());
             let grant = rng.chance(70);
-            args = vec!["user".into(), if grant { "grant-role" } else { "revoke-role" }.into(), u.clone(), r.clone()];
+            args = vec![
+                "user".into(),
+                if grant { "grant-role" } else { "revoke-role" }.into(),
+                u.clone(),
+                r.clone(),
+            ];
             user = as_root.clone();
             stdin = String::new();
             expected = Box::new(move |m: &mut Model| {
                 if grant {
-                    admin!(m, C::UserGrantRole { user: u.clone(), role: r.clone() })
+                    admin!(
+                        m,
+                        C::UserGrantRole {
+                            user: u.clone(),
+                            role: r.clone()
+                        }
+                    )
                 } else {
-                    admin!(m, C::UserRevokeRole { name: u.clone(), role: r.clone() })
+                    admin!(
+                        m,
+                        C::UserRevokeRole {
+                            name: u.clone(),
+                            role: r.clone()
+                        }
+                    )
                 }
             });
         }
         32..=39 => {
             let r = rng.pick(ROLES).to_string();
             let add = rng.chance(75);
-            args = vec!["role".into(), if add { "add" } else { "delete" }.into(), r.clone()];
+            args = vec![
+                "role".into(),
+                if add { "add" } else { "delete" }.into(),
+                r.clone(),
+            ];
             user = as_root.clone();
             stdin = String::new();
             expected = Box::new(move |m: &mut Model| {
@@ -312,7 +424,12 @@ fn step(etcd: &Etcd, m: &mut Model, rng: &mut Rng, i: usize, stats: &mut HashMap
                 PermType::ReadWrite => "readwrite",
             };
             let mut a: Vec<String> = if grant {
-                vec!["role".into(), "grant-permission".into(), r.clone(), tname.into()]
+                vec![
+                    "role".into(),
+                    "grant-permission".into(),
+                    r.clone(),
+                    tname.into(),
+                ]
             } else {
                 vec!["role".into(), "revoke-permission".into(), r.clone()]
             };
@@ -323,16 +440,36 @@ fn step(etcd: &Etcd, m: &mut Model, rng: &mut Rng, i: usize, stats: &mut HashMap
             let range_end = range.range_end(&key);
             expected = Box::new(move |m: &mut Model| {
                 if grant {
-                    let perm = Permission { perm_type: t, key: key.as_bytes().to_vec(), range_end: range_end.clone() };
-                    admin!(m, C::RoleGrantPermission { name: r.clone(), perm })
+                    let perm = Permission {
+                        perm_type: t,
+                        key: key.as_bytes().to_vec(),
+                        range_end: range_end.clone(),
+                    };
+                    admin!(
+                        m,
+                        C::RoleGrantPermission {
+                            name: r.clone(),
+                            perm
+                        }
+                    )
                 } else {
-                    admin!(m, C::RoleRevokePermission { role: r.clone(), key: key.as_bytes().to_vec(), range_end: range_end.clone() })
+                    admin!(
+                        m,
+                        C::RoleRevokePermission {
+                            role: r.clone(),
+                            key: key.as_bytes().to_vec(),
+                            range_end: range_end.clone()
+                        }
+                    )
                 }
             });
         }
         58..=63 => {
             let enable = rng.chance(60);
-            args = vec!["auth".into(), if enable { "enable" } else { "disable" }.into()];
+            args = vec![
+                "auth".into(),
+                if enable { "enable" } else { "disable" }.into(),
+            ];
             user = as_root.clone();
             stdin = String::new();
             expected = Box::new(move |m: &mut Model| {
@@ -344,8 +481,19 @@ fn step(etcd: &Etcd, m: &mut Model, rng: &mut Rng, i: usize, stats: &mut HashMap
                 loop {
                     match admin!(m, C::AuthEnable) {
                         Err(e) if e == AuthError::RootRoleNotExist.to_string() => {
-                            admin!(m, C::RoleAdd { name: "root".into() })?;
-                            admin!(m, C::UserGrantRole { user: "root".into(), role: "root".into() })?;
+                            admin!(
+                                m,
+                                C::RoleAdd {
+                                    name: "root".into()
+                                }
+                            )?;
+                            admin!(
+                                m,
+                                C::UserGrantRole {
+                                    user: "root".into(),
+                                    role: "root".into()
+                                }
+                            )?;
                         }
                         other => return other,
                     }
@@ -355,11 +503,27 @@ fn step(etcd: &Etcd, m: &mut Model, rng: &mut Rng, i: usize, stats: &mut HashMap
         64..=71 => {
             // Reads of the auth store, as root.
             let which = rng.next() % 4;
-            let name = if which < 2 { rng.pick(USERS).to_string() } else { rng.pick(ROLES).to_string() };
+            let name = if which < 2 {
+                rng.pick(USERS).to_string()
+            } else {
+                rng.pick(ROLES).to_string()
+            };
             args = match which {
-                0 => vec!["user".into(), "get".into(), name.clone(), "-w".into(), "json".into()],
+                0 => vec![
+                    "user".into(),
+                    "get".into(),
+                    name.clone(),
+                    "-w".into(),
+                    "json".into(),
+                ],
                 1 => vec!["user".into(), "list".into(), "-w".into(), "json".into()],
-                2 => vec!["role".into(), "get".into(), name.clone(), "-w".into(), "json".into()],
+                2 => vec![
+                    "role".into(),
+                    "get".into(),
+                    name.clone(),
+                    "-w".into(),
+                    "json".into(),
+                ],
                 _ => vec!["role".into(), "list".into(), "-w".into(), "json".into()],
             };
             user = as_root.clone();
@@ -380,7 +544,13 @@ fn step(etcd: &Etcd, m: &mut Model, rng: &mut Rng, i: usize, stats: &mut HashMap
                     2 => {
                         st.check_role_get(c, &name).map_err(|e| e.to_string())?;
                         let perms = st.role_get(&name).map_err(|e| e.to_string())?;
-                        format!("{:?}", perms.iter().map(|p| (p.perm_type as i64, p.key.clone(), p.range_end.clone())).collect::<Vec<_>>())
+                        format!(
+                            "{:?}",
+                            perms
+                                .iter()
+                                .map(|p| (p.perm_type as i64, p.key.clone(), p.range_end.clone()))
+                                .collect::<Vec<_>>()
+                        )
                     }
                     _ => {
                         st.is_admin_permitted(c).map_err(|e| e.to_string())?;
@@ -395,9 +565,20 @@ fn step(etcd: &Etcd, m: &mut Model, rng: &mut Rng, i: usize, stats: &mut HashMap
             let u = rng.pick(&["u1", "u2"]).to_string();
             let key = rng.pick(KEYS).to_string();
             let wrong = rng.chance(10);
-            let pw = if wrong { "wrong".to_string() } else { m.passwords.get(&u).cloned().unwrap_or_else(|| format!("pw-{u}")) };
+            let pw = if wrong {
+                "wrong".to_string()
+            } else {
+                m.passwords
+                    .get(&u)
+                    .cloned()
+                    .unwrap_or_else(|| format!("pw-{u}"))
+            };
             let op = rng.next() % 3;
-            let range = if op == 1 { Range::Key } else { random_range(rng, &key) };
+            let range = if op == 1 {
+                Range::Key
+            } else {
+                random_range(rng, &key)
+            };
             let mut a: Vec<String> = match op {
                 0 => vec!["get".into()],
                 1 => vec!["put".into()],
@@ -432,9 +613,21 @@ fn step(etcd: &Etcd, m: &mut Model, rng: &mut Rng, i: usize, stats: &mut HashMap
         Ok(_) => "ok".to_string(),
         Err(e) => e.clone(),
     };
-    *stats.entry(format!("{} {} -> {outcome}", if m.store.is_enabled() { "enabled" } else { "disabled" }, args[0])).or_default() += 1;
+    *stats
+        .entry(format!(
+            "{} {} -> {outcome}",
+            if m.store.is_enabled() {
+                "enabled"
+            } else {
+                "disabled"
+            },
+            args[0]
+        ))
+        .or_default() += 1;
     match (&got, &want) {
-        (Ok(out), Ok(Some(model_out))) => assert_eq!(&normalize_json(&args, out), model_out, "{context}"),
+        (Ok(out), Ok(Some(model_out))) => {
+            assert_eq!(&normalize_json(&args, out), model_out, "{context}")
+        }
         (Ok(_), Ok(None)) => {}
         (Err(e), Err(w)) => assert_eq!(e, w, "{context}"),
         _ => panic!("{context}: etcd answered {got:?}, ferrite {want:?}"),
@@ -443,7 +636,8 @@ fn step(etcd: &Etcd, m: &mut Model, rng: &mut Rng, i: usize, stats: &mut HashMap
 
 /// etcdctl -w json output, reduced to the model's Debug form.
 fn normalize_json(args: &[String], out: &str) -> String {
-    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("bad json {out:?}: {e}"));
+    let v: serde_json::Value =
+        serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("bad json {out:?}: {e}"));
     let strings = |field: &str| -> Vec<String> {
         v.get(field)
             .and_then(|a| a.as_array())
@@ -451,7 +645,9 @@ fn normalize_json(args: &[String], out: &str) -> String {
             .unwrap_or_default()
     };
     let b64 = |x: Option<&serde_json::Value>| -> Vec<u8> {
-        x.and_then(|s| s.as_str()).map(|s| base64::engine::general_purpose::STANDARD.decode(s).unwrap()).unwrap_or_default()
+        x.and_then(|s| s.as_str())
+            .map(|s| base64::engine::general_purpose::STANDARD.decode(s).unwrap())
+            .unwrap_or_default()
     };
     match (args[0].as_str(), args[1].as_str()) {
         ("user", "get") | ("role", "list") => format!("{:?}", strings("roles")),
@@ -462,7 +658,13 @@ fn normalize_json(args: &[String], out: &str) -> String {
                 .and_then(|a| a.as_array())
                 .map(|a| {
                     a.iter()
-                        .map(|p| (p.get("permType").and_then(|t| t.as_i64()).unwrap_or(0), b64(p.get("key")), b64(p.get("range_end"))))
+                        .map(|p| {
+                            (
+                                p.get("permType").and_then(|t| t.as_i64()).unwrap_or(0),
+                                b64(p.get("key")),
+                                b64(p.get("range_end")),
+                            )
+                        })
                         .collect()
                 })
                 .unwrap_or_default();
@@ -477,17 +679,30 @@ fn random_auth_sequences_match_etcd() {
     if !have_etcd() {
         return;
     }
-    let ops: usize = std::env::var("FERRITE_AUTH_DIFF_OPS").ok().and_then(|s| s.parse().ok()).unwrap_or(120);
-    let seed: u64 = std::env::var("FERRITE_AUTH_DIFF_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(0x5eed_a117);
+    let ops: usize = std::env::var("FERRITE_AUTH_DIFF_OPS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(120);
+    let seed: u64 = std::env::var("FERRITE_AUTH_DIFF_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0x5eed_a117);
     eprintln!("differential auth test: {ops} ops, FERRITE_AUTH_DIFF_SEED={seed}");
     let etcd = Etcd::start(&[]);
-    let mut m = Model { store: AuthStore::new(), passwords: HashMap::new() };
+    let mut m = Model {
+        store: AuthStore::new(),
+        passwords: HashMap::new(),
+    };
     let mut rng = Rng(seed | 1);
     let mut stats = HashMap::new();
     for i in 0..ops {
         step(&etcd, &mut m, &mut rng, i, &mut stats);
     }
-    eprintln!("final auth revision {} enabled {}", m.store.revision(), m.store.is_enabled());
+    eprintln!(
+        "final auth revision {} enabled {}",
+        m.store.revision(),
+        m.store.is_enabled()
+    );
     let mut stats: Vec<_> = stats.into_iter().collect();
     stats.sort();
     for (k, n) in stats {
@@ -509,23 +724,75 @@ fn jwt_tokens_and_auth_revision_match_etcd() {
         keys.join("rsa-test-priv.pem").display()
     );
     let etcd = Etcd::start(&["--auth-token".into(), opts.clone()]);
-    let mut m = Model { store: AuthStore::new(), passwords: HashMap::new() };
+    let mut m = Model {
+        store: AuthStore::new(),
+        passwords: HashMap::new(),
+    };
     let script: Vec<(Vec<&str>, C)> = vec![
-        (vec!["user", "add", "root:rootpw"], C::UserAdd { name: "root".into(), password_hash: hash_password("rootpw", 4), no_password: false }),
-        (vec!["user", "add", "u1:pw1"], C::UserAdd { name: "u1".into(), password_hash: hash_password("pw1", 4), no_password: false }),
+        (
+            vec!["user", "add", "root:rootpw"],
+            C::UserAdd {
+                name: "root".into(),
+                password_hash: hash_password("rootpw", 4),
+                no_password: false,
+            },
+        ),
+        (
+            vec!["user", "add", "u1:pw1"],
+            C::UserAdd {
+                name: "u1".into(),
+                password_hash: hash_password("pw1", 4),
+                no_password: false,
+            },
+        ),
         (vec!["role", "add", "r1"], C::RoleAdd { name: "r1".into() }),
-        (vec!["role", "grant-permission", "r1", "readwrite", "/p/", "--prefix"], C::RoleGrantPermission { name: "r1".into(), perm: Permission { perm_type: PermType::ReadWrite, key: b"/p/".to_vec(), range_end: prefix_range_end(b"/p/") } }),
-        (vec!["user", "grant-role", "u1", "r1"], C::UserGrantRole { user: "u1".into(), role: "r1".into() }),
-        (vec!["user", "grant-role", "root", "root"], C::UserGrantRole { user: "root".into(), role: "root".into() }),
+        (
+            vec![
+                "role",
+                "grant-permission",
+                "r1",
+                "readwrite",
+                "/p/",
+                "--prefix",
+            ],
+            C::RoleGrantPermission {
+                name: "r1".into(),
+                perm: Permission {
+                    perm_type: PermType::ReadWrite,
+                    key: b"/p/".to_vec(),
+                    range_end: prefix_range_end(b"/p/"),
+                },
+            },
+        ),
+        (
+            vec!["user", "grant-role", "u1", "r1"],
+            C::UserGrantRole {
+                user: "u1".into(),
+                role: "r1".into(),
+            },
+        ),
+        (
+            vec!["user", "grant-role", "root", "root"],
+            C::UserGrantRole {
+                user: "root".into(),
+                role: "root".into(),
+            },
+        ),
         (vec!["auth", "enable"], C::AuthEnable),
     ];
     for (args, cmd) in script {
-        etcd.ctl(&args, Some("root:rootpw"), "").unwrap_or_else(|e| panic!("{args:?}: {e}"));
+        etcd.ctl(&args, Some("root:rootpw"), "")
+            .unwrap_or_else(|e| panic!("{args:?}: {e}"));
         m.store.apply_unchecked(&cmd).unwrap();
     }
     m.passwords.insert("u1".into(), "pw1".into());
-    let body = etcd.http_post("/v3/auth/authenticate", r#"{"name":"u1","password":"pw1"}"#, None);
-    let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{body}: {e}"));
+    let body = etcd.http_post(
+        "/v3/auth/authenticate",
+        r#"{"name":"u1","password":"pw1"}"#,
+        None,
+    );
+    let v: serde_json::Value =
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("{body}: {e}"));
     let etcd_token = v["token"].as_str().unwrap().to_string();
     let mut ours = TokenProvider::from_flags(&opts, Duration::from_secs(300)).unwrap();
     let info = match ours.info(&etcd_token, 0, 0, now_ms()) {
@@ -533,19 +800,52 @@ fn jwt_tokens_and_auth_revision_match_etcd() {
         other => panic!("etcd's JWT refused: {other:?}"),
     };
     assert_eq!(info.username, "u1");
-    assert_eq!(info.revision, m.store.revision(), "etcd's auth revision differs from ours");
+    assert_eq!(
+        info.revision,
+        m.store.revision(),
+        "etcd's auth revision differs from ours"
+    );
     // Our token works on etcd: a put under the granted prefix, and a refused one outside it.
-    let token = ours.assign("u1", m.store.revision(), "", 0, now_ms()).unwrap();
-    let ok = etcd.http_post("/v3/kv/put", r#"{"key":"L3Avaw==","value":"dg=="}"#, Some(&token));
+    let token = ours
+        .assign("u1", m.store.revision(), "", 0, now_ms())
+        .unwrap();
+    let ok = etcd.http_post(
+        "/v3/kv/put",
+        r#"{"key":"L3Avaw==","value":"dg=="}"#,
+        Some(&token),
+    );
     assert!(ok.contains("\"header\""), "put with our token: {ok}");
-    let denied = etcd.http_post("/v3/kv/put", r#"{"key":"eA==","value":"dg=="}"#, Some(&token));
+    let denied = etcd.http_post(
+        "/v3/kv/put",
+        r#"{"key":"eA==","value":"dg=="}"#,
+        Some(&token),
+    );
     assert!(denied.contains("permission denied"), "{denied}");
-    assert_eq!(m.store.is_put_permitted(Some(&info), b"x"), Err(AuthError::PermissionDenied));
+    assert_eq!(
+        m.store.is_put_permitted(Some(&info), b"x"),
+        Err(AuthError::PermissionDenied)
+    );
     // A change bumps the revision on both sides; the old token is now stale.
-    etcd.ctl(&["role", "add", "r2"], Some("root:rootpw"), "").unwrap();
-    let root = AuthInfo { username: "root".into(), revision: m.store.revision() };
-    m.store.apply(Some(&root), &C::RoleAdd { name: "r2".into() }).unwrap();
-    let stale = etcd.http_post("/v3/kv/put", r#"{"key":"L3Avaw==","value":"dg=="}"#, Some(&token));
-    assert!(stale.contains(&AuthError::AuthOldRevision.to_string()), "{stale}");
-    assert_eq!(m.store.is_put_permitted(Some(&info), b"/p/k"), Err(AuthError::AuthOldRevision));
+    etcd.ctl(&["role", "add", "r2"], Some("root:rootpw"), "")
+        .unwrap();
+    let root = AuthInfo {
+        username: "root".into(),
+        revision: m.store.revision(),
+    };
+    m.store
+        .apply(Some(&root), &C::RoleAdd { name: "r2".into() })
+        .unwrap();
+    let stale = etcd.http_post(
+        "/v3/kv/put",
+        r#"{"key":"L3Avaw==","value":"dg=="}"#,
+        Some(&token),
+    );
+    assert!(
+        stale.contains(&AuthError::AuthOldRevision.to_string()),
+        "{stale}"
+    );
+    assert_eq!(
+        m.store.is_put_permitted(Some(&info), b"/p/k"),
+        Err(AuthError::AuthOldRevision)
+    );
 }

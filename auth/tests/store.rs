@@ -2,8 +2,8 @@
 //! Debian's etcd; the differential test in tests/etcd_differential.rs re-checks them live).
 
 use ferrite_auth::{
-    hash_password, prefix_range_end, Applied, AuthCommand as C, AuthError as E, AuthInfo, AuthStore, KeyAccess,
-    PermType, Permission, ROOT_ROLE, ROOT_USER,
+    hash_password, prefix_range_end, Applied, AuthCommand as C, AuthError as E, AuthInfo,
+    AuthStore, KeyAccess, PermType, Permission, ROOT_ROLE, ROOT_USER,
 };
 use proptest::prelude::*;
 
@@ -12,22 +12,37 @@ fn s(x: &str) -> String {
 }
 
 fn add_user(st: &mut AuthStore, name: &str) -> Result<Applied, E> {
-    st.apply_unchecked(&C::UserAdd { name: s(name), password_hash: hash_password("pw", 4), no_password: false })
+    st.apply_unchecked(&C::UserAdd {
+        name: s(name),
+        password_hash: hash_password("pw", 4),
+        no_password: false,
+    })
 }
 
 fn perm(t: PermType, key: &str, end: &[u8]) -> Permission {
-    Permission { perm_type: t, key: key.as_bytes().to_vec(), range_end: end.to_vec() }
+    Permission {
+        perm_type: t,
+        key: key.as_bytes().to_vec(),
+        range_end: end.to_vec(),
+    }
 }
 
 fn info(st: &AuthStore, user: &str) -> AuthInfo {
-    AuthInfo { username: s(user), revision: st.revision() }
+    AuthInfo {
+        username: s(user),
+        revision: st.revision(),
+    }
 }
 
 /// root with the root role, auth enabled.
 fn enabled_store() -> AuthStore {
     let mut st = AuthStore::new();
     add_user(&mut st, ROOT_USER).unwrap();
-    st.apply_unchecked(&C::UserGrantRole { user: s(ROOT_USER), role: s(ROOT_ROLE) }).unwrap();
+    st.apply_unchecked(&C::UserGrantRole {
+        user: s(ROOT_USER),
+        role: s(ROOT_ROLE),
+    })
+    .unwrap();
     st.apply_unchecked(&C::AuthEnable).unwrap();
     st
 }
@@ -49,11 +64,23 @@ fn enable_requires_root_with_root_role() {
     add_user(&mut st, "root").unwrap();
     assert_eq!(st.apply_unchecked(&C::AuthEnable), Err(E::RootRoleNotExist));
     // "root" can be granted before the root role exists (etcd special case).
-    st.apply_unchecked(&C::UserGrantRole { user: s("root"), role: s("root") }).unwrap();
+    st.apply_unchecked(&C::UserGrantRole {
+        user: s("root"),
+        role: s("root"),
+    })
+    .unwrap();
     let rev = st.revision();
     assert_eq!(st.apply_unchecked(&C::AuthEnable), Ok(Applied::Enabled));
-    assert_eq!(st.revision(), rev, "etcd does not bump the revision on enable");
-    assert_eq!(st.apply_unchecked(&C::AuthEnable), Ok(Applied::Enabled), "already enabled is not an error");
+    assert_eq!(
+        st.revision(),
+        rev,
+        "etcd does not bump the revision on enable"
+    );
+    assert_eq!(
+        st.apply_unchecked(&C::AuthEnable),
+        Ok(Applied::Enabled),
+        "already enabled is not an error"
+    );
     st.apply_unchecked(&C::AuthDisable).unwrap();
     assert_eq!(st.revision(), rev + 1, "disable bumps the revision");
     assert_eq!(st.apply_unchecked(&C::AuthDisable), Ok(Applied::Disabled));
@@ -76,24 +103,52 @@ fn revision_moves_on_every_change_and_only_then() {
     expect(&st, false);
     st.apply_unchecked(&C::RoleAdd { name: s("r") }).unwrap();
     expect(&st, true);
-    st.apply_unchecked(&C::UserGrantRole { user: s("u"), role: s("r") }).unwrap();
+    st.apply_unchecked(&C::UserGrantRole {
+        user: s("u"),
+        role: s("r"),
+    })
+    .unwrap();
     expect(&st, true);
-    st.apply_unchecked(&C::UserGrantRole { user: s("u"), role: s("r") }).unwrap();
+    st.apply_unchecked(&C::UserGrantRole {
+        user: s("u"),
+        role: s("r"),
+    })
+    .unwrap();
     expect(&st, false); // already granted: success without change
-    st.apply_unchecked(&C::RoleGrantPermission { name: s("r"), perm: perm(PermType::Read, "a", b"") }).unwrap();
+    st.apply_unchecked(&C::RoleGrantPermission {
+        name: s("r"),
+        perm: perm(PermType::Read, "a", b""),
+    })
+    .unwrap();
     expect(&st, true);
-    st.apply_unchecked(&C::RoleGrantPermission { name: s("r"), perm: perm(PermType::Write, "a", b"") }).unwrap();
+    st.apply_unchecked(&C::RoleGrantPermission {
+        name: s("r"),
+        perm: perm(PermType::Write, "a", b""),
+    })
+    .unwrap();
     expect(&st, true); // type update is a change
-    st.apply_unchecked(&C::UserChangePassword { name: s("u"), password_hash: hash_password("x", 4) }).unwrap();
+    st.apply_unchecked(&C::UserChangePassword {
+        name: s("u"),
+        password_hash: hash_password("x", 4),
+    })
+    .unwrap();
     expect(&st, true);
     assert_eq!(
-        st.apply_unchecked(&C::RoleRevokePermission { role: s("r"), key: b"zz".to_vec(), range_end: vec![] }),
+        st.apply_unchecked(&C::RoleRevokePermission {
+            role: s("r"),
+            key: b"zz".to_vec(),
+            range_end: vec![]
+        }),
         Err(E::PermissionNotGranted)
     );
     expect(&st, false);
     st.apply_unchecked(&C::RoleDelete { role: s("r") }).unwrap();
     expect(&st, true);
-    assert_eq!(st.user_get("u"), Ok(vec![]), "deleting a role revokes it from users");
+    assert_eq!(
+        st.user_get("u"),
+        Ok(vec![]),
+        "deleting a role revokes it from users"
+    );
     st.apply_unchecked(&C::UserDelete { name: s("u") }).unwrap();
     expect(&st, true);
 }
@@ -102,38 +157,107 @@ fn revision_moves_on_every_change_and_only_then() {
 fn user_and_role_errors_match_etcd() {
     let mut st = enabled_store();
     assert_eq!(
-        st.apply_unchecked(&C::UserAdd { name: s(""), password_hash: vec![], no_password: true }),
+        st.apply_unchecked(&C::UserAdd {
+            name: s(""),
+            password_hash: vec![],
+            no_password: true
+        }),
         Err(E::UserEmpty)
     );
-    assert_eq!(st.apply_unchecked(&C::RoleAdd { name: s("") }), Err(E::RoleEmpty));
-    // The root role was granted before it existed; it can still be created, once.
-    assert_eq!(st.apply_unchecked(&C::RoleAdd { name: s("root") }), Ok(Applied::Done));
-    assert_eq!(st.apply_unchecked(&C::RoleAdd { name: s("root") }), Err(E::RoleAlreadyExist));
-    st.apply_unchecked(&C::RoleAdd { name: s("r1") }).unwrap();
-    assert_eq!(st.apply_unchecked(&C::RoleAdd { name: s("r1") }), Err(E::RoleAlreadyExist));
-    assert_eq!(st.apply_unchecked(&C::UserDelete { name: s("nobody") }), Err(E::UserNotFound));
-    assert_eq!(st.apply_unchecked(&C::RoleDelete { role: s("nothing") }), Err(E::RoleNotFound));
-    add_user(&mut st, "u1").unwrap();
-    assert_eq!(st.apply_unchecked(&C::UserGrantRole { user: s("u1"), role: s("nosuch") }), Err(E::RoleNotFound));
-    assert_eq!(st.apply_unchecked(&C::UserGrantRole { user: s("nobody"), role: s("r1") }), Err(E::UserNotFound));
-    assert_eq!(st.apply_unchecked(&C::UserRevokeRole { name: s("u1"), role: s("nosuch") }), Err(E::RoleNotGranted));
-    assert_eq!(st.apply_unchecked(&C::UserRevokeRole { name: s("nobody"), role: s("r1") }), Err(E::UserNotFound));
     assert_eq!(
-        st.apply_unchecked(&C::RoleGrantPermission { name: s("nosuch"), perm: perm(PermType::Read, "a", b"") }),
+        st.apply_unchecked(&C::RoleAdd { name: s("") }),
+        Err(E::RoleEmpty)
+    );
+    // The root role was granted before it existed; it can still be created, once.
+    assert_eq!(
+        st.apply_unchecked(&C::RoleAdd { name: s("root") }),
+        Ok(Applied::Done)
+    );
+    assert_eq!(
+        st.apply_unchecked(&C::RoleAdd { name: s("root") }),
+        Err(E::RoleAlreadyExist)
+    );
+    st.apply_unchecked(&C::RoleAdd { name: s("r1") }).unwrap();
+    assert_eq!(
+        st.apply_unchecked(&C::RoleAdd { name: s("r1") }),
+        Err(E::RoleAlreadyExist)
+    );
+    assert_eq!(
+        st.apply_unchecked(&C::UserDelete { name: s("nobody") }),
+        Err(E::UserNotFound)
+    );
+    assert_eq!(
+        st.apply_unchecked(&C::RoleDelete { role: s("nothing") }),
+        Err(E::RoleNotFound)
+    );
+    add_user(&mut st, "u1").unwrap();
+    assert_eq!(
+        st.apply_unchecked(&C::UserGrantRole {
+            user: s("u1"),
+            role: s("nosuch")
+        }),
         Err(E::RoleNotFound)
     );
     assert_eq!(
-        st.apply_unchecked(&C::UserChangePassword { name: s("nobody"), password_hash: vec![] }),
+        st.apply_unchecked(&C::UserGrantRole {
+            user: s("nobody"),
+            role: s("r1")
+        }),
+        Err(E::UserNotFound)
+    );
+    assert_eq!(
+        st.apply_unchecked(&C::UserRevokeRole {
+            name: s("u1"),
+            role: s("nosuch")
+        }),
+        Err(E::RoleNotGranted)
+    );
+    assert_eq!(
+        st.apply_unchecked(&C::UserRevokeRole {
+            name: s("nobody"),
+            role: s("r1")
+        }),
+        Err(E::UserNotFound)
+    );
+    assert_eq!(
+        st.apply_unchecked(&C::RoleGrantPermission {
+            name: s("nosuch"),
+            perm: perm(PermType::Read, "a", b"")
+        }),
+        Err(E::RoleNotFound)
+    );
+    assert_eq!(
+        st.apply_unchecked(&C::UserChangePassword {
+            name: s("nobody"),
+            password_hash: vec![]
+        }),
         Err(E::UserNotFound)
     );
     // Root is protected while auth is enabled...
-    assert_eq!(st.apply_unchecked(&C::UserDelete { name: s("root") }), Err(E::InvalidAuthMgmt));
-    assert_eq!(st.apply_unchecked(&C::RoleDelete { role: s("root") }), Err(E::InvalidAuthMgmt));
-    assert_eq!(st.apply_unchecked(&C::UserRevokeRole { name: s("root"), role: s("root") }), Err(E::InvalidAuthMgmt));
+    assert_eq!(
+        st.apply_unchecked(&C::UserDelete { name: s("root") }),
+        Err(E::InvalidAuthMgmt)
+    );
+    assert_eq!(
+        st.apply_unchecked(&C::RoleDelete { role: s("root") }),
+        Err(E::InvalidAuthMgmt)
+    );
+    assert_eq!(
+        st.apply_unchecked(&C::UserRevokeRole {
+            name: s("root"),
+            role: s("root")
+        }),
+        Err(E::InvalidAuthMgmt)
+    );
     // ...and not once it is disabled.
     st.apply_unchecked(&C::AuthDisable).unwrap();
-    st.apply_unchecked(&C::UserRevokeRole { name: s("root"), role: s("root") }).unwrap();
-    st.apply_unchecked(&C::UserDelete { name: s("root") }).unwrap();
+    st.apply_unchecked(&C::UserRevokeRole {
+        name: s("root"),
+        role: s("root"),
+    })
+    .unwrap();
+    st.apply_unchecked(&C::UserDelete { name: s("root") })
+        .unwrap();
 }
 
 #[test]
@@ -151,10 +275,23 @@ fn admin_calls_need_root_when_enabled() {
     // Users may read themselves; role holders may read their role.
     let u1 = info(&st, "u1");
     assert_eq!(st.check_user_get(Some(&u1), "u1"), Ok(()));
-    assert_eq!(st.check_user_get(Some(&u1), "root"), Err(E::PermissionDenied));
-    st.apply(Some(&root), &C::UserGrantRole { user: s("u1"), role: s("r") }).unwrap();
+    assert_eq!(
+        st.check_user_get(Some(&u1), "root"),
+        Err(E::PermissionDenied)
+    );
+    st.apply(
+        Some(&root),
+        &C::UserGrantRole {
+            user: s("u1"),
+            role: s("r"),
+        },
+    )
+    .unwrap();
     assert_eq!(st.check_role_get(Some(&u1), "r"), Ok(()));
-    assert_eq!(st.check_role_get(Some(&u1), "root"), Err(E::PermissionDenied));
+    assert_eq!(
+        st.check_role_get(Some(&u1), "root"),
+        Err(E::PermissionDenied)
+    );
     assert_eq!(st.check_role_get(Some(&root), "root"), Ok(()));
 }
 
@@ -165,37 +302,78 @@ fn permission_checks_as_observed_on_etcd() {
     let mut st = enabled_store();
     add_user(&mut st, "u1").unwrap();
     st.apply_unchecked(&C::RoleAdd { name: s("r1") }).unwrap();
-    st.apply_unchecked(&C::UserGrantRole { user: s("u1"), role: s("r1") }).unwrap();
+    st.apply_unchecked(&C::UserGrantRole {
+        user: s("u1"),
+        role: s("r1"),
+    })
+    .unwrap();
     for p in [
         perm(PermType::ReadWrite, "/p/", &prefix_range_end(b"/p/")),
         perm(PermType::Read, "k1", b"k5"),
         perm(PermType::Write, "fk", b"\0"),
     ] {
-        st.apply_unchecked(&C::RoleGrantPermission { name: s("r1"), perm: p }).unwrap();
+        st.apply_unchecked(&C::RoleGrantPermission {
+            name: s("r1"),
+            perm: p,
+        })
+        .unwrap();
     }
-    let keys: Vec<Vec<u8>> = st.role_get("r1").unwrap().into_iter().map(|p| p.key).collect();
-    assert_eq!(keys, vec![b"/p/".to_vec(), b"fk".to_vec(), b"k1".to_vec()], "sorted by key");
+    let keys: Vec<Vec<u8>> = st
+        .role_get("r1")
+        .unwrap()
+        .into_iter()
+        .map(|p| p.key)
+        .collect();
+    assert_eq!(
+        keys,
+        vec![b"/p/".to_vec(), b"fk".to_vec(), b"k1".to_vec()],
+        "sorted by key"
+    );
     let u1 = info(&st, "u1");
     let u = Some(&u1);
     assert_eq!(st.is_range_permitted(u, b"k1", b""), Ok(()));
     assert_eq!(st.is_range_permitted(u, b"k1", b"k5"), Ok(()));
-    assert_eq!(st.is_range_permitted(u, b"k1", b"k6"), Err(E::PermissionDenied));
+    assert_eq!(
+        st.is_range_permitted(u, b"k1", b"k6"),
+        Err(E::PermissionDenied)
+    );
     assert_eq!(st.is_put_permitted(u, b"k2"), Ok(()));
     assert_eq!(st.is_put_permitted(u, b"/p/x"), Ok(()));
     assert_eq!(st.is_put_permitted(u, b"zzz"), Ok(()));
     assert_eq!(st.is_put_permitted(u, b"fa"), Err(E::PermissionDenied));
-    assert_eq!(st.is_delete_range_permitted(u, b"/p/", &prefix_range_end(b"/p/")), Ok(()));
+    assert_eq!(
+        st.is_delete_range_permitted(u, b"/p/", &prefix_range_end(b"/p/")),
+        Ok(())
+    );
     assert_eq!(st.is_delete_range_permitted(u, b"fk", b"\0"), Ok(()));
-    assert_eq!(st.is_delete_range_permitted(u, b"f", b"\0"), Err(E::PermissionDenied));
+    assert_eq!(
+        st.is_delete_range_permitted(u, b"f", b"\0"),
+        Err(E::PermissionDenied)
+    );
     // Unknown user, no identity, and a stale revision.
-    assert_eq!(st.is_range_permitted(Some(&info(&st, "ghost")), b"k1", b""), Err(E::PermissionDenied));
+    assert_eq!(
+        st.is_range_permitted(Some(&info(&st, "ghost")), b"k1", b""),
+        Err(E::PermissionDenied)
+    );
     assert_eq!(st.is_range_permitted(None, b"k1", b""), Err(E::UserEmpty));
-    let stale = AuthInfo { username: s("u1"), revision: st.revision() - 1 };
-    assert_eq!(st.is_range_permitted(Some(&stale), b"k1", b""), Err(E::AuthOldRevision));
-    assert_eq!(st.check_serializable_revision(Some(&stale)), Err(E::AuthOldRevision));
+    let stale = AuthInfo {
+        username: s("u1"),
+        revision: st.revision() - 1,
+    };
+    assert_eq!(
+        st.is_range_permitted(Some(&stale), b"k1", b""),
+        Err(E::AuthOldRevision)
+    );
+    assert_eq!(
+        st.check_serializable_revision(Some(&stale)),
+        Err(E::AuthOldRevision)
+    );
     // Root may do anything.
     let root = info(&st, "root");
-    assert_eq!(st.is_delete_range_permitted(Some(&root), b"\0", b"\0"), Ok(()));
+    assert_eq!(
+        st.is_delete_range_permitted(Some(&root), b"\0", b"\0"),
+        Ok(())
+    );
     assert_eq!(st.is_admin_permitted(Some(&root)), Ok(()));
     assert_eq!(st.is_admin_permitted(Some(&u1)), Err(E::PermissionDenied));
 }
@@ -205,24 +383,72 @@ fn txn_checks_every_branch() {
     let mut st = enabled_store();
     add_user(&mut st, "u1").unwrap();
     st.apply_unchecked(&C::RoleAdd { name: s("r1") }).unwrap();
-    st.apply_unchecked(&C::UserGrantRole { user: s("u1"), role: s("r1") }).unwrap();
-    st.apply_unchecked(&C::RoleGrantPermission { name: s("r1"), perm: perm(PermType::ReadWrite, "a", b"") })
-        .unwrap();
+    st.apply_unchecked(&C::UserGrantRole {
+        user: s("u1"),
+        role: s("r1"),
+    })
+    .unwrap();
+    st.apply_unchecked(&C::RoleGrantPermission {
+        name: s("r1"),
+        perm: perm(PermType::ReadWrite, "a", b""),
+    })
+    .unwrap();
     let u1 = info(&st, "u1");
-    let ok = [KeyAccess::Read { key: b"a", range_end: b"" }, KeyAccess::Put { key: b"a", prev_kv: true }];
+    let ok = [
+        KeyAccess::Read {
+            key: b"a",
+            range_end: b"",
+        },
+        KeyAccess::Put {
+            key: b"a",
+            prev_kv: true,
+        },
+    ];
     assert_eq!(st.check_accesses(Some(&u1), ok), Ok(()));
     // A failure branch touching "b" is refused even if it would not run.
     let bad = [
-        KeyAccess::Read { key: b"a", range_end: b"" },
-        KeyAccess::Put { key: b"a", prev_kv: false },
-        KeyAccess::DeleteRange { key: b"b", range_end: b"", prev_kv: false },
+        KeyAccess::Read {
+            key: b"a",
+            range_end: b"",
+        },
+        KeyAccess::Put {
+            key: b"a",
+            prev_kv: false,
+        },
+        KeyAccess::DeleteRange {
+            key: b"b",
+            range_end: b"",
+            prev_kv: false,
+        },
     ];
     assert_eq!(st.check_accesses(Some(&u1), bad), Err(E::PermissionDenied));
     // prev_kv needs READ: write-only role refused.
-    st.apply_unchecked(&C::RoleGrantPermission { name: s("r1"), perm: perm(PermType::Write, "w", b"") }).unwrap();
+    st.apply_unchecked(&C::RoleGrantPermission {
+        name: s("r1"),
+        perm: perm(PermType::Write, "w", b""),
+    })
+    .unwrap();
     let u1 = info(&st, "u1");
-    assert_eq!(st.check_accesses(Some(&u1), [KeyAccess::Put { key: b"w", prev_kv: false }]), Ok(()));
-    assert_eq!(st.check_accesses(Some(&u1), [KeyAccess::Put { key: b"w", prev_kv: true }]), Err(E::PermissionDenied));
+    assert_eq!(
+        st.check_accesses(
+            Some(&u1),
+            [KeyAccess::Put {
+                key: b"w",
+                prev_kv: false
+            }]
+        ),
+        Ok(())
+    );
+    assert_eq!(
+        st.check_accesses(
+            Some(&u1),
+            [KeyAccess::Put {
+                key: b"w",
+                prev_kv: true
+            }]
+        ),
+        Err(E::PermissionDenied)
+    );
 }
 
 #[test]
@@ -230,16 +456,27 @@ fn authenticate_and_password_lookup() {
     let mut st = AuthStore::new();
     assert_eq!(st.password_hash_for("root"), Err(E::AuthNotEnabled));
     st = enabled_store();
-    st.apply_unchecked(&C::UserAdd { name: s("cn-user"), password_hash: vec![], no_password: true }).unwrap();
+    st.apply_unchecked(&C::UserAdd {
+        name: s("cn-user"),
+        password_hash: vec![],
+        no_password: true,
+    })
+    .unwrap();
     assert_eq!(st.password_hash_for("nobody"), Err(E::AuthFailed));
     assert_eq!(st.password_hash_for("cn-user"), Err(E::NoPasswordUser));
     let (hash, rev) = st.password_hash_for("root").unwrap();
     assert!(ferrite_auth::verify_password("pw", &hash));
     assert_eq!(rev, st.revision());
-    let auth = |n: &str| C::Authenticate { name: s(n), simple_token_prefix: s("abc") };
+    let auth = |n: &str| C::Authenticate {
+        name: s(n),
+        simple_token_prefix: s("abc"),
+    };
     assert_eq!(
         st.apply(None, &auth("root")),
-        Ok(Applied::Authenticated { user: s("root"), revision: st.revision() }),
+        Ok(Applied::Authenticated {
+            user: s("root"),
+            revision: st.revision()
+        }),
         "Authenticate needs no caller"
     );
     assert_eq!(st.apply(None, &auth("cn-user")), Err(E::AuthFailed));
@@ -259,7 +496,13 @@ fn authenticate_and_password_lookup() {
 fn grant_permission_updates_same_range_and_keeps_distinct_ones() {
     let mut st = AuthStore::new();
     st.apply_unchecked(&C::RoleAdd { name: s("r") }).unwrap();
-    let g = |st: &mut AuthStore, p| st.apply_unchecked(&C::RoleGrantPermission { name: s("r"), perm: p }).unwrap();
+    let g = |st: &mut AuthStore, p| {
+        st.apply_unchecked(&C::RoleGrantPermission {
+            name: s("r"),
+            perm: p,
+        })
+        .unwrap()
+    };
     g(&mut st, perm(PermType::Read, "b", b"c"));
     g(&mut st, perm(PermType::Read, "a", b""));
     g(&mut st, perm(PermType::Write, "b", b"c"));
@@ -267,10 +510,18 @@ fn grant_permission_updates_same_range_and_keeps_distinct_ones() {
     let perms = st.role_get("r").unwrap();
     assert_eq!(
         perms,
-        vec![perm(PermType::Read, "a", b""), perm(PermType::Write, "b", b"c"), perm(PermType::Read, "b", b"d")]
+        vec![
+            perm(PermType::Read, "a", b""),
+            perm(PermType::Write, "b", b"c"),
+            perm(PermType::Read, "b", b"d")
+        ]
     );
-    st.apply_unchecked(&C::RoleRevokePermission { role: s("r"), key: b"b".to_vec(), range_end: b"c".to_vec() })
-        .unwrap();
+    st.apply_unchecked(&C::RoleRevokePermission {
+        role: s("r"),
+        key: b"b".to_vec(),
+        range_end: b"c".to_vec(),
+    })
+    .unwrap();
     assert_eq!(st.role_get("r").unwrap().len(), 2);
 }
 
@@ -278,11 +529,23 @@ fn grant_permission_updates_same_range_and_keeps_distinct_ones() {
 fn encode_decode_round_trip_and_corruption() {
     let mut st = enabled_store();
     add_user(&mut st, "u1").unwrap();
-    st.apply_unchecked(&C::UserAdd { name: s("cn"), password_hash: vec![], no_password: true }).unwrap();
+    st.apply_unchecked(&C::UserAdd {
+        name: s("cn"),
+        password_hash: vec![],
+        no_password: true,
+    })
+    .unwrap();
     st.apply_unchecked(&C::RoleAdd { name: s("r1") }).unwrap();
-    st.apply_unchecked(&C::UserGrantRole { user: s("u1"), role: s("r1") }).unwrap();
-    st.apply_unchecked(&C::RoleGrantPermission { name: s("r1"), perm: perm(PermType::ReadWrite, "a", b"\0") })
-        .unwrap();
+    st.apply_unchecked(&C::UserGrantRole {
+        user: s("u1"),
+        role: s("r1"),
+    })
+    .unwrap();
+    st.apply_unchecked(&C::RoleGrantPermission {
+        name: s("r1"),
+        perm: perm(PermType::ReadWrite, "a", b"\0"),
+    })
+    .unwrap();
     let bytes = st.encode();
     let back = AuthStore::decode(&bytes).unwrap();
     assert_eq!(back, st);
@@ -294,7 +557,10 @@ fn encode_decode_round_trip_and_corruption() {
         assert!(AuthStore::decode(&b).is_err(), "flip at {i} accepted");
     }
     for len in 0..bytes.len() {
-        assert!(AuthStore::decode(&bytes[..len]).is_err(), "truncation to {len} accepted");
+        assert!(
+            AuthStore::decode(&bytes[..len]).is_err(),
+            "truncation to {len} accepted"
+        );
     }
 }
 
@@ -307,7 +573,10 @@ fn decode_error_messages_are_clear() {
     let n = b.len();
     let crc = crc32c::crc32c(&b[..n - 4]);
     b[n - 4..].copy_from_slice(&crc.to_le_bytes());
-    assert!(AuthStore::decode(&b).unwrap_err().to_string().contains("bad magic"));
+    assert!(AuthStore::decode(&b)
+        .unwrap_err()
+        .to_string()
+        .contains("bad magic"));
 }
 
 // ---- property tests ----
@@ -350,7 +619,11 @@ fn perm_strategy() -> impl Strategy<Value = (u8, Vec<u8>, RangeKind)> {
     (
         0u8..3,
         key_strategy(),
-        prop_oneof![Just(RangeKind::Point), key_strategy().prop_map(RangeKind::Range), Just(RangeKind::FromKey)],
+        prop_oneof![
+            Just(RangeKind::Point),
+            key_strategy().prop_map(RangeKind::Range),
+            Just(RangeKind::FromKey)
+        ],
     )
 }
 
@@ -457,12 +730,17 @@ fn command_strategy() -> impl Strategy<Value = C> {
         Just(C::AuthDisable),
         (name_strategy(), any::<bool>()).prop_map(|(n, np)| C::UserAdd {
             name: n,
-            password_hash: if np { vec![] } else { b"$2a$04$fakehashfakehashfakehashfakehashfakehashfakehashfake".to_vec() },
+            password_hash: if np {
+                vec![]
+            } else {
+                b"$2a$04$fakehashfakehashfakehashfakehashfakehashfakehashfake".to_vec()
+            },
             no_password: np
         }),
         name_strategy().prop_map(|n| C::UserDelete { name: n }),
         (name_strategy(), name_strategy()).prop_map(|(u, r)| C::UserGrantRole { user: u, role: r }),
-        (name_strategy(), name_strategy()).prop_map(|(u, r)| C::UserRevokeRole { name: u, role: r }),
+        (name_strategy(), name_strategy())
+            .prop_map(|(u, r)| C::UserRevokeRole { name: u, role: r }),
         name_strategy().prop_map(|n| C::RoleAdd { name: n }),
         name_strategy().prop_map(|n| C::RoleDelete { role: n }),
         (name_strategy(), perm_strategy()).prop_map(|(n, (t, k, kind))| C::RoleGrantPermission {
@@ -470,9 +748,17 @@ fn command_strategy() -> impl Strategy<Value = C> {
             perm: Permission {
                 perm_type: PermType::from_i32(t as i32).unwrap(),
                 key: k,
-                range_end: match kind { RangeKind::Point => vec![], RangeKind::Range(e) => e, RangeKind::FromKey => vec![0] },
+                range_end: match kind {
+                    RangeKind::Point => vec![],
+                    RangeKind::Range(e) => e,
+                    RangeKind::FromKey => vec![0],
+                },
             }
         }),
-        (name_strategy(), key_strategy()).prop_map(|(n, k)| C::RoleRevokePermission { role: n, key: k, range_end: vec![] }),
+        (name_strategy(), key_strategy()).prop_map(|(n, k)| C::RoleRevokePermission {
+            role: n,
+            key: k,
+            range_end: vec![]
+        }),
     ]
 }

@@ -9,14 +9,17 @@ use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
 
-use ferrite_auth::rustls::{self, ClientConfig, ClientConnection, ServerConfig, ServerConnection, StreamOwned};
+use ferrite_auth::rustls::{
+    self, ClientConfig, ClientConnection, ServerConfig, ServerConnection, StreamOwned,
+};
 use ferrite_auth::tls::{
-    auto_tls, cipher_suites, client_config, peer_common_name, server_config, AllowedPeer, ClientTlsOptions,
-    ServerTlsOptions, AUTO_TLS_VALIDITY,
+    auto_tls, cipher_suites, client_config, peer_common_name, server_config, AllowedPeer,
+    ClientTlsOptions, ServerTlsOptions, AUTO_TLS_VALIDITY,
 };
 use rcgen::{
-    BasicConstraints, CertificateParams, CertificateRevocationListParams, DnType, ExtendedKeyUsagePurpose, IsCa,
-    KeyIdMethod, KeyPair, KeyUsagePurpose, RevokedCertParams, SerialNumber,
+    BasicConstraints, CertificateParams, CertificateRevocationListParams, DnType,
+    ExtendedKeyUsagePurpose, IsCa, KeyIdMethod, KeyPair, KeyUsagePurpose, RevokedCertParams,
+    SerialNumber,
 };
 use rustls::pki_types::ServerName;
 use time::OffsetDateTime;
@@ -31,7 +34,11 @@ fn make_ca(name: &str) -> Ca {
     let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
     p.distinguished_name.push(DnType::CommonName, name);
     p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    p.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
     let cert = p.self_signed(&key).unwrap();
     Ca { cert, key }
 }
@@ -47,9 +54,17 @@ enum Validity {
     Expired,
 }
 
-fn make_leaf(ca: &Ca, cn: &str, sans: &[&str], serial: u64, validity: Validity, server: bool) -> Leaf {
+fn make_leaf(
+    ca: &Ca,
+    cn: &str,
+    sans: &[&str],
+    serial: u64,
+    validity: Validity,
+    server: bool,
+) -> Leaf {
     let key = KeyPair::generate().unwrap();
-    let mut p = CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
+    let mut p =
+        CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
     p.distinguished_name.push(DnType::CommonName, cn);
     p.serial_number = Some(SerialNumber::from(serial));
     let now = OffsetDateTime::now_utc();
@@ -64,10 +79,16 @@ fn make_leaf(ca: &Ca, cn: &str, sans: &[&str], serial: u64, validity: Validity, 
         }
     }
     p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    p.extended_key_usages =
-        vec![if server { ExtendedKeyUsagePurpose::ServerAuth } else { ExtendedKeyUsagePurpose::ClientAuth }];
+    p.extended_key_usages = vec![if server {
+        ExtendedKeyUsagePurpose::ServerAuth
+    } else {
+        ExtendedKeyUsagePurpose::ClientAuth
+    }];
     let cert = p.signed_by(&key, &ca.cert, &ca.key).unwrap();
-    Leaf { cert_pem: cert.pem(), key_pem: key.serialize_pem() }
+    Leaf {
+        cert_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
+    }
 }
 
 fn make_crl(ca: &Ca, revoked_serials: &[u64]) -> String {
@@ -97,7 +118,9 @@ struct Files {
 
 impl Files {
     fn new() -> Files {
-        Files { dir: tempfile::tempdir().unwrap() }
+        Files {
+            dir: tempfile::tempdir().unwrap(),
+        }
     }
     fn write(&self, name: &str, contents: &str) -> PathBuf {
         let p = self.dir.path().join(name);
@@ -105,7 +128,10 @@ impl Files {
         p
     }
     fn leaf(&self, name: &str, leaf: &Leaf) -> (PathBuf, PathBuf) {
-        (self.write(&format!("{name}.crt"), &leaf.cert_pem), self.write(&format!("{name}.key"), &leaf.key_pem))
+        (
+            self.write(&format!("{name}.crt"), &leaf.cert_pem),
+            self.write(&format!("{name}.key"), &leaf.key_pem),
+        )
     }
 }
 
@@ -122,9 +148,22 @@ fn pki() -> Pki {
     let files = Files::new();
     let ca = make_ca("ferrite test CA");
     let ca_file = files.write("ca.crt", &ca.cert.pem());
-    let server = make_leaf(&ca, "server", &["localhost", "127.0.0.1"], 1, Validity::Good, true);
+    let server = make_leaf(
+        &ca,
+        "server",
+        &["localhost", "127.0.0.1"],
+        1,
+        Validity::Good,
+        true,
+    );
     let (server_cert, server_key) = files.leaf("server", &server);
-    Pki { files, ca, ca_file, server_cert, server_key }
+    Pki {
+        files,
+        ca,
+        ca_file,
+        server_cert,
+        server_key,
+    }
 }
 
 impl Pki {
@@ -157,7 +196,10 @@ impl Pki {
 
 /// One client connection against a server accepting `connections` clients in turn. Returns,
 /// per connection, the server's outcome (Ok(peer CN) or the error) and the client's.
-fn serve(server: Arc<ServerConfig>, clients: Vec<(Arc<ClientConfig>, &'static str)>) -> Vec<(Result<Option<String>, String>, Result<(), String>)> {
+fn serve(
+    server: Arc<ServerConfig>,
+    clients: Vec<(Arc<ClientConfig>, &'static str)>,
+) -> Vec<(Result<Option<String>, String>, Result<(), String>)> {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     let n = clients.len();
@@ -165,7 +207,8 @@ fn serve(server: Arc<ServerConfig>, clients: Vec<(Arc<ClientConfig>, &'static st
         let mut outcomes = vec![];
         for _ in 0..n {
             let (sock, _) = listener.accept().unwrap();
-            sock.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            sock.set_read_timeout(Some(Duration::from_secs(10)))
+                .unwrap();
             let conn = ServerConnection::new(server.clone()).unwrap();
             let mut tls = StreamOwned::new(conn, sock);
             let mut buf = [0u8; 4];
@@ -185,7 +228,8 @@ fn serve(server: Arc<ServerConfig>, clients: Vec<(Arc<ClientConfig>, &'static st
     let mut client_results = vec![];
     for (cfg, name) in clients {
         let sock = TcpStream::connect(addr).unwrap();
-        sock.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        sock.set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
         let conn = ClientConnection::new(cfg, ServerName::try_from(name).unwrap()).unwrap();
         let mut tls = StreamOwned::new(conn, sock);
         let mut buf = [0u8; 4];
@@ -202,8 +246,14 @@ fn serve(server: Arc<ServerConfig>, clients: Vec<(Arc<ClientConfig>, &'static st
 }
 
 fn expect_refused(outcome: &(Result<Option<String>, String>, Result<(), String>), reason: &str) {
-    let server_err = outcome.0.as_ref().expect_err("server accepted a bad certificate");
-    assert!(server_err.contains(reason), "server error {server_err:?} lacks {reason:?}");
+    let server_err = outcome
+        .0
+        .as_ref()
+        .expect_err("server accepted a bad certificate");
+    assert!(
+        server_err.contains(reason),
+        "server error {server_err:?} lacks {reason:?}"
+    );
     eprintln!("refused as expected: {server_err}");
     assert!(outcome.1.is_err(), "client should see the handshake fail");
 }
@@ -236,7 +286,11 @@ fn good_cert_passes_and_bad_ones_are_refused_while_serving_others() {
     expect_refused(&out[2], "UnknownIssuer");
     expect_refused(&out[3], "Revoked");
     expect_refused(&out[4], "peer sent no certificates");
-    assert_eq!(out[5].0, Ok(Some("alice".to_string())), "server still serves after refusals");
+    assert_eq!(
+        out[5].0,
+        Ok(Some("alice".to_string())),
+        "server still serves after refusals"
+    );
 }
 
 #[test]
@@ -257,24 +311,54 @@ fn client_verifies_server_name_and_ca() {
     .unwrap();
     let out = serve(
         server,
-        vec![(p.client("c", None), "localhost"), (p.client("c", None), "wrong.example"), (untrusting, "localhost")],
+        vec![
+            (p.client("c", None), "localhost"),
+            (p.client("c", None), "wrong.example"),
+            (untrusting, "localhost"),
+        ],
     );
-    assert_eq!(out[0].0, Ok(None), "no client certificate without --trusted-ca-file");
-    assert!(out[1].1.as_ref().unwrap_err().contains("not valid for name \"wrong.example\""), "{:?}", out[1].1);
-    assert!(out[2].1.as_ref().unwrap_err().contains("UnknownIssuer"), "{:?}", out[2].1);
+    assert_eq!(
+        out[0].0,
+        Ok(None),
+        "no client certificate without --trusted-ca-file"
+    );
+    assert!(
+        out[1]
+            .1
+            .as_ref()
+            .unwrap_err()
+            .contains("not valid for name \"wrong.example\""),
+        "{:?}",
+        out[1].1
+    );
+    assert!(
+        out[2].1.as_ref().unwrap_err().contains("UnknownIssuer"),
+        "{:?}",
+        out[2].1
+    );
 }
 
 #[test]
 fn peer_allowed_cn_and_hostname() {
     let p = pki();
-    let alice = make_leaf(&p.ca, "alice", &["peer1.example"], 20, Validity::Good, false);
+    let alice = make_leaf(
+        &p.ca,
+        "alice",
+        &["peer1.example"],
+        20,
+        Validity::Good,
+        false,
+    );
     let bob = make_leaf(&p.ca, "bob", &["peer2.example"], 21, Validity::Good, false);
 
     let mut opts = p.server_opts();
     opts.allowed = Some(AllowedPeer::from_flags("alice", "").unwrap());
     let out = serve(
         server_config(&opts).unwrap(),
-        vec![(p.client("a", Some(&alice)), "localhost"), (p.client("b", Some(&bob)), "localhost")],
+        vec![
+            (p.client("a", Some(&alice)), "localhost"),
+            (p.client("b", Some(&bob)), "localhost"),
+        ],
     );
     assert_eq!(out[0].0, Ok(Some("alice".into())));
     expect_refused(&out[1], "is not the allowed CN \"alice\"");
@@ -282,9 +366,15 @@ fn peer_allowed_cn_and_hostname() {
     opts.allowed = Some(AllowedPeer::from_flags("", "peer2.example").unwrap());
     let out = serve(
         server_config(&opts).unwrap(),
-        vec![(p.client("a", Some(&alice)), "localhost"), (p.client("b", Some(&bob)), "localhost")],
+        vec![
+            (p.client("a", Some(&alice)), "localhost"),
+            (p.client("b", Some(&bob)), "localhost"),
+        ],
     );
-    expect_refused(&out[0], "not valid for the allowed hostname \"peer2.example\"");
+    expect_refused(
+        &out[0],
+        "not valid for the allowed hostname \"peer2.example\"",
+    );
     assert_eq!(out[1].0, Ok(Some("bob".into())));
 
     // The client side checks the server's certificate the same way.
@@ -297,8 +387,19 @@ fn peer_allowed_cn_and_hostname() {
         ..Default::default()
     })
     .unwrap();
-    let out = serve(server_config(&p.server_opts()).unwrap(), vec![(strict, "localhost")]);
-    assert!(out[0].1.as_ref().unwrap_err().contains("is not the allowed CN"), "{:?}", out[0].1);
+    let out = serve(
+        server_config(&p.server_opts()).unwrap(),
+        vec![(strict, "localhost")],
+    );
+    assert!(
+        out[0]
+            .1
+            .as_ref()
+            .unwrap_err()
+            .contains("is not the allowed CN"),
+        "{:?}",
+        out[0].1
+    );
 
     let e = AllowedPeer::from_flags("a", "b").unwrap_err();
     assert!(e.to_string().contains("mutually exclusive"), "{e}");
@@ -307,9 +408,19 @@ fn peer_allowed_cn_and_hostname() {
 #[test]
 fn cipher_suite_names() {
     let one = cipher_suites(&["TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256".into()]).unwrap();
-    assert!(one.iter().any(|s| format!("{:?}", s.suite()) == "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256"));
-    assert_eq!(one.iter().filter(|s| s.version() == &rustls::version::TLS12).count(), 1);
-    assert!(cipher_suites(&["TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305".into()]).is_ok(), "Go's short alias");
+    assert!(one
+        .iter()
+        .any(|s| format!("{:?}", s.suite()) == "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256"));
+    assert_eq!(
+        one.iter()
+            .filter(|s| s.version() == &rustls::version::TLS12)
+            .count(),
+        1
+    );
+    assert!(
+        cipher_suites(&["TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305".into()]).is_ok(),
+        "Go's short alias"
+    );
     let e = cipher_suites(&["TLS_BOGUS".into()]).unwrap_err();
     assert_eq!(e.to_string(), "unexpected TLS cipher suite \"TLS_BOGUS\"");
     let e = cipher_suites(&["TLS_RSA_WITH_AES_128_CBC_SHA".into()]).unwrap_err();
@@ -336,7 +447,15 @@ fn cipher_suite_names() {
             .with_no_client_auth(),
     );
     let out = serve(server, vec![(tls12_only, "localhost")]);
-    assert!(out[0].0.as_ref().unwrap_err().contains("no ciphersuites in common") || out[0].1.is_err(), "{out:?}");
+    assert!(
+        out[0]
+            .0
+            .as_ref()
+            .unwrap_err()
+            .contains("no ciphersuites in common")
+            || out[0].1.is_err(),
+        "{out:?}"
+    );
 }
 
 #[test]
@@ -346,30 +465,65 @@ fn configuration_errors_name_the_flag_or_file() {
     assert!(e.to_string().contains("--cert-file"), "{e}");
     let mut opts = p.server_opts();
     opts.cert_file = PathBuf::from("/nonexistent/server.crt");
-    assert!(server_config(&opts).unwrap_err().to_string().contains("/nonexistent/server.crt"));
+    assert!(server_config(&opts)
+        .unwrap_err()
+        .to_string()
+        .contains("/nonexistent/server.crt"));
     let mut opts = p.server_opts();
     opts.trusted_ca_file = None;
-    assert!(server_config(&opts).unwrap_err().to_string().contains("--trusted-ca-file"));
+    assert!(server_config(&opts)
+        .unwrap_err()
+        .to_string()
+        .contains("--trusted-ca-file"));
     let mut opts = p.server_opts();
-    opts.crl_file = Some(p.files.write("junk.crl", "-----BEGIN X509 CRL-----\nAAAA\n-----END X509 CRL-----\n"));
-    assert!(server_config(&opts).is_err(), "a malformed CRL is refused at start");
+    opts.crl_file = Some(p.files.write(
+        "junk.crl",
+        "-----BEGIN X509 CRL-----\nAAAA\n-----END X509 CRL-----\n",
+    ));
+    assert!(
+        server_config(&opts).is_err(),
+        "a malformed CRL is refused at start"
+    );
     // Key that does not match the certificate.
     let mut opts = p.server_opts();
-    opts.key_file = p.files.write("other.key", &KeyPair::generate().unwrap().serialize_pem());
+    opts.key_file = p
+        .files
+        .write("other.key", &KeyPair::generate().unwrap().serialize_pem());
     assert!(server_config(&opts).is_err());
 }
 
 #[test]
 fn auto_tls_generates_once_and_serves() {
     let data_dir = tempfile::tempdir().unwrap();
-    let files = auto_tls(data_dir.path(), "peer", &["127.0.0.1".into(), "localhost".into()], AUTO_TLS_VALIDITY).unwrap();
-    assert_eq!(files.cert_file, data_dir.path().join("fixtures/peer/cert.pem"));
-    let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&files.key_file).unwrap().permissions());
+    let files = auto_tls(
+        data_dir.path(),
+        "peer",
+        &["127.0.0.1".into(), "localhost".into()],
+        AUTO_TLS_VALIDITY,
+    )
+    .unwrap();
+    assert_eq!(
+        files.cert_file,
+        data_dir.path().join("fixtures/peer/cert.pem")
+    );
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(&files.key_file).unwrap().permissions(),
+    );
     assert_eq!(mode & 0o777, 0o600);
     let first = std::fs::read(&files.cert_file).unwrap();
-    let again = auto_tls(data_dir.path(), "peer", &["other".into()], AUTO_TLS_VALIDITY).unwrap();
+    let again = auto_tls(
+        data_dir.path(),
+        "peer",
+        &["other".into()],
+        AUTO_TLS_VALIDITY,
+    )
+    .unwrap();
     assert_eq!(again, files);
-    assert_eq!(std::fs::read(&files.cert_file).unwrap(), first, "existing files are reused");
+    assert_eq!(
+        std::fs::read(&files.cert_file).unwrap(),
+        first,
+        "existing files are reused"
+    );
 
     let server = server_config(&ServerTlsOptions {
         cert_file: files.cert_file.clone(),
@@ -377,7 +531,11 @@ fn auto_tls_generates_once_and_serves() {
         ..Default::default()
     })
     .unwrap();
-    let insecure = client_config(&ClientTlsOptions { insecure_skip_verify: true, ..Default::default() }).unwrap();
+    let insecure = client_config(&ClientTlsOptions {
+        insecure_skip_verify: true,
+        ..Default::default()
+    })
+    .unwrap();
     let out = serve(server, vec![(insecure, "127.0.0.1")]);
     assert_eq!(out[0], (Ok(None), Ok(())));
 }
