@@ -11,6 +11,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::thread::JoinHandle;
@@ -47,7 +48,14 @@ pub trait Storage: Send + 'static {
 pub struct FileStorage {
     dir: PathBuf,
     preparing: Option<io::Result<JoinHandle<io::Result<()>>>>,
+    /// `LOCK` in the directory, held with an exclusive `flock` while this storage lives,
+    /// so two logs never write one directory. Released after the preparation thread is
+    /// joined in `drop`.
+    _lock: File,
 }
+
+/// Name of the lock file in a log directory.
+pub const LOCK_FILE_NAME: &str = "LOCK";
 
 /// Zero-fill chunk used while preparing a segment.
 const PREPARE_CHUNK_BYTES: usize = 1024 * 1024;
@@ -57,10 +65,29 @@ impl FileStorage {
     pub fn open_dir(dir: impl AsRef<Path>) -> io::Result<FileStorage> {
         let dir = dir.as_ref().to_path_buf();
         fs::create_dir_all(&dir)?;
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join(LOCK_FILE_NAME))?;
+        // SAFETY: flock takes a file descriptor we own (kept open in `lock`) and flags; it
+        // touches no memory of ours.
+        let rc = unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if rc != 0 {
+            let e = io::Error::last_os_error();
+            return Err(io::Error::new(
+                e.kind(),
+                format!(
+                    "log directory {} is in use by another log ({e})",
+                    dir.display()
+                ),
+            ));
+        }
         sync_dir(&dir)?;
         Ok(FileStorage {
             dir,
             preparing: None,
+            _lock: lock,
         })
     }
 

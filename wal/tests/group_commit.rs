@@ -233,3 +233,59 @@ fn group_wal_crash_at_every_operation_keeps_acknowledged_appends() {
         }
     }
 }
+
+/// Appends made before a `GroupWal` is dropped are still made durable and acknowledged.
+#[test]
+fn appends_made_before_drop_complete() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().to_path_buf();
+    let options = WalOptions {
+        segment_bytes: 16 * 1024,
+        batch_bytes_max: 4 * 1024,
+    };
+    on_executor(async move || {
+        let (wal, _) = GroupWal::open(&p, options).await.unwrap();
+        let futures: Vec<_> = (1..=5).map(|i| wal.append(vec![entry(i)])).collect();
+        drop(wal);
+        for f in futures {
+            f.await.unwrap();
+        }
+        // The dropped log's I/O thread may still be finishing (preparing the next segment):
+        // it holds the directory's lock until it exits, and a second log is refused meanwhile.
+        let mut tries = 0;
+        let (wal, rec) = loop {
+            match GroupWal::open(&p, options).await {
+                Ok(opened) => break opened,
+                Err(e) if e.io_kind() == Some(std::io::ErrorKind::WouldBlock) && tries < 500 => {
+                    assert!(e.to_string().contains("in use"), "{e}");
+                    tries += 1;
+                    glommio::timer::sleep(std::time::Duration::from_millis(10)).await;
+                }
+                Err(e) => panic!("reopen: {e}"),
+            }
+        };
+        let got: Vec<u64> = rec.entries.iter().map(|e| e.index).collect();
+        assert_eq!(got, vec![1, 2, 3, 4, 5]);
+        wal.close().await;
+    });
+}
+
+/// Two logs on one directory: the second is refused while the first is open.
+#[test]
+fn a_directory_holds_one_log_at_a_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().to_path_buf();
+    let small = WalOptions {
+        segment_bytes: 64 * 1024,
+        batch_bytes_max: 4 * 1024,
+    };
+    on_executor(async move || {
+        let (wal, _) = GroupWal::open(&p, small).await.unwrap();
+        let second = GroupWal::open(&p, small).await;
+        let err = second.err().expect("refused");
+        assert!(err.to_string().contains("in use"), "{err}");
+        wal.close().await;
+        let (wal, _) = GroupWal::open(&p, small).await.unwrap();
+        wal.close().await;
+    });
+}
