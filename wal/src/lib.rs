@@ -9,8 +9,10 @@
 //!   real-file implementation ([`FileStorage`]) and a simulated disk ([`sim`]) that keeps
 //!   written and synced bytes apart and injects crashes, torn writes, EIO and ENOSPC.
 //! - [`GroupWal`]: the group-commit front end for a glommio executor. Concurrent
-//!   `append`s share one write and one fdatasync, run on a dedicated I/O thread; each
-//!   `append` future resolves only once its records are durable.
+//!   `append`s share one write and one fdatasync, run on a dedicated I/O thread (never a
+//!   blocking syscall on the executor); each `append` future resolves only once its records
+//!   are durable. The next segment is prepared (zero-filled, synced) on its own thread
+//!   while the current one fills.
 //!
 //! # Invariants
 //! - An acknowledged append is durable: it was written and `fdatasync`ed before its
@@ -22,7 +24,9 @@
 //!   silently dropped, except within that last-batch window, where it cannot be told from a
 //!   torn write).
 //! - Logged entries form one contiguous run: an entry with index `i` must be at most one
-//!   past the last and above the snapshot marker; it supersedes every entry `>= i`.
+//!   past Raft's last index (last entry or snapshot marker) and above the snapshot marker;
+//!   it supersedes every entry `>= i`. Appends breaking this are refused, nothing written.
+//! - One log per directory (an exclusive `flock` on `LOCK`); only the I/O thread writes.
 //! - Every segment begins with the hard state and snapshot marker current when it was
 //!   started, so freeing a prefix of segments never loses them.
 //! - After a failed segment write or sync the log is poisoned: it accepts no more
@@ -30,7 +34,10 @@
 //!
 //! # Non-goals
 //! - Reading the log while it is open (recovery returns everything the server needs).
-//! - Sharing one log between threads or processes; the log is owned by one core.
+//! - Sharing one log between executors or processes; the log is owned by one core.
+//! - Limits beyond the named ones: `batch_bytes_max` bounds one append and one sync's
+//!   bytes, `segment_bytes` a segment; the number of segments is the caller's to bound by
+//!   logging snapshot markers and calling `release_below`.
 //! - Surviving lost or corrupted acknowledged data beyond detecting it.
 //! - Compression or encryption of records.
 
