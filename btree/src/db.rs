@@ -1094,6 +1094,97 @@ impl DbWriter {
         Ok(false)
     }
 
+    /// Full consistency check of the published tree and the page accounting (tests, tools):
+    /// keys ordered within and across pages, no page reachable twice, and every page of the
+    /// file exactly once in the tree, the free set, the pending lists or the free list's pages.
+    /// Call right after a commit.
+    pub fn check(&self) -> Result<(), String> {
+        if !self.dirty.is_empty() || !self.freed_now.is_empty() {
+            return Err("check() must run right after a commit".into());
+        }
+        let snap = &self.base;
+        let mut seen: BTreeSet<PageId> = BTreeSet::new();
+        let mut stack: Vec<(PageId, Option<Vec<u8>>, Option<Vec<u8>>, usize)> = Vec::new();
+        if snap.root != 0 {
+            stack.push((snap.root, None, None, 0));
+        }
+        let mut leaf_depth = None;
+        while let Some((id, lo, hi, depth)) = stack.pop() {
+            if !seen.insert(id) {
+                return Err(format!("page {id} reachable twice"));
+            }
+            let p = PageRef::parse(snap.bytes_of(id).map_err(|e| e.to_string())?, id, true)
+                .map_err(|e| e.to_string())?;
+            p.check_order().map_err(|e| e.to_string())?;
+            for i in 0..p.len() {
+                let k = p.key(i);
+                if lo.as_deref().is_some_and(|lo| k < lo) || hi.as_deref().is_some_and(|hi| k >= hi)
+                {
+                    return Err(format!("page {id} key {i} outside its parent's bounds"));
+                }
+            }
+            if p.is_leaf() {
+                if *leaf_depth.get_or_insert(depth) != depth {
+                    return Err(format!(
+                        "leaf {id} at depth {depth}, others at {leaf_depth:?}"
+                    ));
+                }
+                for i in 0..p.len() {
+                    if let ValRef::Overflow { first, len } = p.value(i) {
+                        let mut o = first;
+                        for _ in 0..(len as usize).div_ceil(OVERFLOW_DATA_BYTES) {
+                            if !seen.insert(o) {
+                                return Err(format!("overflow page {o} reachable twice"));
+                            }
+                            let b = snap.bytes_of(o).map_err(|e| e.to_string())?;
+                            o = rd_u64(b, OVERFLOW_OFF_NEXT);
+                            if o == 0 {
+                                break;
+                            }
+                        }
+                    }
+                }
+            } else {
+                for i in 0..=p.len() {
+                    let clo = if i == 0 {
+                        lo.clone()
+                    } else {
+                        Some(p.key(i - 1).to_vec())
+                    };
+                    let chi = if i == p.len() {
+                        hi.clone()
+                    } else {
+                        Some(p.key(i).to_vec())
+                    };
+                    stack.push((p.child(i), clo, chi, depth + 1));
+                }
+            }
+        }
+        let mut accounted = seen.len() as u64;
+        for id in self
+            .free
+            .iter()
+            .chain(self.pending.iter().flat_map(|(_, v)| v.iter()))
+            .chain(self.freelist_pages.iter())
+        {
+            if *id < 2 || *id >= self.page_count {
+                return Err(format!("free page {id} outside the file"));
+            }
+            if !seen.insert(*id) {
+                return Err(format!("page {id} both in use and free (or free twice)"));
+            }
+            accounted += 1;
+        }
+        if accounted != self.page_count - 2 {
+            return Err(format!(
+                "{} pages accounted for, file has {} (leak)",
+                accounted,
+                self.page_count - 2
+            ));
+        }
+        Ok(())
+    }
+
     /// Reusable free pages below `cutoff` (where defragmentation can move pages to).
     pub fn free_below(&self, cutoff: PageId) -> usize {
         self.free.range(..cutoff).count()

@@ -796,6 +796,12 @@ impl MvccStore {
         Ok(())
     }
 
+    /// Full consistency check of the tree and page accounting (see `DbWriter::check`); only
+    /// meaningful when the writer has no uncommitted changes.
+    pub fn check(&self) -> Result<(), String> {
+        self.lock().db.check()
+    }
+
     pub fn size_bytes(&self) -> u64 {
         self.inner.reader.file_bytes()
     }

@@ -135,6 +135,8 @@ fn crash_at_every_io_reopens_a_durable_commit() {
                 "cut {cut} seed {seed}: state differs from commit {commit}"
             );
             reopened_at.insert(commit);
+            s2.check()
+                .unwrap_or_else(|e| panic!("cut {cut} seed {seed}: {e}"));
             // The reopened store keeps working.
             let mut w = s2.writer();
             let mut t = w.txn();

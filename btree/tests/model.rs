@@ -69,7 +69,7 @@ fn scan_snapshot(s: &ferrite_btree::Snapshot) -> BTreeMap<Vec<u8>, Vec<u8>> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: cases(48), ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: cases(128), ..ProptestConfig::default() })]
 
     #[test]
     fn db_matches_btreemap(ops in prop::collection::vec(db_op(), 1..300)) {
@@ -94,6 +94,7 @@ proptest! {
                 }
                 DbOp::Commit { durable: d } => {
                     db.writer().commit(d).unwrap();
+                    if let Err(e) = db.writer().check() { prop_assert!(false, "{}", e); }
                     committed = working.clone();
                     if d { durable = working.clone(); }
                     prop_assert_eq!(&scan_snapshot(&db.read()), &committed);
@@ -104,6 +105,7 @@ proptest! {
                     let img = sim.crash_image(seed);
                     sim = Arc::new(SimStorage::new(img));
                     db = Db::open_storage(sim.clone(), opts.clone()).unwrap();
+                    if let Err(e) = db.writer().check() { prop_assert!(false, "after reopen: {}", e); }
                     let got = scan_snapshot(&db.read());
                     // A forced durable commit (free-space pressure) may have moved "durable" on.
                     prop_assert!(got == durable || got == committed, "reopened state is neither the durable nor the last commit");
@@ -248,7 +250,7 @@ fn frac(f: u8, max: i64) -> i64 {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: cases(48), ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: cases(128), ..ProptestConfig::default() })]
 
     #[test]
     fn mvcc_matches_model(ops in prop::collection::vec(m_op(), 1..150)) {
@@ -304,6 +306,7 @@ proptest! {
                     store.writer().put_meta(b"commits", &commits.to_le_bytes());
                     working.meta = commits;
                     store.writer().commit(d).unwrap();
+                    if let Err(e) = store.check() { prop_assert!(false, "{}", e); }
                     committed = working.clone();
                     if d { durable = working.clone(); }
                 }
@@ -412,6 +415,7 @@ proptest! {
                     working.compact = v.compact_revision();
                     committed = working.clone();
                     store.finish_compaction().unwrap();
+                    if let Err(e) = store.check() { prop_assert!(false, "after reopen: {}", e); }
                     if let Ok(h1) = h1 { prop_assert_eq!(h1, store.hash_kv(0).unwrap()); }
                 }
             }

@@ -327,3 +327,37 @@ fn snapshot_roundtrip() {
     )
     .is_err());
 }
+
+#[test]
+fn handles_cross_threads() {
+    fn send_sync<T: Send + Sync>() {}
+    fn send<T: Send>() {}
+    send_sync::<MvccStore>();
+    send::<ferrite_btree::ReadView>();
+    send::<ferrite_btree::Writer>();
+}
+
+#[test]
+fn events_never_split_a_revision() {
+    let (_d, s) = store();
+    let mut w = s.writer();
+    for r in 0..3 {
+        let mut t = w.txn();
+        for i in 0..4 {
+            t.put(format!("k{r}{i}").as_bytes(), b"v", 0);
+        }
+        t.end();
+    }
+    w.commit(false).unwrap();
+    let v = s.read();
+    let ev = v.events(1, &[0], &[0], 5).unwrap();
+    assert_eq!(
+        ev.len(),
+        8,
+        "5 requested: the second revision is finished, not split"
+    );
+    assert!(ev.iter().all(|e| e.kv.mod_revision <= 2));
+    let ev = v.events(2, b"k20", b"k30", 1).unwrap();
+    assert_eq!(ev.len(), 4);
+    assert!(ev.iter().all(|e| e.kv.mod_revision == 3));
+}
