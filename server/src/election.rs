@@ -88,7 +88,8 @@ impl<K: Kv, W: Watch> ElectionService<K, W> {
             })],
         };
         let resp = self.kv.txn(Request::new(txn)).await?.into_inner();
-        let mut header = resp.header.clone();
+        // etcd answers with the header of the campaign txn.
+        let header = resp.header;
         let mut leader_rev = header.as_ref().map_or(0, |h| h.revision);
         if !resp.succeeded {
             let existing = txn_range(&resp, 0)?
@@ -114,10 +115,6 @@ impl<K: Kv, W: Watch> ElectionService<K, W> {
                 drop(guard);
                 return Err(e);
             }
-        }
-        if let Some(h) = header.as_mut() {
-            // etcd answers with the header of the campaign txn.
-            h.revision = h.revision.max(0);
         }
         Ok(CampaignResponse {
             header,
@@ -238,7 +235,7 @@ impl<K: Kv, W: Watch> ElectionService<K, W> {
                         for ev in wr.events {
                             if ev.r#type == EventType::Put as i32 {
                                 if let Some(kv) = ev.kv {
-                                    let mut h = wr.header.clone();
+                                    let mut h = wr.header;
                                     if let Some(h) = h.as_mut() {
                                         h.revision = kv.mod_revision;
                                     }
@@ -253,7 +250,7 @@ impl<K: Kv, W: Watch> ElectionService<K, W> {
             };
             let leader_rev = header.as_ref().map_or(0, |h| h.revision);
             let first = LeaderResponse {
-                header: header.clone(),
+                header,
                 kv: Some(kv.clone()),
             };
             if futures_util::SinkExt::send(&mut tx, Ok(first))
@@ -285,9 +282,9 @@ impl<K: Kv, W: Watch> ElectionService<K, W> {
                         deleted = true;
                         break;
                     }
-                    header = wr.header.clone();
+                    header = wr.header;
                     let update = LeaderResponse {
-                        header: header.clone(),
+                        header,
                         kv: ev.kv,
                     };
                     if futures_util::SinkExt::send(&mut tx, Ok(update))
