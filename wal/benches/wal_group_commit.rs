@@ -207,8 +207,13 @@ fn group(dir: &Path, secs: Duration, appenders: usize, record_bytes: usize) -> R
     let d = wal_dir.clone();
     let (mut lats, elapsed, stats) = executor(async move || {
         let (wal, _) = GroupWal::open(&d, WalOptions::default()).await.unwrap();
-        // Let the first spare segment be prepared before measuring.
-        glommio::timer::sleep(Duration::from_millis(300)).await;
+        // Measure the steady state: wait until the spare segment the log prepares at open
+        // is in place (its zero-fill would otherwise compete with the first commits).
+        let spare = d.join(ferrite_wal::format::segment_file_name(1));
+        let wait_start = Instant::now();
+        while !spare.exists() && wait_start.elapsed() < Duration::from_secs(30) {
+            glommio::timer::sleep(Duration::from_millis(20)).await;
+        }
         let wal = Rc::new(wal);
         let next = Rc::new(Cell::new(1u64));
         let lats = Rc::new(RefCell::new(Vec::new()));

@@ -57,7 +57,7 @@ pub struct FileStorage {
 /// Name of the lock file in a log directory.
 pub const LOCK_FILE_NAME: &str = "LOCK";
 
-/// Zero-fill chunk used while preparing a segment.
+/// Zero-fill chunk used while preparing a segment (written, then synced, one at a time).
 const PREPARE_CHUNK_BYTES: usize = 1024 * 1024;
 
 impl FileStorage {
@@ -122,6 +122,9 @@ fn prepare_file(
         let n = (len_bytes - at).min(PREPARE_CHUNK_BYTES as u64) as usize;
         f.write_all(&zeros[..n])?;
         at += n as u64;
+        // Sync chunk by chunk: a whole segment of dirty pages written back at once would
+        // queue tens of MiB ahead of the log's own fdatasyncs on the same disk.
+        f.sync_data()?;
     }
     f.sync_all()?;
     drop(f);
