@@ -294,6 +294,9 @@ fn io_thread<S: Storage>(
     opened: Responder<Recovered>,
     exited: Responder<()>,
 ) {
+    // However this thread ends (even by a panic), the queue is closed and whatever is
+    // still in it is answered with `Closed`, so no appender waits forever.
+    let _closer = CloseOnExit(shared.clone());
     let mut wal = match opened_wal {
         Ok((wal, recovered)) => {
             opened.send(Ok(recovered));
@@ -353,6 +356,23 @@ fn commit<S: Storage>(
     appends.clear();
     for (r, w) in results.into_iter().zip(waiting.drain(..)) {
         w.send(r);
+    }
+}
+
+struct CloseOnExit(Arc<Shared>);
+
+impl Drop for CloseOnExit {
+    fn drop(&mut self) {
+        close_queue(&self.0);
+        let left = std::mem::take(
+            &mut self
+                .0
+                .queue
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .requests,
+        );
+        drop(left); // each unanswered Responder answers `Closed`
     }
 }
 
