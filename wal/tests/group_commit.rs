@@ -289,3 +289,36 @@ fn a_directory_holds_one_log_at_a_time() {
         wal.close().await;
     });
 }
+
+/// Through the front end: an fdatasync EIO fails the group with the I/O error, every later
+/// append fails with `Poisoned`, and what was acknowledged before survives a crash.
+#[test]
+fn group_wal_eio_poisons_and_keeps_acknowledged() {
+    use ferrite_wal::sim::{Fault, SimDisk, SimRng};
+    let options = WalOptions {
+        segment_bytes: 64 * 1024,
+        batch_bytes_max: 4 * 1024,
+    };
+    let disk = SimDisk::new();
+    let d = disk.clone();
+    on_executor(async move || {
+        let d2 = d.clone();
+        let (wal, _) = GroupWal::open_with(move || Ok(d2.storage()), options, "sim".into())
+            .await
+            .unwrap();
+        for i in 1..=3 {
+            wal.append(vec![entry(i)]).await.unwrap();
+        }
+        // The next operations are this append's write, then its fdatasync: fail the sync.
+        d.inject(d.ops() + 1, Fault::Eio);
+        let err = wal.append(vec![entry(4)]).await.unwrap_err();
+        assert!(err.to_string().contains("fdatasync"), "{err}");
+        let later = wal.append(vec![entry(5)]).await;
+        assert!(matches!(later, Err(WalError::Poisoned { .. })), "{later:?}");
+        wal.close().await;
+    });
+    let (_, rec) =
+        ferrite_wal::Wal::open(disk.after_crash(&mut SimRng::new(1)).storage(), options).unwrap();
+    let got: Vec<u64> = rec.entries.iter().map(|e| e.index).collect();
+    assert!(got == vec![1, 2, 3] || got == vec![1, 2, 3, 4], "{got:?}");
+}
