@@ -859,7 +859,15 @@ impl DbWriter {
             return Ok(false);
         };
         self.root = root;
-        // Collapse an empty root.
+        self.collapse_root()?;
+        Ok(true)
+    }
+
+    /// Replaces a root branch with no keys by its only child, and an empty root leaf by nothing.
+    fn collapse_root(&mut self) -> Result<(), StoreError> {
+        if self.root == 0 || !matches!(self.dirty.get(&self.root), Some(Dirty::Node(_))) {
+            return Ok(());
+        }
         loop {
             let collapse = match self.node_mut(self.root) {
                 Node::Leaf { keys, .. } if keys.is_empty() => Some(0),
@@ -879,7 +887,7 @@ impl DbWriter {
                 }
             }
         }
-        Ok(true)
+        Ok(())
     }
 
     fn remove_rec(&mut self, page: PageId, key: &[u8]) -> Result<Option<PageId>, StoreError> {
@@ -927,31 +935,33 @@ impl DbWriter {
         if child_bytes >= PAGE_SIZE / 4 || nchildren < 2 {
             return Ok(());
         }
-        let (l, r) = if idx + 1 < nchildren {
+        let (l, _r) = if idx + 1 < nchildren {
             (idx, idx + 1)
         } else {
             (idx - 1, idx)
         };
+        self.merge_pair(id, l, PAGE_SIZE)?;
+        Ok(())
+    }
+
+    /// Merges children `l` and `l + 1` of dirty branch `id` into one page if the result takes
+    /// at most `bytes_max`. Returns whether it merged.
+    fn merge_pair(&mut self, id: PageId, l: usize, bytes_max: usize) -> Result<bool, StoreError> {
+        let r = l + 1;
         let (lid, rid, sep) = match self.node_mut(id) {
             Node::Branch { keys, children } => (children[l], children[r], keys[l].clone()),
             Node::Leaf { .. } => unreachable!(),
         };
-        let lb = match self.node(lid)? {
-            NodeRef::Mem(n) => n.encoded_bytes(),
-            NodeRef::Page(p) => Node::from_page(&p).encoded_bytes(),
-        };
-        let rb = match self.node(rid)? {
-            NodeRef::Mem(n) => n.encoded_bytes(),
-            NodeRef::Page(p) => Node::from_page(&p).encoded_bytes(),
-        };
+        let lb = self.node_bytes(lid)?;
+        let rb = self.node_bytes(rid)?;
         let is_leaf = self.node(lid)?.is_leaf();
         let merged = if is_leaf {
             lb + rb - LEAF_OFF_SLOTS
         } else {
             lb + rb - BRANCH_OFF_SLOTS + branch_entry_bytes(sep.len())
         };
-        if merged > PAGE_SIZE {
-            return Ok(());
+        if merged > bytes_max {
+            return Ok(false);
         }
         let lid = self.make_dirty(lid)?;
         let right = match self.node(rid)? {
@@ -987,7 +997,14 @@ impl DbWriter {
             children.remove(r);
             children[l] = lid;
         }
-        Ok(())
+        Ok(true)
+    }
+
+    fn node_bytes(&self, id: PageId) -> Result<usize, StoreError> {
+        Ok(match self.node(id)? {
+            NodeRef::Mem(n) => n.encoded_bytes(),
+            NodeRef::Page(p) => p.encoded_bytes(),
+        })
     }
 
     /// Relocates up to `pages_max` pages at or above `cutoff` to lower free pages (copy-on-write).
@@ -1003,6 +1020,7 @@ impl DbWriter {
         let mut budget = pages_max;
         let root = self.relocate_rec(self.root, cutoff, &mut budget, 0)?;
         self.root = root;
+        self.collapse_root()?;
         Ok(pages_max - budget)
     }
 
@@ -1057,7 +1075,22 @@ impl DbWriter {
                 }
             }
         } else {
-            let n = node.len();
+            // Merge runs of underfull children (compaction leaves them) into fuller pages.
+            let mut i = 0;
+            while *budget > 0 && i < self.node(id)?.len() {
+                let n = self.node(id)?;
+                let (a, b) = (n.child(i), n.child(i + 1));
+                let fit = self.node_bytes(a)? + self.node_bytes(b)? <= PAGE_SIZE * 7 / 8;
+                if fit {
+                    id = self.make_dirty(id)?;
+                    if self.merge_pair(id, i, PAGE_SIZE * 7 / 8)? {
+                        *budget -= 1;
+                        continue;
+                    }
+                }
+                i += 1;
+            }
+            let n = self.node(id)?.len();
             for i in 0..=n {
                 if *budget == 0 {
                     break;

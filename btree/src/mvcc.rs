@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::db::{Cursor, DbOptions, DbReader, DbWriter, PageSource, Snapshot};
 use crate::error::StoreError;
-use crate::page::{ValRef, PAGE_SIZE};
+use crate::page::{PageId, ValRef, PAGE_SIZE};
 use crate::storage::{FileStorage, Storage};
 
 /// Largest user key (the encoded key must fit `page::KEY_BYTES_MAX` even if every byte is 0).
@@ -963,16 +963,13 @@ fn defrag_slice(db: &mut DbWriter, pages_max: usize) -> Result<bool, StoreError>
     let (in_use, _free, total) = db.page_stats();
     // Aim for the live pages plus 1/16 slack to sit below the cutoff.
     let cutoff = (in_use + in_use / 16 + 2).max(2);
-    if cutoff >= total {
-        return Ok(false);
-    }
+    let cutoff = if cutoff >= total { PageId::MAX } else { cutoff };
     // Only move pages when there is room below the cutoff; pages pinned by readers or waiting
     // for a durable commit become room later.
+    // Without room only merges of underfull pages happen (they need no room).
     let room = db.free_below(cutoff).min(pages_max);
-    if room == 0 {
-        return Ok(false);
-    }
-    let moved = db.relocate_above(cutoff, room)?;
+    let cutoff = if room == 0 { PageId::MAX } else { cutoff };
+    let moved = db.relocate_above(cutoff, pages_max)?;
     Ok(moved > 0)
 }
 

@@ -191,9 +191,7 @@ impl<'a> PageRef<'a> {
         if entries_start > PAGE_SIZE {
             return Err(corrupt(id, format!("count {count} overflows the page")));
         }
-        if !leaf && count == 0 {
-            return Err(corrupt(id, "branch with no keys"));
-        }
+        // A branch may have no keys (one child) after merges below it.
         let mut prev_end = entries_start;
         for i in 0..count {
             let off = rd_u16(bytes, slots + i * SLOT_BYTES) as usize;
@@ -244,6 +242,29 @@ impl<'a> PageRef<'a> {
 
     pub fn is_leaf(&self) -> bool {
         self.leaf
+    }
+    /// Bytes the node's content takes (as `Node::encoded_bytes`).
+    pub fn encoded_bytes(&self) -> usize {
+        let mut total = if self.leaf {
+            LEAF_OFF_SLOTS
+        } else {
+            BRANCH_OFF_SLOTS
+        };
+        for i in 0..self.count {
+            let klen = self.key(i).len();
+            total += if self.leaf {
+                SLOT_BYTES
+                    + LEAF_ENTRY_HEADER_BYTES
+                    + klen
+                    + match self.value(i) {
+                        ValRef::Inline(v) => v.len(),
+                        ValRef::Overflow { .. } => 8,
+                    }
+            } else {
+                branch_entry_bytes(klen)
+            };
+        }
+        total
     }
     /// Checks that keys are strictly ascending.
     pub fn check_order(&self) -> Result<(), StoreError> {

@@ -163,6 +163,7 @@ enum MOp {
     Crash {
         seed: u64,
     },
+    Defragment,
 }
 
 const KEYS: &[&[u8]] = &[
@@ -190,11 +191,12 @@ fn m_op() -> impl Strategy<Value = MOp> {
             .prop_map(|(key, end, rev_frac, limit, count_only, keys_only, filter, filter_frac)| MOp::Range { key, end, rev_frac, limit, count_only, keys_only, filter, filter_frac }),
         2 => any::<u8>().prop_map(|from_frac| MOp::Events { from_frac }),
         1 => any::<u64>().prop_map(|seed| MOp::Crash { seed }),
+        1 => Just(MOp::Defragment),
     ]
 }
 
 /// The history: every write as (main, sub, key, kv or None for a delete).
-#[derive(Clone, Default, Debug)]
+#[derive(Clone, Default, Debug, PartialEq)]
 struct Model {
     hist: Vec<(i64, i64, Vec<u8>, Option<KeyValue>)>,
     rev: i64,
@@ -396,6 +398,15 @@ proptest! {
                         };
                         prop_assert_eq!(brief(&got), brief(&want), "from {} compact {}", from, committed.compact);
                         prop_assert_eq!(got, want);
+                    }
+                }
+                MOp::Defragment => {
+                    let clean = working == committed;
+                    store.defragment().unwrap();
+                    if clean {
+                        // Each slice is a durable commit of the unchanged state.
+                        durable = committed.clone();
+                        if let Err(e) = store.check() { prop_assert!(false, "after defragment: {}", e); }
                     }
                 }
                 MOp::Crash { seed } => {

@@ -361,3 +361,48 @@ fn events_never_split_a_revision() {
     assert_eq!(ev.len(), 4);
     assert!(ev.iter().all(|e| e.kv.mod_revision == 3));
 }
+
+#[test]
+fn compaction_then_defragment_shrinks_the_file() {
+    let (_d, s) = store();
+    let mut w = s.writer();
+    let value = [9u8; 256];
+    // 20k keys, then every key overwritten twice: two thirds of the versions are history.
+    for round in 0..3 {
+        for chunk in 0..20 {
+            for i in 0..1000u32 {
+                let mut t = w.txn();
+                let k = (i * 7919 + chunk * 1000) % 20_000;
+                t.put(
+                    format!("key/{k:08}/{round}").as_bytes()[..12].as_ref(),
+                    &value,
+                    0,
+                );
+                t.end();
+            }
+            w.commit(false).unwrap();
+        }
+    }
+    w.commit(true).unwrap();
+    let full = s.size_bytes();
+    s.compact(s.read().revision()).unwrap();
+    s.finish_compaction().unwrap();
+    w.commit(true).unwrap();
+    s.defragment().unwrap();
+    s.check().unwrap();
+    let after = s.size_bytes();
+    assert!(
+        after * 2 < full,
+        "defragment after compacting 2/3 of the versions: {full} -> {after} bytes"
+    );
+    let r = s
+        .read()
+        .range(&RangeOptions {
+            key: b"key/".to_vec(),
+            range_end: b"key0".to_vec(),
+            count_only: true,
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(r.count, 20_000);
+}
