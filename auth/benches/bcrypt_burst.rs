@@ -5,6 +5,7 @@
 //! Authenticate-style password checks against a bcrypt hash runs on the same executor:
 //! - `inline`: `verify_password` called directly in the task (what the server must not do);
 //! - `pool`: `HashPool::verify(..).await` (dedicated bcrypt threads, Send oneshot reply).
+//!
 //! Prints p50 / p99 / max lateness for each, and the burst's wall time.
 //!
 //! Run: `cargo bench -p ferrite-auth --bench bcrypt_burst` (env BCRYPT_COST, default 10 =

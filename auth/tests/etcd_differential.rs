@@ -267,6 +267,10 @@ fn random_range(rng: &mut Rng, key: &str) -> Range {
     }
 }
 
+/// The model's answer to an operation: Ok(Some(output to compare)), Ok(None) for success
+/// without output, or Err(etcd's error text).
+type Expected = Box<dyn Fn(&mut Model) -> Result<Option<String>, String>>;
+
 /// One random operation: runs it on etcd and on the model, asserts equal answers.
 fn step(etcd: &Etcd, m: &mut Model, rng: &mut Rng, i: usize, stats: &mut HashMap<String, usize>) {
     let root_pw = m
@@ -276,12 +280,7 @@ fn step(etcd: &Etcd, m: &mut Model, rng: &mut Rng, i: usize, stats: &mut HashMap
         .unwrap_or_else(|| "rootpw".into());
     let as_root = format!("root:{root_pw}");
     let kind = rng.next() % 100;
-    let (args, user, stdin, expected): (
-        Vec<String>,
-        String,
-        String,
-        Box<dyn Fn(&mut Model) -> Result<Option<String>, String>>,
-    );
+    let (args, user, stdin, expected): (Vec<String>, String, String, Expected);
     macro_rules! admin {
         ($m:ident, $cmd:expr) => {{
             let caller = $m.login("root", &root_pw)?;

@@ -194,12 +194,15 @@ impl Pki {
     }
 }
 
+/// Per connection: the server's result (Ok(peer CN) or its error), the client's result.
+type Outcome = (Result<Option<String>, String>, Result<(), String>);
+
 /// One client connection against a server accepting `connections` clients in turn. Returns,
 /// per connection, the server's outcome (Ok(peer CN) or the error) and the client's.
 fn serve(
     server: Arc<ServerConfig>,
     clients: Vec<(Arc<ClientConfig>, &'static str)>,
-) -> Vec<(Result<Option<String>, String>, Result<(), String>)> {
+) -> Vec<Outcome> {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     let n = clients.len();
@@ -245,7 +248,7 @@ fn serve(
     server_results.into_iter().zip(client_results).collect()
 }
 
-fn expect_refused(outcome: &(Result<Option<String>, String>, Result<(), String>), reason: &str) {
+fn expect_refused(outcome: &Outcome, reason: &str) {
     let server_err = outcome
         .0
         .as_ref()
