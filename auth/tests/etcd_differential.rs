@@ -62,10 +62,16 @@ fn have_etcd() -> bool {
 
 impl Etcd {
     fn start(extra: &[String]) -> Etcd {
+        Self::start_with("http", extra)
+    }
+
+    /// `scheme` "https" serves the client port with the TLS flags in `extra`; readiness is
+    /// then only awaited as an open port.
+    fn start_with(scheme: &str, extra: &[String]) -> Etcd {
         let dir = tempfile::tempdir().unwrap();
         let client_port = free_port();
         let peer_port = free_port();
-        let client = format!("http://127.0.0.1:{client_port}");
+        let client = format!("{scheme}://127.0.0.1:{client_port}");
         let peer = format!("http://127.0.0.1:{peer_port}");
         let log = std::fs::File::create(dir.path().join("etcd.log")).unwrap();
         let child = Command::new("etcd")
@@ -100,7 +106,9 @@ impl Etcd {
             _dir: dir,
         };
         let deadline = Instant::now() + Duration::from_secs(20);
-        while etcd.ctl(&["endpoint", "health"], None, "").is_err() {
+        while (scheme == "http" && etcd.ctl(&["endpoint", "health"], None, "").is_err())
+            || (scheme == "https" && TcpStream::connect(("127.0.0.1", client_port)).is_err())
+        {
             assert!(Instant::now() < deadline, "etcd did not become healthy");
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -847,4 +855,96 @@ fn jwt_tokens_and_auth_revision_match_etcd() {
         m.store.is_put_permitted(Some(&info), b"/p/k"),
         Err(AuthError::AuthOldRevision)
     );
+}
+
+/// TLS interop with Go: certificates from `tls::auto_tls` and rcgen served by etcd, reached
+/// with ferrite's rustls client configuration (client certificate, CA verification), and Go's
+/// etcdctl verifying an --auto-tls certificate.
+#[test]
+fn tls_interop_with_etcd() {
+    use ferrite_auth::rustls::{ClientConnection, StreamOwned};
+    use ferrite_auth::tls::{auto_tls, client_config, ClientTlsOptions, AUTO_TLS_VALIDITY};
+    if !have_etcd() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    // The --auto-tls certificate is self-signed: it serves as etcd's server certificate, as
+    // the CA both sides trust, and as the client certificate.
+    let files = auto_tls(
+        dir.path(),
+        "client",
+        &["127.0.0.1".into()],
+        AUTO_TLS_VALIDITY,
+    )
+    .unwrap();
+    let etcd = Etcd::start_with(
+        "https",
+        &[
+            "--cert-file".into(),
+            files.cert_file.display().to_string(),
+            "--key-file".into(),
+            files.key_file.display().to_string(),
+            "--trusted-ca-file".into(),
+            files.cert_file.display().to_string(),
+            "--client-cert-auth".into(),
+        ],
+    );
+    let cfg = client_config(&ClientTlsOptions {
+        cert_file: Some(files.cert_file.clone()),
+        key_file: Some(files.key_file.clone()),
+        trusted_ca_file: Some(files.cert_file.clone()),
+        ..Default::default()
+    })
+    .unwrap();
+    // etcd's HTTP mux also answers /health on the client port (ALPN h2 offered; Go accepts
+    // HTTP/1.1 when ALPN is not negotiated, so ask without ALPN).
+    let mut cfg = (*cfg).clone();
+    cfg.alpn_protocols.clear();
+    let cfg = std::sync::Arc::new(cfg);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let body = loop {
+        let attempt = (|| -> std::io::Result<String> {
+            let sock = TcpStream::connect(("127.0.0.1", etcd.client_port))?;
+            sock.set_read_timeout(Some(Duration::from_secs(5)))?;
+            let name = ferrite_auth::rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+            let conn = ClientConnection::new(cfg.clone(), name).map_err(std::io::Error::other)?;
+            let mut tls = StreamOwned::new(conn, sock);
+            tls.write_all(b"GET /health HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")?;
+            let mut out = String::new();
+            let _ = tls.read_to_string(&mut out);
+            Ok(out)
+        })();
+        match attempt {
+            Ok(out) if out.contains("health") => break out,
+            _ if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(200)),
+            other => panic!("no TLS /health answer from etcd: {other:?}"),
+        }
+    };
+    assert!(
+        body.starts_with("HTTP/1.0 200") || body.starts_with("HTTP/1.1 200"),
+        "{body}"
+    );
+    assert!(body.contains("\"health\":\"true\""), "{body}");
+    // Go's client verifies the auto-TLS certificate and presents it back.
+    let mut ok = false;
+    for _ in 0..50 {
+        let out = Command::new("etcdctl")
+            .env("ETCDCTL_API", "3")
+            .arg(format!(
+                "--endpoints=https://127.0.0.1:{}",
+                etcd.client_port
+            ))
+            .arg(format!("--cacert={}", files.cert_file.display()))
+            .arg(format!("--cert={}", files.cert_file.display()))
+            .arg(format!("--key={}", files.key_file.display()))
+            .args(["put", "tls-key", "v"])
+            .output()
+            .unwrap();
+        if out.status.success() {
+            ok = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(ok, "etcdctl over TLS with the auto-TLS certificate failed");
 }
