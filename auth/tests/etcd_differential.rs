@@ -695,16 +695,50 @@ fn random_auth_sequences_match_etcd() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(0x5eed_a117);
     eprintln!("differential auth test: {ops} ops, FERRITE_AUTH_DIFF_SEED={seed}");
-    let etcd = Etcd::start(&[]);
+    // JWT tokens, so that etcd's auth revision can be read out of them as we go.
+    let keys = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data");
+    let opts = format!(
+        "jwt,pub-key={},priv-key={},sign-method=RS256,ttl=5m",
+        keys.join("rsa-test-pub.pem").display(),
+        keys.join("rsa-test-priv.pem").display()
+    );
+    let mut verifier = TokenProvider::from_flags(&opts, Duration::from_secs(300)).unwrap();
+    let etcd = Etcd::start(&["--auth-token".into(), opts]);
     let mut m = Model {
         store: AuthStore::new(),
         passwords: HashMap::new(),
     };
     let mut rng = Rng(seed | 1);
     let mut stats = HashMap::new();
+    let mut revisions_compared = 0;
     for i in 0..ops {
         step(&etcd, &mut m, &mut rng, i, &mut stats);
+        // With auth on, root's token says which auth revision etcd is at.
+        let root_pw = m.passwords.get("root").cloned();
+        if let (true, Some(pw)) = (m.store.is_enabled(), root_pw) {
+            let body = etcd.http_post(
+                "/v3/auth/authenticate",
+                &format!(r#"{{"name":"root","password":"{pw}"}}"#),
+                None,
+            );
+            let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+            let token = v["token"]
+                .as_str()
+                .unwrap_or_else(|| panic!("op #{i}: {body}"));
+            match verifier.info(token, 0, 0, now_ms()) {
+                TokenCheck::Valid(info) => {
+                    assert_eq!(
+                        info.revision,
+                        m.store.revision(),
+                        "auth revision after op #{i}"
+                    );
+                    revisions_compared += 1;
+                }
+                other => panic!("etcd's token refused: {other:?}"),
+            }
+        }
     }
+    eprintln!("auth revision compared with etcd's after {revisions_compared} ops");
     eprintln!(
         "final auth revision {} enabled {}",
         m.store.revision(),
