@@ -10,6 +10,8 @@
 //!   checks never block a glommio executor.
 //! - [`tls`]: rustls server/client configurations from etcd's TLS flags, --auto-tls, the
 //!   allowed-CN/hostname peer checks, and the verified client certificate's common name.
+//! - [`gosort`]: Go 1.19's unstable `sort.Sort`, so that permissions with equal keys are
+//!   ordered exactly as etcd orders them.
 //!
 //! Invariants: `AuthStore::apply` is deterministic (no clock, no randomness, passwords arrive
 //! hashed); the auth revision starts at 1 and only grows; when auth is enabled the user `root`
