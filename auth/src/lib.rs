@@ -44,3 +44,12 @@ pub use tokens::{TokenCheck, TokenConfigError, TokenProvider};
 /// same versions.
 pub use futures_rustls;
 pub use futures_rustls::rustls;
+
+/// The server shares these across cores (in an `Arc`, the token provider behind a `Mutex`).
+const _: () = {
+    const fn send_sync<T: Send + Sync>() {}
+    send_sync::<AuthStore>();
+    send_sync::<TokenProvider>();
+    send_sync::<HashPool>();
+    send_sync::<AuthError>();
+};
