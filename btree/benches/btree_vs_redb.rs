@@ -48,7 +48,12 @@ fn bench_keys() -> usize {
 }
 
 fn ferrite_fill(path: &Path, keys: &[Vec<u8>], batch: usize) -> Db {
-    let db = Db::open(path, DbOptions::default()).unwrap();
+    let opts = DbOptions {
+        // FERRITE_VERIFY=0 measures reads without per-read page checksums.
+        verify_checksums: std::env::var("FERRITE_VERIFY").map(|v| v != "0").unwrap_or(true),
+        ..DbOptions::default()
+    };
+    let db = Db::open(path, opts).unwrap();
     let value = [0xABu8; VALUE_BYTES];
     {
         let mut w = db.writer();
