@@ -50,7 +50,9 @@ fn bench_keys() -> usize {
 fn ferrite_fill(path: &Path, keys: &[Vec<u8>], batch: usize) -> Db {
     let opts = DbOptions {
         // FERRITE_VERIFY=0 measures reads without per-read page checksums.
-        verify_checksums: std::env::var("FERRITE_VERIFY").map(|v| v != "0").unwrap_or(true),
+        verify_checksums: std::env::var("FERRITE_VERIFY")
+            .map(|v| v != "0")
+            .unwrap_or(true),
         ..DbOptions::default()
     };
     let db = Db::open(path, opts).unwrap();

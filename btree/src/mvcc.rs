@@ -711,6 +711,9 @@ impl MvccStore {
     /// (without sync); otherwise it is published by the writer's next commit.
     pub fn compact(&self, revision: i64) -> Result<(), MvccError> {
         let mut w = self.lock();
+        if w.deferred.is_some() {
+            return Err(MvccError::Store(StoreError::Poisoned));
+        }
         let mut app = w.db.app();
         let cur = app[APP_REV] as i64;
         let compacted = app[APP_COMPACT] as i64;
@@ -727,9 +730,9 @@ impl MvccStore {
             .compact_floor
             .fetch_max(revision, Ordering::AcqRel);
         if was_clean {
-            let opts = &self.inner.opts;
-            compaction_slice(&mut w.db, opts.compaction_entries_per_commit)?;
-            w.db.commit(false)?;
+            let entries = self.inner.opts.compaction_entries_per_commit;
+            let r = compaction_slice(&mut w.db, entries).and_then(|_| w.db.commit(false));
+            poison_on_err(&mut w, r)?;
         }
         Ok(())
     }
@@ -739,12 +742,16 @@ impl MvccStore {
     pub fn finish_compaction(&self) -> Result<(), StoreError> {
         loop {
             let mut w = self.lock();
+            if w.deferred.is_some() {
+                return Err(StoreError::Poisoned);
+            }
             if w.db.has_changes() {
                 return Ok(());
             }
-            let more = compaction_slice(&mut w.db, self.inner.opts.compaction_entries_per_commit)?;
-            w.db.commit(false)?;
-            if !more {
+            let entries = self.inner.opts.compaction_entries_per_commit;
+            let r = compaction_slice(&mut w.db, entries)
+                .and_then(|more| w.db.commit(false).map(|_| more));
+            if !poison_on_err(&mut w, r)? {
                 return Ok(());
             }
         }
@@ -777,12 +784,15 @@ impl MvccStore {
         let slices_max = 2 * pages / self.inner.opts.defrag_pages_per_slice.max(1) as u64 + 8;
         for _ in 0..slices_max {
             let mut w = self.lock();
+            if w.deferred.is_some() {
+                return Err(StoreError::Poisoned);
+            }
             if w.db.has_changes() {
                 return Ok(());
             }
-            let more = defrag_slice(&mut w.db, self.inner.opts.defrag_pages_per_slice)?;
-            w.db.commit(true)?;
-            if !more {
+            let pages = self.inner.opts.defrag_pages_per_slice;
+            let r = defrag_slice(&mut w.db, pages).and_then(|more| w.db.commit(true).map(|_| more));
+            if !poison_on_err(&mut w, r)? {
                 self.inner.defrag_requested.store(false, Ordering::Release);
                 // One more durable commit lets the freed tail be trimmed.
                 drop(w);
@@ -905,6 +915,15 @@ impl MvccStore {
 }
 
 const SNAPSHOT_MAGIC: &[u8] = b"FeSNAP01";
+
+/// A failure half-way through maintenance leaves uncommitted changes that must never be
+/// published: refuse every later commit.
+fn poison_on_err<T>(w: &mut WState, r: Result<T, StoreError>) -> Result<T, StoreError> {
+    if r.is_err() {
+        w.deferred = Some(StoreError::Poisoned);
+    }
+    r
+}
 
 /// One bounded slice of physical compaction. Returns whether work remains.
 fn compaction_slice(db: &mut DbWriter, entries_max: usize) -> Result<bool, StoreError> {
@@ -1080,14 +1099,14 @@ impl Writer {
             return Err(e);
         }
         let opts = &self.inner.opts;
-        compaction_slice(&mut w.db, opts.compaction_entries_per_commit)?;
-        if self.inner.defrag_requested.load(Ordering::Acquire) {
-            let more = defrag_slice(&mut w.db, opts.defrag_pages_per_slice)?;
-            if !more {
+        let defrag = self.inner.defrag_requested.load(Ordering::Acquire);
+        let r = compaction_slice(&mut w.db, opts.compaction_entries_per_commit).and_then(|_| {
+            if defrag && !defrag_slice(&mut w.db, opts.defrag_pages_per_slice)? {
                 self.inner.defrag_requested.store(false, Ordering::Release);
             }
-        }
-        w.db.commit(durable)
+            w.db.commit(durable)
+        });
+        poison_on_err(&mut w, r)
     }
 }
 

@@ -406,3 +406,26 @@ fn compaction_then_defragment_shrinks_the_file() {
         .unwrap();
     assert_eq!(r.count, 20_000);
 }
+
+#[test]
+fn oversized_key_poisons_the_batch_instead_of_publishing_it() {
+    let (_d, s) = store();
+    put(&s, "ok", "1", 0);
+    let mut w = s.writer();
+    let mut t = w.txn();
+    t.put(b"fine", b"v", 0);
+    assert!(t
+        .put(&vec![b'x'; ferrite_btree::mvcc::KEY_BYTES_MAX + 1], b"v", 0)
+        .is_none());
+    t.end();
+    let e = w.commit(false).unwrap_err();
+    assert!(e.to_string().contains("KEY_BYTES_MAX"), "{e}");
+    assert!(matches!(
+        w.commit(false),
+        Err(ferrite_btree::StoreError::Poisoned)
+    ));
+    assert!(s.compact(1).is_err());
+    // Readers still see the last good commit.
+    assert_eq!(s.read().revision(), 1);
+    assert_eq!(get(&s, "fine", 0).unwrap(), None);
+}
