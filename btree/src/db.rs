@@ -1007,28 +1007,43 @@ impl DbWriter {
         })
     }
 
-    /// Relocates up to `pages_max` pages at or above `cutoff` to lower free pages (copy-on-write).
-    /// Returns how many it moved. Call `commit` afterwards.
+    /// One bounded slice of defragmentation over the keys from `from` on: relocates pages at or
+    /// above `cutoff` to lower free pages and merges neighbours that fit in one page, at most
+    /// `pages_max` changes and `visits_max` pages read. Returns the changes made and where the
+    /// next slice resumes (`None`: this slice reached the end of the tree). Call `commit` after.
     pub fn relocate_above(
         &mut self,
         cutoff: PageId,
         pages_max: usize,
-    ) -> Result<usize, StoreError> {
+        from: &[u8],
+        visits_max: usize,
+    ) -> Result<(usize, Option<Vec<u8>>), StoreError> {
         if self.root == 0 {
-            return Ok(0);
+            return Ok((0, None));
         }
-        let mut budget = pages_max;
-        let root = self.relocate_rec(self.root, cutoff, &mut budget, 0)?;
+        let mut w = Walk {
+            cutoff,
+            budget: pages_max,
+            visits: visits_max.max(1),
+            from: from.to_vec(),
+            last: None,
+        };
+        let root = self.relocate_rec(self.root, &mut w, 0)?;
         self.root = root;
         self.collapse_root()?;
-        Ok(pages_max - budget)
+        let stopped = w.budget == 0 || w.visits == 0;
+        let resume = if stopped {
+            Some(w.last.unwrap_or(w.from))
+        } else {
+            None
+        };
+        Ok((pages_max - w.budget, resume))
     }
 
     fn relocate_rec(
         &mut self,
         page: PageId,
-        cutoff: PageId,
-        budget: &mut usize,
+        w: &mut Walk,
         depth: usize,
     ) -> Result<PageId, StoreError> {
         if depth > 64 {
@@ -1037,9 +1052,19 @@ impl DbWriter {
                 reason: "tree deeper than 64 levels".into(),
             });
         }
+        if w.visits == 0 {
+            return Ok(page);
+        }
+        w.visits -= 1;
+        let cutoff = w.cutoff;
+        let budget = &mut w.budget;
         let mut id = page;
         let node = self.node(page)?;
         if node.is_leaf() {
+            if !node.is_empty() {
+                w.last = Some(node.key(node.len() - 1).to_vec());
+            }
+            let budget = &mut w.budget;
             let mut moves = Vec::new();
             for i in 0..node.len() {
                 if let ValRef::Overflow { first, len } = node.value(i) {
@@ -1076,7 +1101,8 @@ impl DbWriter {
             }
         } else {
             // Merge runs of underfull children (compaction leaves them) into fuller pages.
-            let mut i = 0;
+            let start = node.child_index(&w.from);
+            let mut i = start;
             while *budget > 0 && i < self.node(id)?.len() {
                 let n = self.node(id)?;
                 let (a, b) = (n.child(i), n.child(i + 1));
@@ -1091,12 +1117,12 @@ impl DbWriter {
                 i += 1;
             }
             let n = self.node(id)?.len();
-            for i in 0..=n {
-                if *budget == 0 {
+            for i in start..=n {
+                if w.budget == 0 || w.visits == 0 {
                     break;
                 }
                 let child = self.node(id)?.child(i);
-                let nc = self.relocate_rec(child, cutoff, budget, depth + 1)?;
+                let nc = self.relocate_rec(child, w, depth + 1)?;
                 if nc != child {
                     id = self.make_dirty(id)?;
                     if let Node::Branch { children, .. } = self.node_mut(id) {
@@ -1105,8 +1131,8 @@ impl DbWriter {
                 }
             }
         }
-        if id >= cutoff && *budget > 0 && !self.dirty.contains_key(&id) {
-            *budget -= 1;
+        if id >= cutoff && w.budget > 0 && !self.dirty.contains_key(&id) {
+            w.budget -= 1;
             id = self.make_dirty(id)?;
         }
         Ok(id)
@@ -1137,7 +1163,9 @@ impl DbWriter {
         }
         let snap = &self.base;
         let mut seen: BTreeSet<PageId> = BTreeSet::new();
-        let mut stack: Vec<(PageId, Option<Vec<u8>>, Option<Vec<u8>>, usize)> = Vec::new();
+        // (page, lower bound, upper bound, depth)
+        type Item = (PageId, Option<Vec<u8>>, Option<Vec<u8>>, usize);
+        let mut stack: Vec<Item> = Vec::new();
         if snap.root != 0 {
             stack.push((snap.root, None, None, 0));
         }
@@ -1425,6 +1453,15 @@ impl DbWriter {
         self.dirty.clear();
         Ok(())
     }
+}
+
+/// State of one defragmentation slice's walk.
+struct Walk {
+    cutoff: PageId,
+    budget: usize,
+    visits: usize,
+    from: Vec<u8>,
+    last: Option<Vec<u8>>,
 }
 
 /// Chooses where to split entries of the given encoded sizes: the split index `s` (left keeps

@@ -148,6 +148,7 @@ pub struct TxnOutcome {
 
 struct WState {
     db: DbWriter,
+    defrag: DefragCursor,
     /// An error inside a `Txn` (which has no error channel); returned by the next commit.
     deferred: Option<StoreError>,
 }
@@ -679,6 +680,7 @@ impl MvccStore {
                 reader: w.reader(),
                 w: Mutex::new(WState {
                     db: w,
+                    defrag: DefragCursor::default(),
                     deferred: None,
                 }),
                 compact_floor: AtomicI64::new(app[APP_COMPACT] as i64),
@@ -791,7 +793,9 @@ impl MvccStore {
                 return Ok(());
             }
             let pages = self.inner.opts.defrag_pages_per_slice;
-            let r = defrag_slice(&mut w.db, pages).and_then(|more| w.db.commit(true).map(|_| more));
+            let ws = &mut *w;
+            let r = defrag_slice(&mut ws.db, &mut ws.defrag, pages)
+                .and_then(|more| ws.db.commit(true).map(|_| more));
             if !poison_on_err(&mut w, r)? {
                 self.inner.defrag_requested.store(false, Ordering::Release);
                 // One more durable commit lets the freed tail be trimmed.
@@ -977,19 +981,51 @@ fn compaction_slice(db: &mut DbWriter, entries_max: usize) -> Result<bool, Store
     Ok(next_resume <= target)
 }
 
+/// Pages one defragmentation slice reads at most (bounds how long it holds the writer lock).
+const DEFRAG_VISITS_PER_SLICE: usize = 4096;
+
+/// Where defragmentation resumes, and whether the current pass over the tree changed anything.
+#[derive(Default)]
+struct DefragCursor {
+    from: Vec<u8>,
+    changed_this_pass: usize,
+}
+
 /// One bounded slice of defragmentation. Returns whether work remains.
-fn defrag_slice(db: &mut DbWriter, pages_max: usize) -> Result<bool, StoreError> {
+fn defrag_slice(
+    db: &mut DbWriter,
+    cur: &mut DefragCursor,
+    pages_max: usize,
+) -> Result<bool, StoreError> {
     let (in_use, _free, total) = db.page_stats();
-    // Aim for the live pages plus 1/16 slack to sit below the cutoff.
+    // Aim for the live pages plus 1/16 slack to sit below the cutoff; only move pages when
+    // there is room below it (pages pinned by readers or waiting for a durable commit become
+    // room later). Without room only merges of underfull neighbours happen.
     let cutoff = (in_use + in_use / 16 + 2).max(2);
-    let cutoff = if cutoff >= total { PageId::MAX } else { cutoff };
-    // Only move pages when there is room below the cutoff; pages pinned by readers or waiting
-    // for a durable commit become room later.
-    // Without room only merges of underfull pages happen (they need no room).
-    let room = db.free_below(cutoff).min(pages_max);
-    let cutoff = if room == 0 { PageId::MAX } else { cutoff };
-    let moved = db.relocate_above(cutoff, pages_max)?;
-    Ok(moved > 0)
+    let room = db.free_below(cutoff);
+    let cutoff = if cutoff >= total || room == 0 {
+        PageId::MAX
+    } else {
+        cutoff
+    };
+    let (changed, resume) = db.relocate_above(
+        cutoff,
+        pages_max.min(room.max(1)),
+        &cur.from,
+        DEFRAG_VISITS_PER_SLICE,
+    )?;
+    cur.changed_this_pass += changed;
+    match resume {
+        Some(k) => {
+            cur.from = k;
+            Ok(true)
+        }
+        None => {
+            let again = cur.changed_this_pass > 0;
+            *cur = DefragCursor::default();
+            Ok(again)
+        }
+    }
 }
 
 impl ReadView {
@@ -1100,11 +1136,12 @@ impl Writer {
         }
         let opts = &self.inner.opts;
         let defrag = self.inner.defrag_requested.load(Ordering::Acquire);
-        let r = compaction_slice(&mut w.db, opts.compaction_entries_per_commit).and_then(|_| {
-            if defrag && !defrag_slice(&mut w.db, opts.defrag_pages_per_slice)? {
+        let ws = &mut *w;
+        let r = compaction_slice(&mut ws.db, opts.compaction_entries_per_commit).and_then(|_| {
+            if defrag && !defrag_slice(&mut ws.db, &mut ws.defrag, opts.defrag_pages_per_slice)? {
                 self.inner.defrag_requested.store(false, Ordering::Release);
             }
-            w.db.commit(durable)
+            ws.db.commit(durable)
         });
         poison_on_err(&mut w, r)
     }
