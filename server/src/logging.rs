@@ -100,16 +100,23 @@ fn from_tracing_level(level: &Level) -> LogLevel {
 /// Before [`init`] (flag errors): one zap-shaped `fatal` line on stderr, as etcd's
 /// "failed to verify flags".
 pub fn early_fatal(error: &str) {
+    fatal("failed to verify flags", error);
+}
+
+/// A `fatal` record (`msg` with an `error` field), written even before [`init`]; the caller
+/// exits afterwards, as zap's Fatal does.
+#[track_caller]
+pub fn fatal(msg: &str, error: &str) {
     let mut fields = Map::new();
     fields.insert("error".into(), Value::String(error.to_string()));
-    let line = format_zap(
-        LogLevel::Fatal,
-        &now_zap_ts(),
-        "server/config.rs:0",
-        "failed to verify flags",
-        &fields,
-    );
-    let _ = std::io::stderr().write_all(line.as_bytes());
+    emit(LogLevel::Fatal, &here(), msg, fields);
+}
+
+/// `file:line` of the code that called a `#[track_caller]` helper.
+#[track_caller]
+fn here() -> String {
+    let loc = std::panic::Location::caller();
+    short_caller(loc.file(), Some(loc.line()))
 }
 
 /// Writes one record to the configured outputs (stderr in zap form before [`init`]).
@@ -313,6 +320,15 @@ impl<S: Subscriber> Layer<S> for EtcdLayer {
     }
 }
 
+/// Go's name for this architecture (`amd64`, `arm64`), as etcd reports it.
+pub fn go_arch() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        other => other,
+    }
+}
+
 fn urls_value(urls: &[Url]) -> Value {
     Value::Array(urls.iter().map(|u| Value::String(u.to_string())).collect())
 }
@@ -330,12 +346,14 @@ macro_rules! fields {
 }
 
 /// "starting an etcd server", with the configuration fields etcd prints.
+#[track_caller]
 pub fn log_starting(config: &Config, member_initialized: bool) {
+    let caller = here();
     let mut f = fields! {
         "etcd-version" => crate::config::ETCD_SERVER_VERSION,
         "ferrite-version" => crate::config::FERRITE_VERSION,
         "go-os" => std::env::consts::OS,
-        "go-arch" => std::env::consts::ARCH,
+        "go-arch" => go_arch(),
         "max-cpu-set" => config.cores as u64,
         "max-cpu-available" => std::thread::available_parallelism().map_or(1, |n| n.get()) as u64,
         "member-initialized" => member_initialized,
@@ -402,16 +420,13 @@ pub fn log_starting(config: &Config, member_initialized: bool) {
     f.insert("auto-compaction-mode".into(), Value::from(mode));
     f.insert("auto-compaction-retention".into(), Value::from(retention));
     f.insert("cores".into(), Value::from(config.cores as u64));
-    emit(
-        LogLevel::Info,
-        "server/logging.rs:starting",
-        "starting an etcd server",
-        f,
-    );
+    emit(LogLevel::Info, &caller, "starting an etcd server", f);
 }
 
 /// "starting local member" / "restarting local member".
+#[track_caller]
 pub fn log_local_member(restarting: bool, member_id: u64, cluster_id: u64, commit_index: u64) {
+    let caller = here();
     let msg = if restarting {
         "restarting local member"
     } else {
@@ -422,16 +437,18 @@ pub fn log_local_member(restarting: bool, member_id: u64, cluster_id: u64, commi
     if restarting {
         f.insert("commit-index".into(), Value::from(commit_index));
     }
-    emit(LogLevel::Info, "server/logging.rs:member", msg, f);
+    emit(LogLevel::Info, &caller, msg, f);
 }
 
 /// "published local member to cluster through raft".
+#[track_caller]
 pub fn log_published_local_member(
     member_id: u64,
     cluster_id: u64,
     name: &str,
     client_urls: &[Url],
 ) {
+    let caller = here();
     let urls: Vec<String> = client_urls.iter().map(|u| u.to_string()).collect();
     let f = fields! {
         "local-member-id" => id_hex(member_id),
@@ -442,7 +459,7 @@ pub fn log_published_local_member(
     };
     emit(
         LogLevel::Info,
-        "server/logging.rs:publish",
+        &caller,
         "published local member to cluster through raft",
         f,
     );
@@ -450,49 +467,55 @@ pub fn log_published_local_member(
 
 /// The cluster-version messages etcd prints once the first leader is elected:
 /// "set initial cluster version", "enabled capabilities for version", "cluster version is updated".
+#[track_caller]
 pub fn log_cluster_version(member_id: u64, cluster_id: u64) {
+    let caller = here();
     let v = CLUSTER_VERSION_MAJOR_MINOR;
     emit(
         LogLevel::Info,
-        "server/logging.rs:version",
+        &caller,
         "set initial cluster version",
         fields! {"cluster-id" => id_hex(cluster_id), "local-member-id" => id_hex(member_id), "cluster-version" => v},
     );
     emit(
         LogLevel::Info,
-        "server/logging.rs:version",
+        &caller,
         "enabled capabilities for version",
         fields! {"cluster-version" => v},
     );
     emit(
         LogLevel::Info,
-        "server/logging.rs:version",
+        &caller,
         "cluster version is updated",
         fields! {"cluster-version" => v},
     );
 }
 
 /// "ready to serve client requests" and etcd's plaintext warning for one client listener.
+#[track_caller]
 pub fn log_ready_to_serve(address: &str) {
+    let caller = here();
     emit(
         LogLevel::Info,
-        "server/logging.rs:serve",
+        &caller,
         "ready to serve client requests",
         fields! {"address" => address},
     );
     emit(
         LogLevel::Info,
-        "server/logging.rs:serve",
+        &caller,
         "serving client traffic insecurely; this is strongly discouraged!",
         fields! {"address" => address},
     );
 }
 
 /// "serving metrics" for a `--listen-metrics-urls` listener.
+#[track_caller]
 pub fn log_serving_metrics(address: &str) {
+    let caller = here();
     emit(
         LogLevel::Info,
-        "server/logging.rs:serve",
+        &caller,
         "serving metrics",
         fields! {"address" => address},
     );
