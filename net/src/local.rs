@@ -177,3 +177,47 @@ impl<T: 'static> std::fmt::Debug for CoreLocal<T> {
             .finish_non_exhaustive()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::Cell;
+
+    #[test]
+    fn owner_thread_reads_and_clones() {
+        let v = CoreLocal::new(Cell::new(3));
+        v.get().set(4);
+        let c = v.clone();
+        assert_eq!(c.rc().get(), 4);
+        assert!(v.is_owner());
+        assert_eq!(Rc::strong_count(&v.rc()), 3); // v, c and the temporary
+    }
+
+    #[test]
+    fn other_threads_cannot_touch_the_value() {
+        let v = CoreLocal::new(Cell::new(1u32));
+        let shared = std::sync::Arc::new(v);
+        let remote = std::sync::Arc::clone(&shared);
+        let outcome = std::thread::spawn(move || {
+            assert!(!remote.is_owner());
+            let get = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| remote.get().get()));
+            let clone = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                CoreLocal::clone(&remote)
+            }));
+            (get.is_err(), clone.is_err())
+        })
+        .join()
+        .unwrap();
+        assert_eq!(outcome, (true, true));
+        assert_eq!(shared.get().get(), 1);
+    }
+
+    #[test]
+    fn drop_on_another_thread_leaks_instead_of_touching_the_rc() {
+        let v = CoreLocal::new(Cell::new(1u32));
+        let keep = v.rc();
+        std::thread::spawn(move || drop(v)).join().unwrap();
+        // The foreign drop did not decrement the count (it leaked its reference).
+        assert_eq!(Rc::strong_count(&keep), 2);
+    }
+}

@@ -77,6 +77,10 @@ fn start(cores: usize, listeners: usize, tweak: impl FnOnce(&mut ServeConfig)) -
     let urls = vec!["http://127.0.0.1:0"; listeners].join(",");
     let mut config = ServeConfig::new(Listen::parse_urls(&urls).unwrap(), cores);
     tweak(&mut config);
+    start_with(config)
+}
+
+fn start_with(config: ServeConfig) -> ServerHandle {
     serve(config, |core| async move {
         let kv = EchoKv {
             core: core.index as u64,
@@ -546,6 +550,63 @@ fn http2_concurrent_streams_are_capped_per_connection() {
         }
         // Concurrency happened, and never beyond the advertised limit.
         assert_eq!(most, STREAMS_MAX as i64);
+    });
+    server.shutdown();
+}
+
+/// A stream wrapper standing in for a TLS acceptor: it consumes a 4-byte preamble before
+/// handing the stream to HTTP, and refuses connections whose preamble is wrong.
+struct PreambleWrapper;
+
+impl ferrite_net::StreamWrapper for PreambleWrapper {
+    fn wrap(
+        &self,
+        mut stream: glommio::net::TcpStream,
+    ) -> ferrite_net::LocalBoxFuture<std::io::Result<ferrite_net::BoxStream>> {
+        Box::pin(async move {
+            use futures_lite::AsyncReadExt;
+            let mut magic = [0u8; 4];
+            stream.read_exact(&mut magic).await?;
+            if &magic != b"FRT1" {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    "bad preamble",
+                ));
+            }
+            Ok(Box::new(stream) as ferrite_net::BoxStream)
+        })
+    }
+}
+
+#[test]
+fn stream_wrapper_runs_before_http() {
+    let mut listen = Listen::parse_urls("http://127.0.0.1:0,http://127.0.0.1:0").unwrap();
+    listen[1].wrapper = Some(std::sync::Arc::new(PreambleWrapper));
+    let server = start_with(ServeConfig::new(listen, 1));
+    let plain = server.local_addrs()[0];
+    let wrapped = server.local_addrs()[1];
+    runtime().block_on(async {
+        let request = "GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+        for (addr, preamble, served) in [
+            (wrapped, "FRT1", true),
+            (wrapped, "NOPE", false),
+            (plain, "", true),
+        ] {
+            let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+            s.write_all(format!("{preamble}{request}").as_bytes())
+                .await
+                .unwrap();
+            let mut out = String::new();
+            let _ = s.read_to_string(&mut out).await;
+            assert_eq!(
+                out.starts_with("HTTP/1.1 200 OK"),
+                served,
+                "{preamble}: {out:?}"
+            );
+            if !served {
+                assert!(out.is_empty(), "{out:?}");
+            }
+        }
     });
     server.shutdown();
 }
