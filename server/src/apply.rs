@@ -283,3 +283,181 @@ pub fn decode_alarms(b: &[u8]) -> Result<Vec<AlarmMember>, String> {
         })
         .collect())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kv::ViewSource;
+    use ferrite_btree::{MvccStore, StoreOptions};
+    use ferrite_net::pb::etcdserverpb::{
+        compare, range_request, request_op, response_op, Compare, PutRequest, RangeRequest,
+        RequestOp, TxnRequest,
+    };
+
+    fn put_op(k: &str, v: &str) -> Op {
+        Op::Put(PutRequest {
+            key: k.as_bytes().to_vec().into(),
+            value: v.as_bytes().to_vec().into(),
+            ..Default::default()
+        })
+    }
+
+    fn apply_all(
+        store: &MvccStore,
+        lessor: &mut Lessor,
+        ops: &[Op],
+    ) -> Vec<Result<ApplyResult, EtcdError>> {
+        let mut w = store.writer();
+        let mut alarms = Vec::new();
+        let mut ctx = ApplyCtx {
+            lessor,
+            compact_rev: 0,
+            member_id: 1,
+            alarms: &mut alarms,
+            now: Instant::now(),
+            leases_dirty: false,
+            alarms_dirty: false,
+            compactions: Vec::new(),
+        };
+        let out = ops
+            .iter()
+            .map(|op| apply_op(&mut w, &mut ctx, op).0)
+            .collect();
+        w.commit(false).unwrap();
+        out
+    }
+
+    /// Range sort/limit follow etcd 3.4 (sort then limit, `more`, count before limit), and a
+    /// txn's compares, nested txn and revisions follow applierV3backend.Txn.
+    #[test]
+    fn range_sort_limit_and_txn_on_a_real_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = MvccStore::open(&dir.path().join("db"), StoreOptions::default()).unwrap();
+        let mut lessor = Lessor::new(2);
+        let r = apply_all(
+            &store,
+            &mut lessor,
+            &[put_op("a", "3"), put_op("b", "1"), put_op("c", "2")],
+        );
+        assert!(r.iter().all(|x| x.is_ok()));
+        let mut src = ViewSource(store.read());
+        let resp = kvops::range(
+            &mut src,
+            &RangeRequest {
+                key: "a".into(),
+                range_end: "z".into(),
+                limit: 2,
+                sort_order: range_request::SortOrder::Descend as i32,
+                sort_target: range_request::SortTarget::Value as i32,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let keys: Vec<&[u8]> = resp.kvs.iter().map(|kv| kv.key.as_ref()).collect();
+        assert_eq!(keys, vec![b"a".as_ref(), b"c".as_ref()]);
+        assert!(resp.more);
+        assert_eq!(resp.count, 3);
+
+        // Txn: compare value("a") == "3" → success branch: put a, nested txn that fails.
+        let txn = TxnRequest {
+            compare: vec![Compare {
+                result: compare::CompareResult::Equal as i32,
+                target: compare::CompareTarget::Value as i32,
+                key: "a".into(),
+                target_union: Some(compare::TargetUnion::Value("3".into())),
+                ..Default::default()
+            }],
+            success: vec![
+                RequestOp {
+                    request: Some(request_op::Request::RequestPut(PutRequest {
+                        key: "a".into(),
+                        value: "4".into(),
+                        prev_kv: true,
+                        ..Default::default()
+                    })),
+                },
+                RequestOp {
+                    request: Some(request_op::Request::RequestTxn(TxnRequest {
+                        compare: vec![Compare {
+                            result: compare::CompareResult::Greater as i32,
+                            target: compare::CompareTarget::Version as i32,
+                            key: "zz".into(),
+                            target_union: Some(compare::TargetUnion::Version(0)),
+                            ..Default::default()
+                        }],
+                        failure: vec![RequestOp {
+                            request: Some(request_op::Request::RequestRange(RangeRequest {
+                                key: "a".into(),
+                                ..Default::default()
+                            })),
+                        }],
+                        ..Default::default()
+                    })),
+                },
+            ],
+            ..Default::default()
+        };
+        kvops::check_txn(&txn, 128).unwrap();
+        let before = store.read().revision();
+        let r = apply_all(&store, &mut lessor, &[Op::Txn(txn)]);
+        let Ok(ApplyResult::Txn(t)) = &r[0] else {
+            panic!("txn failed: {r:?}")
+        };
+        assert!(t.succeeded);
+        assert_eq!(t.header.unwrap().revision, before + 1);
+        let Some(response_op::Response::ResponsePut(p)) = &t.responses[0].response else {
+            panic!()
+        };
+        assert_eq!(p.prev_kv.as_ref().unwrap().value.as_ref(), b"3");
+        let Some(response_op::Response::ResponseTxn(nested)) = &t.responses[1].response else {
+            panic!()
+        };
+        assert!(!nested.succeeded);
+        let Some(response_op::Response::ResponseRange(rr)) = &nested.responses[0].response else {
+            panic!()
+        };
+        // The nested range sees the outer txn's put.
+        assert_eq!(rr.kvs[0].value.as_ref(), b"4");
+    }
+
+    #[test]
+    fn duplicate_keys_and_missing_leases_are_refused() {
+        let put = |k: &str| RequestOp {
+            request: Some(request_op::Request::RequestPut(PutRequest {
+                key: k.as_bytes().to_vec().into(),
+                ..Default::default()
+            })),
+        };
+        let t = TxnRequest {
+            success: vec![put("a"), put("a")],
+            ..Default::default()
+        };
+        assert_eq!(kvops::check_txn(&t, 128), Err(EtcdError::DuplicateKey));
+        let t = TxnRequest {
+            success: vec![put("a")],
+            failure: vec![put("a")],
+            ..Default::default()
+        };
+        assert_eq!(kvops::check_txn(&t, 128), Ok(()));
+        let many = TxnRequest {
+            success: (0..129).map(|i| put(&format!("k{i}"))).collect(),
+            ..Default::default()
+        };
+        assert_eq!(kvops::check_txn(&many, 128), Err(EtcdError::TooManyOps));
+
+        let dir = tempfile::tempdir().unwrap();
+        let store = MvccStore::open(&dir.path().join("db"), StoreOptions::default()).unwrap();
+        let mut lessor = Lessor::new(2);
+        let r = apply_all(
+            &store,
+            &mut lessor,
+            &[Op::Put(PutRequest {
+                key: "k".into(),
+                lease: 77,
+                ..Default::default()
+            })],
+        );
+        assert_eq!(r[0].as_ref().unwrap_err(), &EtcdError::LeaseNotFound);
+        assert_eq!(store.read().revision(), 0, "a refused put writes nothing");
+    }
+}

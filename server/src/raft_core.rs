@@ -57,12 +57,17 @@ pub const LEASE_EXPIRE_PER_TICK_MAX: usize = 500;
 /// A lease whose revoke was proposed this long ago without effect is proposed again.
 pub const LEASE_REVOKE_RETRY: Duration = Duration::from_secs(3);
 
+/// How often revision-mode auto-compaction checks (etcd 3.4: 5 minutes).
+pub const AUTO_COMPACTION_REVISION_CHECK: Duration = Duration::from_secs(300);
+
 /// First byte of a WAL entry's data: the Raft entry kind (the rest is the entry's data).
 pub const WAL_ENTRY_KIND_NORMAL: u8 = 0;
 pub const WAL_ENTRY_KIND_CONF_CHANGE: u8 = 1;
 
 pub struct CoreOptions {
     pub tick: Duration,
+    /// `--auto-compaction-mode` / `--auto-compaction-retention`.
+    pub auto_compaction: crate::config::AutoCompaction,
     pub election_ticks: u32,
     pub snapshot_count: u64,
     pub pre_vote: bool,
@@ -211,6 +216,8 @@ pub async fn start(
         read_waiting: HashMap::new(),
         read_parked: BTreeMap::new(),
         applied,
+        compaction_samples: VecDeque::new(),
+        next_compaction_check: Instant::now(),
         last_snapshot_index: last_index.min(applied),
         durable_index: last_index,
     })
@@ -242,6 +249,9 @@ pub struct RaftCore {
     /// Read index -> callers waiting for apply to reach it.
     read_parked: BTreeMap<u64, Vec<oneshot::Sender<Result<(), EtcdError>>>>,
     applied: u64,
+    /// (time, revision) samples for periodic auto-compaction.
+    compaction_samples: VecDeque<(Instant, i64)>,
+    next_compaction_check: Instant,
     last_snapshot_index: u64,
     /// Highest log index known durable in the WAL.
     durable_index: u64,
@@ -358,6 +368,7 @@ impl RaftCore {
                     self.node.tick();
                     self.propose_queued();
                     self.expire_leases();
+                    self.auto_compact();
                 }
             }
         }
@@ -399,12 +410,11 @@ impl RaftCore {
                 bytes += n;
                 reqs.push(self.queued.pop_front().expect("front exists"));
             }
-            let data = RaftBatch { requests: reqs }.encode_to_vec();
-            if let Err(e) = self.node.propose(data.clone()) {
+            let batch = RaftBatch { requests: reqs };
+            if let Err(e) = self.node.propose(batch.encode_to_vec()) {
                 // Put them back and retry on the next tick.
                 tracing::warn!(error = %e, "proposal dropped by raft; will retry");
-                let back = RaftBatch::decode(data.as_slice()).expect("own encoding decodes");
-                for r in back.requests.into_iter().rev() {
+                for r in batch.requests.into_iter().rev() {
                     self.queued.push_front(r);
                 }
                 return;
@@ -601,6 +611,59 @@ impl RaftCore {
             });
         }
         self.propose_queued();
+    }
+
+    /// etcd's auto-compaction: `revision` mode keeps the last N revisions (checked every 5
+    /// minutes); `periodic` mode keeps the given duration of history, sampling the revision every
+    /// tenth of the retention (at most hourly) and compacting to the sample that is as old as
+    /// the retention. Proposed through Raft like a client's Compact, only by the leader.
+    fn auto_compact(&mut self) {
+        use crate::config::AutoCompaction;
+        if self.node.role() != Role::Leader {
+            return;
+        }
+        let now = Instant::now();
+        if now < self.next_compaction_check {
+            return;
+        }
+        let view = self.shared.store.read();
+        let (current, compacted) = (view.revision(), view.compact_revision());
+        let target = match self.opts.auto_compaction {
+            AutoCompaction::Disabled => return,
+            AutoCompaction::Revision(keep) => {
+                self.next_compaction_check = now + AUTO_COMPACTION_REVISION_CHECK;
+                current - keep as i64
+            }
+            AutoCompaction::Periodic(retention) => {
+                let step =
+                    (retention / 10).clamp(Duration::from_secs(1), Duration::from_secs(3600));
+                self.next_compaction_check = now + step;
+                self.compaction_samples.push_back((now, current));
+                let mut target = 0;
+                while let Some(&(t, rev)) = self.compaction_samples.front() {
+                    if now.duration_since(t) < retention {
+                        break;
+                    }
+                    target = rev;
+                    self.compaction_samples.pop_front();
+                }
+                target
+            }
+        };
+        if target > compacted && target <= current {
+            tracing::info!(revision = target, "starting auto compaction");
+            self.queued.push_back(InternalRequest {
+                id: 0,
+                member_id: self.shared.member_id,
+                op: Some(Op::Compaction(
+                    ferrite_net::pb::etcdserverpb::CompactionRequest {
+                        revision: target,
+                        physical: false,
+                    },
+                )),
+            });
+            self.propose_queued();
+        }
     }
 
     /// Every `snapshot_count` applied entries: make the store durable, log a snapshot marker,

@@ -181,6 +181,7 @@ pub fn run(config: Config) -> Result<(), String> {
     let core_rx = Arc::new(Mutex::new(Some(core_rx)));
     let core_opts = Arc::new(Mutex::new(Some(CoreOptions {
         tick,
+        auto_compaction: config.auto_compaction,
         election_ticks,
         snapshot_count: config.snapshot_count,
         pre_vote: config.pre_vote,

@@ -428,7 +428,7 @@ impl StreamState {
             let evs: Vec<Event> = batch
                 .events
                 .iter()
-                .filter(|e| e.kv.mod_revision >= next_rev)
+                .filter(|e| e.kv.mod_revision >= next_rev && w.matches(&e.kv.key) && w.wants(e))
                 .cloned()
                 .collect();
             self.watchers.get_mut(&id).expect("present").next_rev = batch.revision + 1;
