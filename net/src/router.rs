@@ -26,6 +26,7 @@ pub type BoxBody = Pin<Box<dyn http_body::Body<Data = Bytes, Error = BoxError>>>
 pub type LocalBoxFuture<T> = Pin<Box<dyn Future<Output = T>>>;
 
 type Handler = Rc<dyn Fn(Request<Incoming>) -> LocalBoxFuture<Response<BoxBody>>>;
+type GrpcHandler = Rc<dyn Fn(Request<GrpcRequestBody>) -> LocalBoxFuture<Response<BoxBody>>>;
 
 /// Boxes any `Bytes` body into a [`BoxBody`].
 pub fn box_body<B>(body: B) -> BoxBody
@@ -126,7 +127,8 @@ pub fn is_grpc(req: &Request<Incoming>) -> bool {
 }
 
 struct Routes {
-    grpc: HashMap<String, Handler>,
+    grpc: HashMap<String, GrpcHandler>,
+    grpc_message_bytes_max: Option<usize>,
     exact: HashMap<String, Handler>,
     prefixes: Vec<(String, Handler)>,
     fallback: Option<Handler>,
@@ -156,6 +158,7 @@ impl Router {
         RouterBuilder {
             routes: Routes {
                 grpc: HashMap::new(),
+                grpc_message_bytes_max: None,
                 exact: HashMap::new(),
                 prefixes: Vec::new(),
                 fallback: None,
@@ -170,7 +173,10 @@ impl Router {
             let service = req.uri().path().trim_start_matches('/');
             let service = service.split('/').next().unwrap_or("");
             return match routes.grpc.get(service) {
-                Some(h) => h(req),
+                Some(h) => {
+                    let limit = routes.grpc_message_bytes_max;
+                    h(req.map(|body| GrpcRequestBody::new(body, limit)))
+                }
                 None => {
                     let msg = format!("unknown service {service}");
                     Box::pin(async move { grpc_error_response(tonic::Code::Unimplemented, &msg) })
@@ -203,7 +209,7 @@ impl RouterBuilder {
     /// `max_encoding_message_size`) before adding it; see [`crate::grpc_decoding_limit_bytes`].
     pub fn grpc<S, B>(mut self, service: S) -> Self
     where
-        S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
+        S: Service<Request<GrpcRequestBody>, Response = Response<B>, Error = Infallible>
             + tonic::server::NamedService
             + Clone
             + 'static,
@@ -211,7 +217,7 @@ impl RouterBuilder {
         B: http_body::Body<Data = Bytes> + 'static,
         B::Error: Into<BoxError>,
     {
-        let handler: Handler = Rc::new(move |req| {
+        let handler: GrpcHandler = Rc::new(move |req| {
             // tonic's generated servers are always ready; a clone per call is the tower idiom.
             let mut svc = service.clone();
             let fut = svc.call(req);
@@ -227,6 +233,15 @@ impl RouterBuilder {
             self.routes.grpc.insert(name.clone(), handler).is_none(),
             "gRPC service {name} registered twice"
         );
+        self
+    }
+
+    /// Refuses any gRPC request message longer than `bytes_max` as grpc-go (and so etcd) does:
+    /// status RESOURCE_EXHAUSTED, "grpc: received message larger than max (N vs. M)", checked
+    /// on the 5-byte message header before the message is buffered. Set it at or below every
+    /// service's `max_decoding_message_size` (tonic's own check answers OUT_OF_RANGE).
+    pub fn grpc_message_bytes_max(mut self, bytes_max: usize) -> Self {
+        self.routes.grpc_message_bytes_max = Some(bytes_max);
         self
     }
 
@@ -304,5 +319,95 @@ impl Future for RouteFuture {
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Self::Output> {
         self.inner.as_mut().poll(cx).map(Ok)
+    }
+}
+
+/// The request body handed to gRPC services: hyper's body, with grpc-go's message size check
+/// when the router has a [`RouterBuilder::grpc_message_bytes_max`].
+pub struct GrpcRequestBody {
+    inner: Incoming,
+    bytes_max: Option<usize>,
+    /// Bytes of the current message's 5-byte header seen so far.
+    header: [u8; 5],
+    header_len: usize,
+    /// Bytes of the current message still to come after its header.
+    message_remaining: u64,
+}
+
+impl GrpcRequestBody {
+    fn new(inner: Incoming, bytes_max: Option<usize>) -> Self {
+        GrpcRequestBody {
+            inner,
+            bytes_max,
+            header: [0; 5],
+            header_len: 0,
+            message_remaining: 0,
+        }
+    }
+
+    /// Follows the length-prefixed messages through one chunk; the first oversize message
+    /// header is an error.
+    fn check(&mut self, mut chunk: &[u8], bytes_max: usize) -> Result<(), tonic::Status> {
+        while !chunk.is_empty() {
+            if self.message_remaining > 0 {
+                let skip = (self.message_remaining.min(chunk.len() as u64)) as usize;
+                self.message_remaining -= skip as u64;
+                chunk = &chunk[skip..];
+                continue;
+            }
+            let take = (5 - self.header_len).min(chunk.len());
+            self.header[self.header_len..self.header_len + take].copy_from_slice(&chunk[..take]);
+            self.header_len += take;
+            chunk = &chunk[take..];
+            if self.header_len == 5 {
+                self.header_len = 0;
+                let len = u32::from_be_bytes([
+                    self.header[1],
+                    self.header[2],
+                    self.header[3],
+                    self.header[4],
+                ]);
+                if len as usize > bytes_max {
+                    return Err(tonic::Status::resource_exhausted(format!(
+                        "grpc: received message larger than max ({len} vs. {bytes_max})"
+                    )));
+                }
+                self.message_remaining = u64::from(len);
+            }
+        }
+        Ok(())
+    }
+}
+
+impl http_body::Body for GrpcRequestBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        let frame = match Pin::new(&mut this.inner).poll_frame(cx) {
+            std::task::Poll::Pending => return std::task::Poll::Pending,
+            std::task::Poll::Ready(f) => f,
+        };
+        let Some(Ok(frame)) = frame else {
+            return std::task::Poll::Ready(frame.map(|r| r.map_err(Into::into)));
+        };
+        if let (Some(bytes_max), Some(data)) = (this.bytes_max, frame.data_ref()) {
+            if let Err(status) = this.check(data, bytes_max) {
+                return std::task::Poll::Ready(Some(Err(Box::new(status))));
+            }
+        }
+        std::task::Poll::Ready(Some(Ok(frame)))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
     }
 }

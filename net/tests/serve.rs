@@ -610,3 +610,59 @@ fn stream_wrapper_runs_before_http() {
     });
     server.shutdown();
 }
+
+#[test]
+fn router_message_limit_answers_like_grpc_go() {
+    const ROUTER_BYTES_MAX: usize = 1000;
+    let config = ServeConfig::new(Listen::parse_urls("http://127.0.0.1:0").unwrap(), 1);
+    let server = serve(config, |core| async move {
+        let kv = EchoKv {
+            core: core.index as u64,
+            served: CoreLocal::new(Cell::new(0)),
+        };
+        Ok(Router::builder()
+            .grpc_message_bytes_max(ROUTER_BYTES_MAX)
+            .grpc(KvServer::new(kv).max_decoding_message_size(MESSAGE_BYTES_MAX))
+            .build())
+    })
+    .unwrap();
+    let addr = server.local_addrs()[0];
+    runtime().block_on(async {
+        let mut kv = kv_client(addr).await;
+        let encoded_len = |key_len: usize| {
+            use prost::Message;
+            RangeRequest {
+                key: vec![b'k'; key_len].into(),
+                ..Default::default()
+            }
+            .encoded_len()
+        };
+        for key_len in [10, 990, 2000, 3000] {
+            let result = kv
+                .range(RangeRequest {
+                    key: vec![b'k'; key_len].into(),
+                    ..Default::default()
+                })
+                .await;
+            let len = encoded_len(key_len);
+            if len <= ROUTER_BYTES_MAX {
+                assert_eq!(
+                    result.expect("under the limit").into_inner().kvs[0]
+                        .key
+                        .len(),
+                    key_len
+                );
+            } else {
+                let err = result.expect_err("over the limit");
+                assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+                assert_eq!(
+                    err.message(),
+                    format!(
+                        "grpc: received message larger than max ({len} vs. {ROUTER_BYTES_MAX})"
+                    )
+                );
+            }
+        }
+    });
+    server.shutdown();
+}
