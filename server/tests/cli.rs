@@ -298,7 +298,9 @@ fn post(addr: &str, path: &str, body: &str) -> serde_json::Value {
 
 fn rev(v: &serde_json::Value) -> i64 {
     // A default (0) revision is omitted, as etcd omits defaults.
-    v["header"]["revision"].as_str().map_or(0, |s| s.parse().unwrap())
+    v["header"]["revision"]
+        .as_str()
+        .map_or(0, |s| s.parse().unwrap())
 }
 
 fn b64(s: &str) -> String {

@@ -240,7 +240,7 @@ impl Gen {
             };
             compares.push((target, key, op, num, self.rng.value(), end));
         }
-        let mut ops = |g: &mut Gen| {
+        let ops = |g: &mut Gen| {
             let n = g.rng.below(4);
             (0..n)
                 .map(|_| match g.rng.below(10) {
