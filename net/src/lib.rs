@@ -41,10 +41,12 @@
 //! let server = serve(config, move |core| async move {
 //!     // Runs once on each core's thread: build (and spawn) that core's state here.
 //!     let _ = core.index;
+//!     let limit = ferrite_net::grpc_decoding_limit_bytes(request_bytes_max);
 //!     Ok(Router::builder()
+//!         // Oversize messages get grpc-go's RESOURCE_EXHAUSTED answer, as from etcd.
+//!         .grpc_message_bytes_max(limit)
 //!         .grpc(
-//!             KvServer::new(MyKv)
-//!                 .max_decoding_message_size(ferrite_net::grpc_decoding_limit_bytes(request_bytes_max)),
+//!             KvServer::new(MyKv).max_decoding_message_size(limit),
 //!         )
 //!         .route("/health", |_req| async {
 //!             text_response(http::StatusCode::OK, "{\"health\":\"true\"}")
@@ -64,7 +66,8 @@
 //! - Every core listens on every address; port 0 is resolved once, so all cores share it.
 //! - Limits are enforced here, not by tonic's (absent) transport: connections per core
 //!   (excess waits in the kernel accept queue), HTTP/2 concurrent streams per connection,
-//!   header sizes; message size per gRPC service via tonic's `max_decoding_message_size`.
+//!   header sizes; gRPC message size per router (`RouterBuilder::grpc_message_bytes_max`, checked
+//!   on each message's length prefix) and per service (tonic's `max_decoding_message_size`).
 //!
 //! # Non-goals
 //!
