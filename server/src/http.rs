@@ -375,12 +375,60 @@ pub fn stream_error_line(status: &Status) -> Vec<u8> {
     line
 }
 
-/// Decodes a gateway request body: empty means the default message.
+/// Decodes a gateway request body: empty means the default message. Unknown fields are
+/// ignored, as etcd's gateway ignores them.
 pub fn decode_json<T: DeserializeOwned + Default>(body: &[u8]) -> Result<T, String> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(T::default());
     }
-    serde_json::from_slice(body).map_err(|e| e.to_string())
+    match serde_json::from_slice(body) {
+        Ok(v) => Ok(v),
+        Err(e) if unknown_field(&e.to_string()).is_some() => {
+            // Slow path, only for bodies naming fields the proto does not have: drop them and
+            // decode again.
+            let mut value: serde_json::Value =
+                serde_json::from_slice(body).map_err(|e| e.to_string())?;
+            let mut err = e.to_string();
+            for _ in 0..UNKNOWN_FIELDS_MAX {
+                let Some(name) = unknown_field(&err) else {
+                    break;
+                };
+                remove_key(&mut value, &name);
+                match serde_json::from_value(value.clone()) {
+                    Ok(v) => return Ok(v),
+                    Err(e) => err = e.to_string(),
+                }
+            }
+            Err(err)
+        }
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// How many distinct unknown field names one request may carry before it is refused.
+const UNKNOWN_FIELDS_MAX: usize = 32;
+
+/// The field name in serde's "unknown field `name`, expected ..." message.
+fn unknown_field(message: &str) -> Option<String> {
+    let rest = message.strip_prefix("unknown field `")?;
+    Some(rest.split('`').next()?.to_string())
+}
+
+fn remove_key(value: &mut serde_json::Value, name: &str) {
+    match value {
+        serde_json::Value::Object(map) => {
+            map.shift_remove(name);
+            for v in map.values_mut() {
+                remove_key(v, name);
+            }
+        }
+        serde_json::Value::Array(items) => {
+            for v in items {
+                remove_key(v, name);
+            }
+        }
+        _ => {}
+    }
 }
 
 async fn unary<Req, Resp, F, Fut>(body: &[u8], call: F) -> Response<BoxBody>
@@ -792,6 +840,13 @@ mod tests {
         let t: TxnRequest = decode_json(br#"{"compare":[{"key":"YQ==","result":"EQUAL","target":"VALUE","value":"Mg=="}],"success":[{"request_range":{"key":"YQ=="}}]}"#).unwrap();
         assert_eq!(t.compare[0].target, compare::CompareTarget::Value as i32);
         assert!(decode_json::<RangeRequest>(b"{bad").is_err());
+        // Unknown fields are ignored, at any depth, as etcd's gateway does.
+        let r: RangeRequest =
+            decode_json(br#"{"key":"Zm9v","bogus":1,"other":{"x":[1]}}"#).unwrap();
+        assert_eq!(&r.key[..], b"foo");
+        let t: TxnRequest =
+            decode_json(br#"{"success":[{"request_put":{"key":"YQ==","nope":true}}]}"#).unwrap();
+        assert_eq!(t.success.len(), 1);
         assert!(decode_json::<RangeRequest>(br#"{"key":"!!!"}"#).is_err());
     }
 
@@ -820,7 +875,7 @@ mod tests {
         let line = stream_error_line(&Status::out_of_range("x"));
         assert_eq!(
             String::from_utf8(line).unwrap(),
-            "{\"error\":{\"grpc_code\":11,\"http_code\":400,\"http_status\":\"Bad Request\",\"message\":\"x\"}}\n"
+            "{\"error\":{\"grpc_code\":11,\"http_code\":400,\"message\":\"x\",\"http_status\":\"Bad Request\"}}\n"
         );
     }
 
