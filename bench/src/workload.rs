@@ -787,9 +787,8 @@ async fn mixed_loop(sh: &Shared, kv: &mut KvClient, rng: &mut Rng, rec: &mut Rec
             + rng.below((MIXED_VALUE_BYTES_MAX - MIXED_VALUE_BYTES_MIN) as u64) as usize;
         let dice = rng.below(100);
         let known = &sh.mod_revs[i as usize];
-        let rev = Some(known.load(Ordering::Relaxed));
+        let rev = known.load(Ordering::Relaxed);
         let (kind, txn) = if dice < 90 {
-            let rev = rev.unwrap_or(0);
             ("update", cas_txn(&key, rev, rng.bytes(size)))
         } else if dice < 95 {
             // Create: only if absent (create_revision == 0).
@@ -811,7 +810,7 @@ async fn mixed_loop(sh: &Shared, kv: &mut KvClient, rng: &mut Rng, rec: &mut Rec
                 .when(vec![Compare::mod_revision(
                     key.clone(),
                     CompareOp::Equal,
-                    rev.unwrap_or(0),
+                    rev,
                 )])
                 .and_then(vec![TxnOp::delete(key.clone(), None)])
                 .or_else(vec![TxnOp::get(key.clone(), None)]);
