@@ -177,7 +177,7 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn start_server() -> Server {
+fn start_server(extra_args: &[&str]) -> Server {
     let dir = tempdir("srv");
     let (client, peer) = (free_port(), free_port());
     let c = format!("http://127.0.0.1:{client}");
@@ -199,6 +199,7 @@ fn start_server() -> Server {
             "--cores",
             "1",
         ])
+        .args(extra_args)
         .stderr(Stdio::piped())
         .stdout(Stdio::null())
         .spawn()
@@ -324,7 +325,7 @@ fn b64(s: &str) -> String {
 
 #[test]
 fn http_routes_and_json_gateway() {
-    let srv = start_server();
+    let srv = start_server(&[]);
     let a = srv.addr.as_str();
 
     let r = http(a, "GET", "/health", "");
@@ -601,4 +602,44 @@ fn http_routes_and_json_gateway() {
     ] {
         assert!(m.body.contains(name), "{name} not in /metrics");
     }
+}
+
+/// etcd 3.4's /health with an alarm: NOSPACE makes the member unhealthy (503,
+/// `{"health":"false"}`) unless `?exclude=NOSPACE`.
+#[test]
+fn health_reports_nospace_alarm() {
+    let srv = start_server(&["--quota-backend-bytes", "200000"]);
+    let a = srv.addr.as_str();
+    let value = b64(&"x".repeat(60_000));
+    let mut refused = None;
+    for i in 0..50 {
+        let r = http(
+            a,
+            "POST",
+            "/v3/kv/put",
+            &format!(
+                "{{\"key\":\"{}\",\"value\":\"{value}\"}}",
+                b64(&format!("k{i}"))
+            ),
+        );
+        if r.status != 200 {
+            refused = Some(r);
+            break;
+        }
+    }
+    let r = refused.expect("the quota was never hit");
+    assert!(
+        r.body.contains("etcdserver: mvcc: database space exceeded"),
+        "{}",
+        r.body
+    );
+    let h = http(a, "GET", "/health", "");
+    assert_eq!(
+        (h.status, h.body.as_str()),
+        (503, "{\"health\":\"false\"}\n")
+    );
+    let h = http(a, "GET", "/health?exclude=NOSPACE", "");
+    assert_eq!((h.status, h.body.as_str()), (200, "{\"health\":\"true\"}"));
+    let alarms = post(a, "/v3/maintenance/alarm", "{}");
+    assert_eq!(alarms["alarms"][0]["alarm"], "NOSPACE");
 }
