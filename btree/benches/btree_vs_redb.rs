@@ -273,5 +273,40 @@ fn sizes(n: usize) {
     );
 }
 
-criterion_group!(benches, inserts, reads);
+/// The server's apply path: N txns (one put each, one revision each) then `commit(false)`, on
+/// a store of 100k keys. No redb counterpart (it has no MVCC); this is the number the apply loop
+/// pays per batch.
+fn mvcc_apply(c: &mut Criterion) {
+    let dir = tempfile::tempdir().unwrap();
+    let s = MvccStore::open(&dir.path().join("m"), StoreOptions::default()).unwrap();
+    let ks = keys(100_000, 3);
+    let mut w = s.writer();
+    let value = [1u8; VALUE_BYTES];
+    for chunk in ks.chunks(10_000) {
+        for k in chunk {
+            let mut t = w.txn();
+            t.put(k, &value, 0);
+            t.end();
+        }
+        w.commit(true).unwrap();
+    }
+    let mut g = c.benchmark_group("mvcc_apply_commit_nondurable");
+    let mut r = Rng(17);
+    for batch in [1usize, 100, 1000] {
+        g.throughput(Throughput::Elements(batch as u64));
+        g.bench_with_input(BenchmarkId::from_parameter(batch), &batch, |b, &batch| {
+            b.iter(|| {
+                for _ in 0..batch {
+                    let mut t = w.txn();
+                    t.put(&ks[(r.next() % ks.len() as u64) as usize], &value, 0);
+                    t.end();
+                }
+                w.commit(false).unwrap();
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, inserts, reads, mvcc_apply);
 criterion_main!(benches);
