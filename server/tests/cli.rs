@@ -17,6 +17,9 @@ use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_ferrite");
 
+type Args = &'static [&'static str];
+type Env = &'static [(&'static str, &'static str)];
+
 fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut cmd = Command::new(BIN);
     cmd.args(args)
@@ -55,7 +58,7 @@ fn first_line(s: &str) -> &str {
 #[test]
 fn flag_errors_mirror_etcd() {
     // (args, env, exit status, first stderr line)
-    let cases: &[(&[&str], &[(&str, &str)], i32, &str)] = &[
+    let cases: &[(Args, Env, i32, &str)] = &[
         (&["--bogus"], &[], 2, "flag provided but not defined: -bogus"),
         (&["-bogus=1"], &[], 2, "flag provided but not defined: -bogus"),
         (&["--snapshot-count=abc"], &[], 2, "invalid value \"abc\" for flag -snapshot-count: parse error"),
@@ -100,7 +103,7 @@ fn etcd_available() -> bool {
 
 #[test]
 fn verification_errors_exit_1() {
-    let cases: &[(&[&str], &[(&str, &str)], &str)] = &[
+    let cases: &[(Args, Env, &str)] = &[
         (&["extra-arg"], &[], "'extra-arg' is not a valid flag"),
         (&["--force-new-cluster", "false"], &[], "'false' is not a valid flag"),
         (&[], &[("ETCD_SNAPSHOT_COUNT", "abc")], "invalid value \\\"abc\\\" for ETCD_SNAPSHOT_COUNT: parse error"),
