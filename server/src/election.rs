@@ -283,10 +283,7 @@ impl<K: Kv, W: Watch> ElectionService<K, W> {
                         break;
                     }
                     header = wr.header;
-                    let update = LeaderResponse {
-                        header,
-                        kv: ev.kv,
-                    };
+                    let update = LeaderResponse { header, kv: ev.kv };
                     if futures_util::SinkExt::send(&mut tx, Ok(update))
                         .await
                         .is_err()
