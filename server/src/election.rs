@@ -75,6 +75,37 @@ impl<K, W> Clone for ElectionService<K, W> {
 pub type ObserveStream =
     Pin<Box<dyn futures_util::Stream<Item = Result<LeaderResponse, Status>> + Send>>;
 
+/// Observe's response stream: the responses, plus a sender whose drop (the client went away)
+/// stops the observing task even while it waits on a watch.
+struct Observed {
+    rx: futures_channel::mpsc::Receiver<Result<LeaderResponse, Status>>,
+    _gone: futures_channel::oneshot::Sender<()>,
+}
+
+impl futures_util::Stream for Observed {
+    type Item = Result<LeaderResponse, Status>;
+    fn poll_next(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        self.rx.poll_next_unpin(cx)
+    }
+}
+
+/// The next item of `stream`, or `None` once the observer is gone.
+async fn next_or_gone<S>(
+    stream: &mut S,
+    gone: &mut futures_channel::oneshot::Receiver<()>,
+) -> Option<S::Item>
+where
+    S: futures_util::Stream + Unpin,
+{
+    match futures_util::future::select(stream.next(), gone).await {
+        futures_util::future::Either::Left((item, _)) => item,
+        futures_util::future::Either::Right(_) => None,
+    }
+}
+
 impl<K: Kv, W: Watch> ElectionService<K, W> {
     pub async fn do_campaign(&self, req: CampaignRequest) -> Result<CampaignResponse, Status> {
         let prefix = with_slash(&req.name);
@@ -198,6 +229,7 @@ impl<K: Kv, W: Watch> ElectionService<K, W> {
         self,
         name: Bytes,
         tx: futures_channel::mpsc::Sender<Result<LeaderResponse, Status>>,
+        mut gone: futures_channel::oneshot::Receiver<()>,
     ) {
         let mut tx = tx;
         let prefix = with_slash(&name);
@@ -226,7 +258,7 @@ impl<K: Kv, W: Watch> ElectionService<K, W> {
                     let mut stream = Box::pin(stream);
                     let mut found = None;
                     while found.is_none() {
-                        let Some(Ok(wr)) = stream.next().await else {
+                        let Some(Ok(wr)) = next_or_gone(&mut stream, &mut gone).await else {
                             return;
                         };
                         if wr.canceled {
@@ -271,7 +303,7 @@ impl<K: Kv, W: Watch> ElectionService<K, W> {
             let mut stream = Box::pin(stream);
             let mut deleted = false;
             while !deleted {
-                let Some(Ok(wr)) = stream.next().await else {
+                let Some(Ok(wr)) = next_or_gone(&mut stream, &mut gone).await else {
                     return;
                 };
                 if wr.canceled {
@@ -332,12 +364,13 @@ impl<K: Kv, W: Watch> Election for ElectionService<K, W> {
         request: Request<LeaderRequest>,
     ) -> Result<Response<Self::ObserveStream>, Status> {
         let (tx, rx) = futures_channel::mpsc::channel(OBSERVE_BUFFER_RESPONSES_MAX);
+        let (gone_tx, gone_rx) = futures_channel::oneshot::channel();
         let this = self.clone();
         let name = request.into_inner().name;
         // The observing task runs on this core; it ends when the client drops the stream
         // (the send fails) or the store errors.
-        glommio::spawn_local(this.observe_loop(name, tx)).detach();
-        Ok(Response::new(Box::pin(rx)))
+        glommio::spawn_local(this.observe_loop(name, tx, gone_rx)).detach();
+        Ok(Response::new(Box::pin(Observed { rx, _gone: gone_tx })))
     }
 
     async fn resign(

@@ -529,6 +529,43 @@ fn http_routes_and_json_gateway() {
     );
     assert!(r.body.contains("election: not leader"), "{}", r.body);
 
+    // Observe: the current leader, then each value it proclaims.
+    let c = post(
+        a,
+        "/v3/election/campaign",
+        &format!(
+            "{{\"name\":\"{}\",\"lease\":100,\"value\":\"{}\"}}",
+            b64("ob"),
+            b64("o1")
+        ),
+    );
+    let mut o = TcpStream::connect(a).unwrap();
+    o.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let body = format!("{{\"name\":\"{}\"}}", b64("ob"));
+    write!(
+        o,
+        "POST /v3/election/observe HTTP/1.1\r\nHost: {a}\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut seen = String::new();
+    read_stream_until(&mut o, &mut seen, &b64("o1"));
+    post(
+        a,
+        "/v3/election/proclaim",
+        &format!("{{\"leader\":{},\"value\":\"{}\"}}", c["leader"], b64("o2")),
+    );
+    read_stream_until(&mut o, &mut seen, &b64("o2"));
+    assert!(
+        seen.lines()
+            .filter(|l| l.starts_with("{\"result\":"))
+            .count()
+            >= 2,
+        "{seen}"
+    );
+    drop(o);
+
     // Watch: newline-delimited {"result":...} objects.
     let mut s = TcpStream::connect(a).unwrap();
     s.set_read_timeout(Some(Duration::from_millis(200)))
@@ -645,4 +682,17 @@ fn health_reports_nospace_alarm() {
     assert_eq!((h.status, h.body.as_str()), (200, "{\"health\":\"true\"}"));
     let alarms = post(a, "/v3/maintenance/alarm", "{}");
     assert_eq!(alarms["alarms"][0]["alarm"], "NOSPACE");
+}
+
+fn read_stream_until(s: &mut TcpStream, got: &mut String, needle: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut buf = [0u8; 4096];
+    while !got.contains(needle) && Instant::now() < deadline {
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => got.push_str(&String::from_utf8_lossy(&buf[..n])),
+            Err(_) => {}
+        }
+    }
+    assert!(got.contains(needle), "{needle:?} not in {got}");
 }
