@@ -148,6 +148,24 @@ impl Cluster {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
+        if spec.nodes > 1 {
+            // A binary that ignores cluster flags would serve N independent stores: refuse it.
+            let c = crate::workload::connect(&cluster.endpoints[..1]).await?;
+            let members = c
+                .cluster_client()
+                .member_list()
+                .await
+                .map_err(|e| format!("member list: {e}"))?
+                .members()
+                .len();
+            if members != spec.nodes {
+                return Err(format!(
+                    "{} did not form a {}-member cluster: member list shows {members}",
+                    spec.kind.name(),
+                    spec.nodes
+                ));
+            }
+        }
         Ok(cluster)
     }
 
