@@ -98,9 +98,12 @@ enum Op {
     },
 }
 
+/// (target 0..=4: version, create, mod, value, lease; key; op; number; value; range end)
+type CompareSpec = (u8, Vec<u8>, CompareOp, i64, Vec<u8>, Option<End>);
+
 #[derive(Debug, Clone)]
 struct TxnSpec {
-    compares: Vec<(u8, Vec<u8>, CompareOp, i64, Vec<u8>, Option<End>)>,
+    compares: Vec<CompareSpec>,
     success: Vec<Op>,
     failure: Vec<Op>,
 }
@@ -115,7 +118,7 @@ struct Gen {
 impl Gen {
     fn end(&mut self, key: &[u8]) -> End {
         match self.rng.below(6) {
-            0 | 1 | 2 => End::Single,
+            0..=2 => End::Single,
             3 => {
                 let mut other = self.rng.key();
                 if self.rng.chance(70) && other.as_slice() < key {
