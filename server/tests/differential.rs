@@ -247,10 +247,61 @@ impl Gen {
             let n = g.rng.below(4);
             (0..n)
                 .map(|_| match g.rng.below(10) {
+                    // etcd 3.4 panics on a nested txn's put that fails (missing lease,
+                    // ignore_value on a missing key): nested puts are plain.
+                    0..=3 if depth > 0 => match g.put() {
+                        Op::Put {
+                            key,
+                            value,
+                            prev_kv,
+                            ..
+                        } => Op::Put {
+                            key: if key.is_empty() { b"n".to_vec() } else { key },
+                            value,
+                            prev_kv,
+                            ignore_value: false,
+                            ignore_lease: false,
+                            lease: 0,
+                        },
+                        other => other,
+                    },
                     0..=3 => g.put(),
-                    4..=6 => g.range(),
+                    // etcd 3.4 can panic ("unexpected error during txn") on a compacted
+                    // revision in a txn's range: ranges inside txns read the present.
+                    4..=6 => match g.range() {
+                        Op::Range {
+                            key,
+                            end,
+                            limit,
+                            sort,
+                            serializable,
+                            keys_only,
+                            count_only,
+                            min_mod,
+                            max_mod,
+                            min_create,
+                            max_create,
+                            ..
+                        } => Op::Range {
+                            key,
+                            end,
+                            limit,
+                            rev: 0,
+                            sort,
+                            serializable,
+                            keys_only,
+                            count_only,
+                            min_mod,
+                            max_mod,
+                            min_create,
+                            max_create,
+                        },
+                        other => other,
+                    },
                     7 | 8 => g.delete(),
-                    _ if depth == 0 => g.txn(1),
+                    // Nested txns crash etcd 3.4.23 itself ("unexpected error during txn" on a
+                    // nested put, seed 20): compared only when FERRITE_DIFF_NESTED=1.
+                    _ if depth == 0 && nested_txns() => g.txn(1),
                     _ => g.put(),
                 })
                 .collect::<Vec<_>>()
@@ -631,6 +682,10 @@ fn seeds() -> Vec<u64> {
         }
     }
     v
+}
+
+fn nested_txns() -> bool {
+    std::env::var("FERRITE_DIFF_NESTED").as_deref() == Ok("1")
 }
 
 fn ops_per_seed() -> usize {
