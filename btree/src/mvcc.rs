@@ -662,6 +662,9 @@ fn hash_in<S: PageSource>(src: &S, rev: i64, compact_rev: i64) -> Result<u32, St
 
 // ---------------------------------------------------------------- the store
 
+/// The revision of a fresh, empty store: etcd's (so its first write is revision 2).
+pub const FIRST_REVISION: i64 = 1;
+
 impl MvccStore {
     pub fn open(path: &Path, opts: StoreOptions) -> Result<MvccStore, StoreError> {
         Self::open_storage(Arc::new(FileStorage::open(path)?), opts)
@@ -673,8 +676,15 @@ impl MvccStore {
         opts: StoreOptions,
     ) -> Result<MvccStore, StoreError> {
         let db = crate::db::Db::open_storage(storage, opts.db.clone())?;
-        let w = db.into_writer();
-        let app = w.app();
+        let mut w = db.into_writer();
+        let mut app = w.app();
+        if app[APP_REV] == 0 {
+            // A fresh store starts at revision 1, as etcd's does (its first write is revision 2).
+            app[APP_REV] = FIRST_REVISION as u64;
+            w.set_app(app);
+            w.commit(true)?;
+        }
+        assert!(app[APP_REV] >= FIRST_REVISION as u64);
         Ok(MvccStore {
             inner: Arc::new(Inner {
                 reader: w.reader(),

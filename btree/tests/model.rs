@@ -259,7 +259,8 @@ proptest! {
         let opts = StoreOptions { compaction_entries_per_commit: 3, ..StoreOptions::default() };
         let mut sim = Arc::new(SimStorage::new(Vec::new()));
         let mut store = MvccStore::open_storage(sim.clone(), opts.clone()).unwrap();
-        let mut working = Model::default();
+        // A fresh store is at etcd's first revision.
+        let mut working = Model { rev: ferrite_btree::mvcc::FIRST_REVISION, ..Model::default() };
         let mut committed = working.clone();
         let mut durable = working.clone();
         let mut commits = 0i64;
