@@ -40,16 +40,16 @@ fn get(s: &MvccStore, k: &str, rev: i64) -> Result<Option<KeyValue>, MvccError> 
 #[test]
 fn versions_create_revision_lease_and_restart_after_delete() {
     let (_d, s) = store();
-    assert_eq!(s.read().revision(), 0);
-    assert_eq!(put(&s, "foo", "a", 0), 1);
-    assert_eq!(put(&s, "foo", "b", 7), 2);
+    assert_eq!(s.read().revision(), 1);
+    assert_eq!(put(&s, "foo", "a", 0), 2);
+    assert_eq!(put(&s, "foo", "b", 7), 3);
     let kv = get(&s, "foo", 0).unwrap().unwrap();
     assert_eq!(
         kv,
         KeyValue {
             key: b"foo".to_vec(),
-            create_revision: 1,
-            mod_revision: 2,
+            create_revision: 2,
+            mod_revision: 3,
             version: 2,
             value: b"b".to_vec(),
             lease: 7
@@ -58,26 +58,26 @@ fn versions_create_revision_lease_and_restart_after_delete() {
     let d = del(&s, "foo", "");
     assert_eq!(d.len(), 1);
     assert_eq!(d[0].version, 2);
-    assert_eq!(s.read().revision(), 3);
+    assert_eq!(s.read().revision(), 4);
     assert_eq!(get(&s, "foo", 0).unwrap(), None);
     // Deleting a missing key writes nothing and does not advance the revision.
     assert!(del(&s, "foo", "").is_empty());
-    assert_eq!(s.read().revision(), 3);
-    assert_eq!(put(&s, "foo", "c", 0), 4);
+    assert_eq!(s.read().revision(), 4);
+    assert_eq!(put(&s, "foo", "c", 0), 5);
     let kv = get(&s, "foo", 0).unwrap().unwrap();
-    assert_eq!((kv.create_revision, kv.mod_revision, kv.version), (4, 4, 1));
+    assert_eq!((kv.create_revision, kv.mod_revision, kv.version), (5, 5, 1));
     // History stays readable.
-    assert_eq!(get(&s, "foo", 1).unwrap().unwrap().value, b"a");
-    assert_eq!(get(&s, "foo", 3).unwrap(), None);
+    assert_eq!(get(&s, "foo", 2).unwrap().unwrap().value, b"a");
+    assert_eq!(get(&s, "foo", 4).unwrap(), None);
 }
 
 #[test]
 fn range_limit_count_more_and_filters() {
     let (_d, s) = store();
     for (i, k) in ["a", "b", "c", "d", "e"].iter().enumerate() {
-        assert_eq!(put(&s, k, "v", 0), i as i64 + 1);
+        assert_eq!(put(&s, k, "v", 0), i as i64 + 2);
     }
-    put(&s, "b", "v2", 0); // rev 6
+    put(&s, "b", "v2", 0); // rev 7
     let v = s.read();
     let all = |limit, extra: fn(&mut RangeOptions)| {
         let mut o = RangeOptions {
@@ -101,18 +101,18 @@ fn range_limit_count_more_and_filters() {
     let r = all(0, |o| o.keys_only = true);
     assert!(r.kvs.iter().all(|kv| kv.value.is_empty() && kv.version > 0));
     // Filters apply after counting, as in etcd's apply.go.
-    let r = all(0, |o| o.min_mod_revision = 4);
+    let r = all(0, |o| o.min_mod_revision = 5);
     assert_eq!(r.count, 5);
     assert_eq!(
         r.kvs.iter().map(|k| k.key.clone()).collect::<Vec<_>>(),
         vec![b"b".to_vec(), b"d".to_vec(), b"e".to_vec()]
     );
-    let r = all(1, |o| o.max_create_revision = 2);
+    let r = all(1, |o| o.max_create_revision = 3);
     assert_eq!((r.kvs.len(), r.count, r.more), (1, 5, true));
-    let r = all(0, |o| o.min_create_revision = 3);
+    let r = all(0, |o| o.min_create_revision = 4);
     assert_eq!(r.kvs.len(), 3);
-    let r = all(0, |o| o.max_mod_revision = 3);
-    assert_eq!(r.kvs.len(), 2); // a@1, c@3 (b is at 6 now)
+    let r = all(0, |o| o.max_mod_revision = 4);
+    assert_eq!(r.kvs.len(), 2); // a@2, c@4 (b is at 7 now)
                                 // [b, d)
     let r = v
         .range(&RangeOptions {
@@ -130,7 +130,7 @@ fn range_limit_count_more_and_filters() {
         .range(&RangeOptions {
             key: b"a".to_vec(),
             range_end: vec![0],
-            revision: 2,
+            revision: 3,
             ..Default::default()
         })
         .unwrap();
@@ -144,28 +144,28 @@ fn compacted_and_future_revisions() {
     for i in 0..5 {
         put(&s, "k", &i.to_string(), 0);
     }
-    let err = get(&s, "k", 6).unwrap_err();
+    let err = get(&s, "k", 7).unwrap_err();
     assert!(matches!(err, MvccError::FutureRevision));
     assert_eq!(
         err.to_string(),
         "mvcc: required revision is a future revision"
     );
-    s.compact(3).unwrap();
-    let err = get(&s, "k", 2).unwrap_err();
+    s.compact(4).unwrap();
+    let err = get(&s, "k", 3).unwrap_err();
     assert_eq!(
         err.to_string(),
         "mvcc: required revision has been compacted"
     );
-    assert_eq!(get(&s, "k", 3).unwrap().unwrap().value, b"2");
-    assert!(matches!(s.compact(3), Err(MvccError::Compacted)));
-    assert!(matches!(s.compact(9), Err(MvccError::FutureRevision)));
+    assert_eq!(get(&s, "k", 4).unwrap().unwrap().value, b"2");
+    assert!(matches!(s.compact(4), Err(MvccError::Compacted)));
+    assert!(matches!(s.compact(10), Err(MvccError::FutureRevision)));
     assert!(matches!(
-        s.read().events(2, b"k", b"", 0),
+        s.read().events(3, b"k", b"", 0),
         Err(MvccError::Compacted)
     ));
-    assert_eq!(s.read().events(3, b"k", b"", 0).unwrap().len(), 3);
-    assert!(matches!(s.hash_kv(3), Err(MvccError::Compacted)));
-    assert!(matches!(s.hash_kv(6), Err(MvccError::FutureRevision)));
+    assert_eq!(s.read().events(4, b"k", b"", 0).unwrap().len(), 3);
+    assert!(matches!(s.hash_kv(4), Err(MvccError::Compacted)));
+    assert!(matches!(s.hash_kv(7), Err(MvccError::FutureRevision)));
 }
 
 #[test]
@@ -176,34 +176,34 @@ fn compaction_keeps_newest_at_or_below_and_drops_tombstoned_keys() {
         ..StoreOptions::default()
     };
     let s = MvccStore::open(&dir.path().join("db"), opts).unwrap();
-    put(&s, "a", "1", 0); // 1
-    put(&s, "a", "2", 0); // 2
-    put(&s, "b", "1", 0); // 3
-    del(&s, "b", ""); // 4
-    put(&s, "a", "3", 0); // 5
-    put(&s, "c", "1", 0); // 6
+    put(&s, "a", "1", 0); // 2
+    put(&s, "a", "2", 0); // 3
+    put(&s, "b", "1", 0); // 4
+    del(&s, "b", ""); // 5
+    put(&s, "a", "3", 0); // 6
+    put(&s, "c", "1", 0); // 7
     let uncompacted = s.hash_kv(0).unwrap();
-    s.compact(4).unwrap();
+    s.compact(5).unwrap();
     // One entry examined so far: the hash already leaves out what compaction will remove.
     let before = s.hash_kv(0).unwrap();
     assert_ne!(uncompacted.0, before.0);
-    let size_before = s.read().events(4, b"\0", &[0], 0).unwrap().len();
+    let size_before = s.read().events(5, b"\0", &[0], 0).unwrap().len();
     s.finish_compaction().unwrap();
     let after = s.hash_kv(0).unwrap();
     assert_eq!(before, after, "physical removal changed the hash");
-    assert_eq!(after.1, 4);
+    assert_eq!(after.1, 5);
     assert_eq!(size_before, 2);
     let v = s.read();
-    assert_eq!(get(&s, "a", 4).unwrap().unwrap().value, b"2");
-    assert_eq!(get(&s, "b", 4).unwrap(), None);
-    // The revision log kept a@2 only below the compaction (b's history is gone).
-    let ev = v.events(4, b"\0", &[0], 0).unwrap();
+    assert_eq!(get(&s, "a", 5).unwrap().unwrap().value, b"2");
+    assert_eq!(get(&s, "b", 5).unwrap(), None);
+    // The revision log kept a@3 only below the compaction (b's history is gone).
+    let ev = v.events(5, b"\0", &[0], 0).unwrap();
     assert_eq!(
         ev.iter().map(|e| e.kv.mod_revision).collect::<Vec<_>>(),
-        vec![5, 6]
+        vec![6, 7]
     );
-    // prev_kv of a@5 is the kept a@2.
-    assert_eq!(ev[0].prev_kv.as_ref().unwrap().mod_revision, 2);
+    // prev_kv of a@6 is the kept a@3.
+    assert_eq!(ev[0].prev_kv.as_ref().unwrap().mod_revision, 3);
 }
 
 #[test]
@@ -224,24 +224,24 @@ fn txn_sees_own_writes_and_sub_revisions() {
         .unwrap();
     assert_eq!(r.count, 2);
     let d = t.delete_range(b"y", b"");
-    assert_eq!(d[0].mod_revision, 2);
+    assert_eq!(d[0].mod_revision, 3);
     let out = t.end();
-    assert_eq!(out.revision, 2);
+    assert_eq!(out.revision, 3);
     assert_eq!(out.events.len(), 3);
     assert_eq!(out.events[2].kind, EventKind::Delete);
-    assert_eq!(out.events[2].kv.mod_revision, 2);
+    assert_eq!(out.events[2].kv.mod_revision, 3);
     // Not yet visible to readers.
-    assert_eq!(s.read().revision(), 1);
+    assert_eq!(s.read().revision(), 2);
     w.put_meta(b"applied", b"42");
     w.commit(true).unwrap();
     let v = s.read();
-    assert_eq!(v.revision(), 2);
+    assert_eq!(v.revision(), 3);
     assert_eq!(v.get_meta(b"applied").unwrap(), b"42");
-    let ev = v.events(2, b"\0", &[0], 0).unwrap();
+    let ev = v.events(3, b"\0", &[0], 0).unwrap();
     assert_eq!(ev, out.events);
     // A read-only txn does not advance the revision.
     let t = w.txn();
-    assert_eq!(t.end().revision, 2);
+    assert_eq!(t.end().revision, 3);
 }
 
 #[test]
@@ -305,7 +305,7 @@ fn snapshot_roundtrip() {
             i as i64 % 3,
         );
     }
-    s.compact(100).unwrap();
+    s.compact(101).unwrap();
     let mut buf = Vec::new();
     s.write_snapshot(&mut buf).unwrap();
     let dir = tempfile::tempdir().unwrap();
@@ -316,8 +316,8 @@ fn snapshot_roundtrip() {
     )
     .unwrap();
     assert_eq!(r.hash_kv(0).unwrap(), s.hash_kv(0).unwrap());
-    assert_eq!(r.read().revision(), 500);
-    assert_eq!(r.read().compact_revision(), 100);
+    assert_eq!(r.read().revision(), 501);
+    assert_eq!(r.read().compact_revision(), 101);
     buf[20] ^= 1;
     let dir2 = tempfile::tempdir().unwrap();
     assert!(MvccStore::restore(
@@ -350,16 +350,16 @@ fn events_never_split_a_revision() {
     }
     w.commit(false).unwrap();
     let v = s.read();
-    let ev = v.events(1, &[0], &[0], 5).unwrap();
+    let ev = v.events(2, &[0], &[0], 5).unwrap();
     assert_eq!(
         ev.len(),
         8,
         "5 requested: the second revision is finished, not split"
     );
-    assert!(ev.iter().all(|e| e.kv.mod_revision <= 2));
-    let ev = v.events(2, b"k20", b"k30", 1).unwrap();
+    assert!(ev.iter().all(|e| e.kv.mod_revision <= 3));
+    let ev = v.events(3, b"k20", b"k30", 1).unwrap();
     assert_eq!(ev.len(), 4);
-    assert!(ev.iter().all(|e| e.kv.mod_revision == 3));
+    assert!(ev.iter().all(|e| e.kv.mod_revision == 4));
 }
 
 #[test]
@@ -424,8 +424,8 @@ fn oversized_key_poisons_the_batch_instead_of_publishing_it() {
         w.commit(false),
         Err(ferrite_btree::StoreError::Poisoned)
     ));
-    assert!(s.compact(1).is_err());
+    assert!(s.compact(2).is_err());
     // Readers still see the last good commit.
-    assert_eq!(s.read().revision(), 1);
+    assert_eq!(s.read().revision(), 2);
     assert_eq!(get(&s, "fine", 0).unwrap(), None);
 }
