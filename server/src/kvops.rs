@@ -118,8 +118,11 @@ fn check_request_op(op: &RequestOp, max_txn_ops: usize) -> Result<(), EtcdError>
     }
 }
 
-/// A set of deleted intervals, `[start, end)`; an empty end means a single key, and an end of
-/// `\0` means "to the end of the keyspace" (etcd's affine intervals).
+/// A set of deleted intervals, `[start, end)`; an empty end means a single key.
+///
+/// etcd 3.4 compares these as plain byte strings (adt's affine intervals treat only an
+/// *empty* end as +infinity), so a from-key delete (end `\0`) is an empty interval there and
+/// never conflicts with a put in the same branch. We keep that observable behaviour.
 #[derive(Default, Clone)]
 struct Dels(Vec<(Vec<u8>, Vec<u8>)>);
 
@@ -128,8 +131,6 @@ impl Dels {
         self.0.iter().any(|(s, e)| {
             if e.is_empty() {
                 s.as_slice() == k
-            } else if e.as_slice() == b"\0" {
-                k >= s.as_slice()
             } else {
                 k >= s.as_slice() && k < e.as_slice()
             }
@@ -382,6 +383,11 @@ pub fn apply_put<T: WriteTxn + ?Sized>(
     txn: &mut T,
     p: &PutRequest,
 ) -> Result<PutResponse, EtcdError> {
+    // etcd checks a plain Put's lease before its key (a txn's pre-check, below, does the
+    // opposite: key first); inside a txn both already passed.
+    if p.lease != 0 && !txn.lease_exists(p.lease) {
+        return Err(EtcdError::LeaseNotFound);
+    }
     check_put_preconditions(txn, p)?;
     let (mut value, mut lease) = (p.value.clone(), p.lease);
     if p.ignore_value || p.ignore_lease {
