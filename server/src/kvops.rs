@@ -236,7 +236,8 @@ pub fn range<S: RangeSource + ?Sized>(
         revision: r.revision,
         limit,
         count_only: r.count_only,
-        keys_only: r.keys_only,
+        // etcd sorts on the real values and only then drops them for keys_only.
+        keys_only: r.keys_only && sort_target != range_request::SortTarget::Value,
         ..Default::default()
     };
     let rr = src.range_raw(&opts).map_err(mvcc_err)?;
