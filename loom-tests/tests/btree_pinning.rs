@@ -49,7 +49,10 @@ impl Writer {
 
     fn commit(&mut self, txn: u64) {
         self.reclaim();
-        let page = self.free.pop().expect("model sized so a page is always free");
+        let page = self
+            .free
+            .pop()
+            .expect("model sized so a page is always free");
         // Copy-on-write: only a page no snapshot can reach is written.
         self.shared.pages[page].store(txn, Ordering::Release);
         let new = Arc::new(Snapshot { txn, page });
@@ -62,7 +65,11 @@ fn pin_and_read(shared: &Shared) {
     let snap = shared.current.lock().unwrap().clone();
     for _ in 0..2 {
         let seen = shared.pages[snap.page].load(Ordering::Acquire);
-        assert_eq!(seen, snap.txn, "page {} of pinned txn {} was reused", snap.page, snap.txn);
+        assert_eq!(
+            seen, snap.txn,
+            "page {} of pinned txn {} was reused",
+            snap.page, snap.txn
+        );
         thread::yield_now();
     }
 }
