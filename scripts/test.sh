@@ -26,7 +26,7 @@ echo "== cargo build --release (the ferrite binary used by integration tests)"
 cargo build --release --workspace --bins
 
 echo "== cargo test"
-timeout 2400 cargo test --workspace --release -- --test-threads=2
+timeout 2400 cargo test --workspace --release --no-fail-fast -- --test-threads=2
 
 echo "== loom models"
 RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom timeout 900 cargo test -p loom-tests --release
