@@ -26,7 +26,13 @@ echo "== cargo build --release (the ferrite binary used by integration tests)"
 cargo build --release --workspace --bins
 
 echo "== cargo test"
-timeout 2400 cargo test --workspace --release --no-fail-fast -- --test-threads=2
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+timeout 2400 cargo test --workspace --release --no-fail-fast -- --test-threads=2 2>&1 | tee "$log"
 
 echo "== loom models"
-RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom timeout 900 cargo test -p loom-tests --release
+RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom timeout 900 cargo test -p loom-tests --release 2>&1 | tee -a "$log"
+
+# One closing line over every test binary above (pipefail already failed the script on a failure).
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
+     END { printf "tests: %d passed, %d failed\n", p, f }' "$log"
