@@ -384,12 +384,12 @@ pub fn apply_put<T: WriteTxn + ?Sized>(
     txn: &mut T,
     p: &PutRequest,
 ) -> Result<PutResponse, EtcdError> {
-    // etcd checks a plain Put's lease before its key (a txn's pre-check, below, does the
-    // opposite: key first); inside a txn both already passed.
+    // etcd checks a plain Put's lease before its key (a txn's pre-check,
+    // `check_put_preconditions`, does the opposite: key first); inside a txn both already
+    // passed. The key check is the range below, done once.
     if p.lease != 0 && !txn.lease_exists(p.lease) {
         return Err(EtcdError::LeaseNotFound);
     }
-    check_put_preconditions(txn, p)?;
     let (mut value, mut lease) = (p.value.clone(), p.lease);
     if p.ignore_value || p.ignore_lease {
         let rr = txn.range_raw(&plain_range(&p.key, &[])).map_err(mvcc_err)?;
