@@ -81,6 +81,10 @@ pub struct ApplyCtx<'a> {
     pub alarms_dirty: bool,
     /// Revisions to compact once the current batch is committed.
     pub compactions: Vec<i64>,
+    /// The auth store and tokens (locked for the batch, like the lessor).
+    pub auth: &'a mut crate::authz::AuthState,
+    /// Set when the auth store changed (its metadata must be rewritten).
+    pub auth_dirty: bool,
 }
 
 impl ApplyCtx<'_> {
@@ -100,6 +104,108 @@ fn begin<'w, 'l>(writer: &'w mut Writer, ctx: &'l mut ApplyCtx<'_>) -> ApplyTxn<
         wrote: false,
         lessor: ctx.lessor,
     }
+}
+
+/// Applies one request of a committed entry at Raft `index`: etcd's `authApplierV3` checks
+/// against the caller carried in the entry, then the request itself.
+pub fn apply_request(
+    writer: &mut Writer,
+    ctx: &mut ApplyCtx<'_>,
+    index: u64,
+    req: &crate::internal::InternalRequest,
+) -> (Result<ApplyResult, EtcdError>, Vec<Event>) {
+    let Some(op) = &req.op else {
+        return (Err(EtcdError::Internal("empty request".into())), Vec::new());
+    };
+    if let Op::Auth(a) = op {
+        return (apply_auth(ctx, index, req, a), Vec::new());
+    }
+    if ctx.auth.store.is_enabled() {
+        if let Err(e) = check_write(ctx, req, op) {
+            return (Err(e.into()), Vec::new());
+        }
+    }
+    apply_op(writer, ctx, op)
+}
+
+/// etcd's authApplierV3 checks on Put, DeleteRange, Txn and LeaseRevoke.
+fn check_write(
+    ctx: &ApplyCtx<'_>,
+    req: &crate::internal::InternalRequest,
+    op: &Op,
+) -> Result<(), ferrite_auth::AuthError> {
+    let who = req.caller();
+    let who = who.as_ref();
+    let store = &ctx.auth.store;
+    // etcd's checkLeasePuts: every key attached to the lease must be writable.
+    let lease_puts = |lease: i64| -> Result<(), ferrite_auth::AuthError> {
+        if let Some(keys) = ctx.lessor.keys_of(lease) {
+            for k in keys {
+                store.is_put_permitted(who, &k)?;
+            }
+        }
+        Ok(())
+    };
+    match op {
+        Op::Put(p) => {
+            store.is_put_permitted(who, &p.key)?;
+            lease_puts(p.lease)?;
+            if p.prev_kv {
+                store.is_range_permitted(who, &p.key, &[])?;
+            }
+        }
+        Op::DeleteRange(d) => {
+            store.is_delete_range_permitted(who, &d.key, &d.range_end)?;
+            if d.prev_kv {
+                store.is_range_permitted(who, &d.key, &d.range_end)?;
+            }
+        }
+        Op::Txn(t) => crate::authz::check_txn(store, who, t)?,
+        Op::LeaseRevoke(r) if req.id != 0 || who.is_some() => lease_puts(r.id)?,
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Applies an auth mutation: the store checks the caller, the token provider follows, and
+/// Authenticate mints the token on every member (simple tokens are node-local).
+fn apply_auth(
+    ctx: &mut ApplyCtx<'_>,
+    index: u64,
+    req: &crate::internal::InternalRequest,
+    a: &crate::internal::AuthRequest,
+) -> Result<ApplyResult, EtcdError> {
+    let cmd = ferrite_auth::AuthCommand::decode(&a.command).unwrap_or_else(|e| {
+        // Encoded by a member before proposing: a committed entry that does not decode is a
+        // corrupt log, and applying around it would diverge from the other members.
+        panic!("ferrite: committed auth entry {index} does not decode: {e}")
+    });
+    let who = req.caller();
+    let applied = ctx.auth.store.apply(who.as_ref(), &cmd)?;
+    ctx.auth_dirty = true;
+    let now = crate::authz::now_ms();
+    ctx.auth.tokens.on_applied(&applied);
+    let token = match (&applied, &cmd) {
+        (
+            ferrite_auth::Applied::Authenticated { user, revision },
+            ferrite_auth::AuthCommand::Authenticate {
+                simple_token_prefix,
+                ..
+            },
+        ) => {
+            if let ferrite_auth::TokenProvider::Simple(s) = &mut ctx.auth.tokens {
+                s.purge_expired(now);
+            }
+            let t = ctx
+                .auth
+                .tokens
+                .assign(user, *revision, simple_token_prefix, index, now)
+                .map_err(|e| EtcdError::Internal(e.to_string()))?;
+            Some(t)
+        }
+        _ => None,
+    };
+    Ok(ApplyResult::Auth(crate::state::AuthApplied { token }))
 }
 
 /// Applies one request. Returns its result and the events it produced.
@@ -137,6 +243,12 @@ pub fn apply_op(
         Op::LeaseGrant(g) => (apply_lease_grant(writer, ctx, g), Vec::new()),
         Op::LeaseRevoke(r) => apply_lease_revoke(writer, ctx, r),
         Op::Alarm(a) => (Ok(ApplyResult::Alarm(apply_alarm(ctx, a))), Vec::new()),
+        Op::Auth(_) => (
+            Err(EtcdError::Internal(
+                "auth entries go through apply_request".into(),
+            )),
+            Vec::new(),
+        ),
     }
 }
 
@@ -309,6 +421,10 @@ mod tests {
     ) -> Vec<Result<ApplyResult, EtcdError>> {
         let mut w = store.writer();
         let mut alarms = Vec::new();
+        let mut auth = crate::authz::AuthState {
+            store: ferrite_auth::AuthStore::new(),
+            tokens: ferrite_auth::TokenProvider::Nop,
+        };
         let mut ctx = ApplyCtx {
             lessor,
             compact_rev: 0,
@@ -318,6 +434,8 @@ mod tests {
             leases_dirty: false,
             alarms_dirty: false,
             compactions: Vec::new(),
+            auth: &mut auth,
+            auth_dirty: false,
         };
         let out = ops
             .iter()

@@ -54,11 +54,26 @@ pub const OBSERVE_BUFFER_RESPONSES_MAX: usize = 16;
 pub struct ElectionService<K, W> {
     kv: Arc<K>,
     watch: Arc<W>,
+    /// The caller's credentials, forwarded to the KV and Watch calls made on its behalf.
+    creds: crate::authz::Credentials,
 }
 
 impl<K, W> ElectionService<K, W> {
     pub fn new(kv: Arc<K>, watch: Arc<W>) -> Self {
-        ElectionService { kv, watch }
+        ElectionService {
+            kv,
+            watch,
+            creds: Default::default(),
+        }
+    }
+
+    /// A copy acting for the caller of `req`.
+    fn for_caller<T>(&self, req: &Request<T>) -> Self {
+        ElectionService {
+            kv: self.kv.clone(),
+            watch: self.watch.clone(),
+            creds: crate::authz::Credentials::of(req),
+        }
     }
 }
 
@@ -67,6 +82,7 @@ impl<K, W> Clone for ElectionService<K, W> {
         ElectionService {
             kv: self.kv.clone(),
             watch: self.watch.clone(),
+            creds: self.creds.clone(),
         }
     }
 }
@@ -118,7 +134,7 @@ impl<K: Kv, W: Watch> ElectionService<K, W> {
                 ..Default::default()
             })],
         };
-        let resp = self.kv.txn(Request::new(txn)).await?.into_inner();
+        let resp = self.kv.txn(self.creds.request(txn)).await?.into_inner();
         // etcd answers with the header of the campaign txn.
         let header = resp.header;
         let mut leader_rev = header.as_ref().map_or(0, |h| h.revision);
@@ -139,8 +155,16 @@ impl<K: Kv, W: Watch> ElectionService<K, W> {
                 }
             }
         }
-        let guard = DeleteOnDrop::new(self.kv.clone(), key.clone(), leader_rev);
-        match wait_deletes(&*self.kv, &*self.watch, &prefix, leader_rev - 1).await {
+        let guard = DeleteOnDrop::new(self.kv.clone(), self.creds.clone(), key.clone(), leader_rev);
+        match wait_deletes(
+            &*self.kv,
+            &*self.watch,
+            &self.creds,
+            &prefix,
+            leader_rev - 1,
+        )
+        .await
+        {
             Ok(_) => guard.disarm(),
             Err(e) => {
                 drop(guard);
@@ -170,7 +194,7 @@ impl<K: Kv, W: Watch> ElectionService<K, W> {
             success: vec![op_put(key.clone(), value, lease)],
             failure: vec![],
         };
-        let resp = self.kv.txn(Request::new(txn)).await?.into_inner();
+        let resp = self.kv.txn(self.creds.request(txn)).await?.into_inner();
         if !resp.succeeded {
             return Err(Status::unknown(ERR_NOT_LEADER));
         }
@@ -187,7 +211,12 @@ impl<K: Kv, W: Watch> ElectionService<K, W> {
             success: vec![op_delete(key.clone())],
             failure: vec![],
         };
-        Ok(self.kv.txn(Request::new(txn)).await?.into_inner().header)
+        Ok(self
+            .kv
+            .txn(self.creds.request(txn))
+            .await?
+            .into_inner()
+            .header)
     }
 
     pub async fn do_proclaim(&self, req: ProclaimRequest) -> Result<ProclaimResponse, Status> {
@@ -212,7 +241,7 @@ impl<K: Kv, W: Watch> ElectionService<K, W> {
         let prefix = with_slash(&req.name);
         let resp = self
             .kv
-            .range(Request::new(first_create(&prefix)))
+            .range(self.creds.request(first_create(&prefix)))
             .await?
             .into_inner();
         match resp.kvs.into_iter().next() {
@@ -234,7 +263,11 @@ impl<K: Kv, W: Watch> ElectionService<K, W> {
         let mut tx = tx;
         let prefix = with_slash(&name);
         loop {
-            let resp = match self.kv.range(Request::new(first_create(&prefix))).await {
+            let resp = match self
+                .kv
+                .range(self.creds.request(first_create(&prefix)))
+                .await
+            {
                 Ok(r) => r.into_inner(),
                 Err(e) => {
                     let _ = futures_util::SinkExt::send(&mut tx, Err(e)).await;
@@ -252,7 +285,8 @@ impl<K: Kv, W: Watch> ElectionService<K, W> {
                         start_revision: start,
                         ..Default::default()
                     };
-                    let Ok((_keep, stream)) = open_watch(&*self.watch, create).await else {
+                    let Ok((_keep, stream)) = open_watch(&*self.watch, create, &self.creds).await
+                    else {
                         return;
                     };
                     let mut stream = Box::pin(stream);
@@ -297,7 +331,7 @@ impl<K: Kv, W: Watch> ElectionService<K, W> {
                 start_revision: leader_rev + 1,
                 ..Default::default()
             };
-            let Ok((_keep, stream)) = open_watch(&*self.watch, create).await else {
+            let Ok((_keep, stream)) = open_watch(&*self.watch, create, &self.creds).await else {
                 return;
             };
             let mut stream = Box::pin(stream);
@@ -334,7 +368,8 @@ impl<K: Kv, W: Watch> Election for ElectionService<K, W> {
         &self,
         request: Request<CampaignRequest>,
     ) -> Result<Response<CampaignResponse>, Status> {
-        self.do_campaign(request.into_inner())
+        self.for_caller(&request)
+            .do_campaign(request.into_inner())
             .await
             .map(Response::new)
     }
@@ -343,7 +378,8 @@ impl<K: Kv, W: Watch> Election for ElectionService<K, W> {
         &self,
         request: Request<ProclaimRequest>,
     ) -> Result<Response<ProclaimResponse>, Status> {
-        self.do_proclaim(request.into_inner())
+        self.for_caller(&request)
+            .do_proclaim(request.into_inner())
             .await
             .map(Response::new)
     }
@@ -352,7 +388,8 @@ impl<K: Kv, W: Watch> Election for ElectionService<K, W> {
         &self,
         request: Request<LeaderRequest>,
     ) -> Result<Response<LeaderResponse>, Status> {
-        self.do_leader(request.into_inner())
+        self.for_caller(&request)
+            .do_leader(request.into_inner())
             .await
             .map(Response::new)
     }
@@ -365,7 +402,7 @@ impl<K: Kv, W: Watch> Election for ElectionService<K, W> {
     ) -> Result<Response<Self::ObserveStream>, Status> {
         let (tx, rx) = futures_channel::mpsc::channel(OBSERVE_BUFFER_RESPONSES_MAX);
         let (gone_tx, gone_rx) = futures_channel::oneshot::channel();
-        let this = self.clone();
+        let this = self.for_caller(&request);
         let name = request.into_inner().name;
         // The observing task runs on this core; it ends when the client drops the stream
         // (the send fails) or the store errors.
@@ -377,7 +414,8 @@ impl<K: Kv, W: Watch> Election for ElectionService<K, W> {
         &self,
         request: Request<ResignRequest>,
     ) -> Result<Response<ResignResponse>, Status> {
-        self.do_resign(request.into_inner())
+        self.for_caller(&request)
+            .do_resign(request.into_inner())
             .await
             .map(Response::new)
     }

@@ -30,6 +30,8 @@ pub enum EtcdError {
     Unimplemented(&'static str),
     /// A storage or internal failure; the message is logged and sent as `Unknown`.
     Internal(String),
+    /// An authentication or authorization failure (etcd's auth errors, from `ferrite-auth`).
+    Auth(ferrite_auth::AuthError),
 }
 
 impl EtcdError {
@@ -81,6 +83,9 @@ impl EtcdError {
             EtcdError::Timeout => (Code::Unavailable, "etcdserver: request timed out"),
             EtcdError::Unimplemented(what) => return Status::new(Code::Unimplemented, *what),
             EtcdError::Internal(msg) => return Status::new(Code::Unknown, msg.clone()),
+            EtcdError::Auth(e) => {
+                return Status::new(Code::from_i32(e.grpc_code() as i32), e.message())
+            }
         };
         Status::new(code, msg)
     }
@@ -110,6 +115,7 @@ impl EtcdError {
             EtcdError::Timeout => 20,
             EtcdError::Unimplemented(_) => 21,
             EtcdError::Internal(_) => 22,
+            EtcdError::Auth(_) => 23,
         }
     }
 }
@@ -121,6 +127,12 @@ impl std::fmt::Display for EtcdError {
 }
 
 impl std::error::Error for EtcdError {}
+
+impl From<ferrite_auth::AuthError> for EtcdError {
+    fn from(e: ferrite_auth::AuthError) -> EtcdError {
+        EtcdError::Auth(e)
+    }
+}
 
 impl From<EtcdError> for Status {
     fn from(e: EtcdError) -> Status {

@@ -431,7 +431,11 @@ fn remove_key(value: &mut serde_json::Value, name: &str) {
     }
 }
 
-async fn unary<Req, Resp, F, Fut>(body: &[u8], call: F) -> Response<BoxBody>
+async fn unary<Req, Resp, F, Fut>(
+    body: &[u8],
+    creds: &crate::authz::Credentials,
+    call: F,
+) -> Response<BoxBody>
 where
     Req: DeserializeOwned + Default,
     Resp: Serialize,
@@ -442,7 +446,7 @@ where
         Ok(r) => r,
         Err(e) => return error_response(tonic::Code::InvalidArgument, &e),
     };
-    match call(tonic::Request::new(req)).await {
+    match call(creds.request(req)).await {
         Ok(resp) => match serde_json::to_vec(resp.get_ref()) {
             Ok(json) => {
                 let mut r = json_response(StatusCode::OK, json);
@@ -570,7 +574,12 @@ impl JsonSplitter {
 
 /// A bidirectional or client-streaming call: request JSON objects are read from the body as
 /// they arrive (by a task on this core) and fed to the service.
-async fn bidi<Req, Resp, S, F, Fut>(body: Incoming, bytes_max: usize, call: F) -> Response<BoxBody>
+async fn bidi<Req, Resp, S, F, Fut>(
+    body: Incoming,
+    bytes_max: usize,
+    creds: &crate::authz::Credentials,
+    call: F,
+) -> Response<BoxBody>
 where
     Req: DeserializeOwned + prost::Message + Default + Send + 'static,
     Resp: Serialize + 'static,
@@ -608,14 +617,18 @@ where
         // The body ended; the response body keeps its own sender so the call goes on.
     })
     .detach();
-    match call(tonic::Request::new(streaming)).await {
+    match call(creds.request(streaming)).await {
         Ok(resp) => streaming_response(resp.into_inner(), Some(sender)),
         Err(status) => error_response(status.code(), status.message()),
     }
 }
 
 /// A server-streaming call: one JSON request, a stream of responses.
-async fn server_stream<Req, Resp, S, F, Fut>(body: &[u8], call: F) -> Response<BoxBody>
+async fn server_stream<Req, Resp, S, F, Fut>(
+    body: &[u8],
+    creds: &crate::authz::Credentials,
+    call: F,
+) -> Response<BoxBody>
 where
     Req: DeserializeOwned + Default,
     Resp: Serialize + 'static,
@@ -627,7 +640,7 @@ where
         Ok(r) => r,
         Err(e) => return error_response(tonic::Code::InvalidArgument, &e),
     };
-    match call(tonic::Request::new(req)).await {
+    match call(creds.request(req)).await {
         Ok(resp) => streaming_response(resp.into_inner(), None),
         Err(status) => error_response(status.code(), status.message()),
     }
@@ -643,13 +656,25 @@ async fn v3_route<B: Backend>(g: &Gateway<B>, req: Request<Incoming>) -> Respons
     }
     let bytes_max = ferrite_net::grpc_decoding_limit_bytes(g.request_bytes_max);
     let b = &g.backend;
+    // grpc-gateway passes `Authorization` on as metadata; etcd reads it like `token`. The
+    // gateway's callers are never identified by a TLS certificate (etcd's gateway dials
+    // itself with its own).
+    let creds = crate::authz::Credentials {
+        token: req
+            .headers()
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string),
+        common_name: None,
+    };
+    let creds = &creds;
     // Streaming requests read their body incrementally.
     match path.as_str() {
         "/v3/watch" => {
-            return bidi(req.into_body(), bytes_max, |r| b.watch().watch(r)).await;
+            return bidi(req.into_body(), bytes_max, creds, |r| b.watch().watch(r)).await;
         }
         "/v3/lease/keepalive" => {
-            return bidi(req.into_body(), bytes_max, |r| {
+            return bidi(req.into_body(), bytes_max, creds, |r| {
                 b.lease().lease_keep_alive(r)
             })
             .await;
@@ -670,57 +695,59 @@ async fn v3_route<B: Backend>(g: &Gateway<B>, req: Request<Incoming>) -> Respons
     };
     let body = &body[..];
     match path.as_str() {
-        "/v3/kv/range" => unary(body, |r| b.kv().range(r)).await,
-        "/v3/kv/put" => unary(body, |r| b.kv().put(r)).await,
-        "/v3/kv/deleterange" => unary(body, |r| b.kv().delete_range(r)).await,
-        "/v3/kv/txn" => unary(body, |r| b.kv().txn(r)).await,
-        "/v3/kv/compaction" => unary(body, |r| b.kv().compact(r)).await,
-        "/v3/lease/grant" => unary(body, |r| b.lease().lease_grant(r)).await,
+        "/v3/kv/range" => unary(body, creds, |r| b.kv().range(r)).await,
+        "/v3/kv/put" => unary(body, creds, |r| b.kv().put(r)).await,
+        "/v3/kv/deleterange" => unary(body, creds, |r| b.kv().delete_range(r)).await,
+        "/v3/kv/txn" => unary(body, creds, |r| b.kv().txn(r)).await,
+        "/v3/kv/compaction" => unary(body, creds, |r| b.kv().compact(r)).await,
+        "/v3/lease/grant" => unary(body, creds, |r| b.lease().lease_grant(r)).await,
         "/v3/lease/revoke" | "/v3/kv/lease/revoke" => {
-            unary(body, |r| b.lease().lease_revoke(r)).await
+            unary(body, creds, |r| b.lease().lease_revoke(r)).await
         }
         "/v3/lease/timetolive" | "/v3/kv/lease/timetolive" => {
-            unary(body, |r| b.lease().lease_time_to_live(r)).await
+            unary(body, creds, |r| b.lease().lease_time_to_live(r)).await
         }
         "/v3/lease/leases" | "/v3/kv/lease/leases" => {
-            unary(body, |r| b.lease().lease_leases(r)).await
+            unary(body, creds, |r| b.lease().lease_leases(r)).await
         }
-        "/v3/cluster/member/add" => unary(body, |r| b.cluster().member_add(r)).await,
-        "/v3/cluster/member/remove" => unary(body, |r| b.cluster().member_remove(r)).await,
-        "/v3/cluster/member/update" => unary(body, |r| b.cluster().member_update(r)).await,
-        "/v3/cluster/member/list" => unary(body, |r| b.cluster().member_list(r)).await,
-        "/v3/cluster/member/promote" => unary(body, |r| b.cluster().member_promote(r)).await,
-        "/v3/maintenance/alarm" => unary(body, |r| b.maintenance().alarm(r)).await,
-        "/v3/maintenance/status" => unary(body, |r| b.maintenance().status(r)).await,
-        "/v3/maintenance/defragment" => unary(body, |r| b.maintenance().defragment(r)).await,
-        "/v3/maintenance/hash" => unary(body, |r| b.maintenance().hash(r)).await,
+        "/v3/cluster/member/add" => unary(body, creds, |r| b.cluster().member_add(r)).await,
+        "/v3/cluster/member/remove" => unary(body, creds, |r| b.cluster().member_remove(r)).await,
+        "/v3/cluster/member/update" => unary(body, creds, |r| b.cluster().member_update(r)).await,
+        "/v3/cluster/member/list" => unary(body, creds, |r| b.cluster().member_list(r)).await,
+        "/v3/cluster/member/promote" => unary(body, creds, |r| b.cluster().member_promote(r)).await,
+        "/v3/maintenance/alarm" => unary(body, creds, |r| b.maintenance().alarm(r)).await,
+        "/v3/maintenance/status" => unary(body, creds, |r| b.maintenance().status(r)).await,
+        "/v3/maintenance/defragment" => unary(body, creds, |r| b.maintenance().defragment(r)).await,
+        "/v3/maintenance/hash" => unary(body, creds, |r| b.maintenance().hash(r)).await,
         "/v3/maintenance/transfer-leadership" => {
-            unary(body, |r| b.maintenance().move_leader(r)).await
+            unary(body, creds, |r| b.maintenance().move_leader(r)).await
         }
-        "/v3/maintenance/snapshot" => server_stream(body, |r| b.maintenance().snapshot(r)).await,
-        "/v3/auth/enable" => unary(body, |r| b.auth().auth_enable(r)).await,
-        "/v3/auth/disable" => unary(body, |r| b.auth().auth_disable(r)).await,
-        "/v3/auth/authenticate" => unary(body, |r| b.auth().authenticate(r)).await,
-        "/v3/auth/user/add" => unary(body, |r| b.auth().user_add(r)).await,
-        "/v3/auth/user/get" => unary(body, |r| b.auth().user_get(r)).await,
-        "/v3/auth/user/list" => unary(body, |r| b.auth().user_list(r)).await,
-        "/v3/auth/user/delete" => unary(body, |r| b.auth().user_delete(r)).await,
-        "/v3/auth/user/changepw" => unary(body, |r| b.auth().user_change_password(r)).await,
-        "/v3/auth/user/grant" => unary(body, |r| b.auth().user_grant_role(r)).await,
-        "/v3/auth/user/revoke" => unary(body, |r| b.auth().user_revoke_role(r)).await,
-        "/v3/auth/role/add" => unary(body, |r| b.auth().role_add(r)).await,
-        "/v3/auth/role/get" => unary(body, |r| b.auth().role_get(r)).await,
-        "/v3/auth/role/list" => unary(body, |r| b.auth().role_list(r)).await,
-        "/v3/auth/role/delete" => unary(body, |r| b.auth().role_delete(r)).await,
-        "/v3/auth/role/grant" => unary(body, |r| b.auth().role_grant_permission(r)).await,
-        "/v3/auth/role/revoke" => unary(body, |r| b.auth().role_revoke_permission(r)).await,
-        "/v3/lock/lock" => unary(body, |r| b.lock().lock(r)).await,
-        "/v3/lock/unlock" => unary(body, |r| b.lock().unlock(r)).await,
-        "/v3/election/campaign" => unary(body, |r| b.election().campaign(r)).await,
-        "/v3/election/proclaim" => unary(body, |r| b.election().proclaim(r)).await,
-        "/v3/election/leader" => unary(body, |r| b.election().leader(r)).await,
-        "/v3/election/resign" => unary(body, |r| b.election().resign(r)).await,
-        "/v3/election/observe" => server_stream(body, |r| b.election().observe(r)).await,
+        "/v3/maintenance/snapshot" => {
+            server_stream(body, creds, |r| b.maintenance().snapshot(r)).await
+        }
+        "/v3/auth/enable" => unary(body, creds, |r| b.auth().auth_enable(r)).await,
+        "/v3/auth/disable" => unary(body, creds, |r| b.auth().auth_disable(r)).await,
+        "/v3/auth/authenticate" => unary(body, creds, |r| b.auth().authenticate(r)).await,
+        "/v3/auth/user/add" => unary(body, creds, |r| b.auth().user_add(r)).await,
+        "/v3/auth/user/get" => unary(body, creds, |r| b.auth().user_get(r)).await,
+        "/v3/auth/user/list" => unary(body, creds, |r| b.auth().user_list(r)).await,
+        "/v3/auth/user/delete" => unary(body, creds, |r| b.auth().user_delete(r)).await,
+        "/v3/auth/user/changepw" => unary(body, creds, |r| b.auth().user_change_password(r)).await,
+        "/v3/auth/user/grant" => unary(body, creds, |r| b.auth().user_grant_role(r)).await,
+        "/v3/auth/user/revoke" => unary(body, creds, |r| b.auth().user_revoke_role(r)).await,
+        "/v3/auth/role/add" => unary(body, creds, |r| b.auth().role_add(r)).await,
+        "/v3/auth/role/get" => unary(body, creds, |r| b.auth().role_get(r)).await,
+        "/v3/auth/role/list" => unary(body, creds, |r| b.auth().role_list(r)).await,
+        "/v3/auth/role/delete" => unary(body, creds, |r| b.auth().role_delete(r)).await,
+        "/v3/auth/role/grant" => unary(body, creds, |r| b.auth().role_grant_permission(r)).await,
+        "/v3/auth/role/revoke" => unary(body, creds, |r| b.auth().role_revoke_permission(r)).await,
+        "/v3/lock/lock" => unary(body, creds, |r| b.lock().lock(r)).await,
+        "/v3/lock/unlock" => unary(body, creds, |r| b.lock().unlock(r)).await,
+        "/v3/election/campaign" => unary(body, creds, |r| b.election().campaign(r)).await,
+        "/v3/election/proclaim" => unary(body, creds, |r| b.election().proclaim(r)).await,
+        "/v3/election/leader" => unary(body, creds, |r| b.election().leader(r)).await,
+        "/v3/election/resign" => unary(body, creds, |r| b.election().resign(r)).await,
+        "/v3/election/observe" => server_stream(body, creds, |r| b.election().observe(r)).await,
         _ => with_etcd_headers(text_response(StatusCode::NOT_FOUND, "Not Found\n")),
     }
 }

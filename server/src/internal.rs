@@ -15,8 +15,12 @@
 //!     etcdserverpb.LeaseGrantRequest lease_grant = 7;
 //!     etcdserverpb.LeaseRevokeRequest lease_revoke = 8;
 //!     etcdserverpb.AlarmRequest alarm = 9;
+//!     AuthRequest auth = 10;
 //!   }
+//!   string username = 20;          // the caller (etcd's RequestHeader.username), "" = none
+//!   uint64 auth_revision = 21;     // the auth revision the caller was authenticated at
 //! }
+//! message AuthRequest { bytes command = 1; } // ferrite_auth::AuthCommand::encode()
 //! ```
 
 use ferrite_net::pb::etcdserverpb::{
@@ -36,8 +40,31 @@ pub struct InternalRequest {
     pub id: u64,
     #[prost(uint64, tag = "2")]
     pub member_id: u64,
-    #[prost(oneof = "Op", tags = "3, 4, 5, 6, 7, 8, 9")]
+    #[prost(oneof = "Op", tags = "3, 4, 5, 6, 7, 8, 9, 10")]
     pub op: Option<Op>,
+    /// Who proposed it (etcd's `RequestHeader.username`); checked at apply.
+    #[prost(string, tag = "20")]
+    pub username: String,
+    /// The auth revision the caller's credentials were resolved at (0 = no caller).
+    #[prost(uint64, tag = "21")]
+    pub auth_revision: u64,
+}
+
+impl InternalRequest {
+    /// The caller carried in the entry, as the auth store checks it.
+    pub fn caller(&self) -> Option<ferrite_auth::AuthInfo> {
+        (!self.username.is_empty() || self.auth_revision != 0).then(|| ferrite_auth::AuthInfo {
+            username: self.username.clone(),
+            revision: self.auth_revision,
+        })
+    }
+}
+
+/// An auth mutation: `ferrite_auth::AuthCommand::encode()` (docs/format.md, "Auth store").
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct AuthRequest {
+    #[prost(bytes = "vec", tag = "1")]
+    pub command: Vec<u8>,
 }
 
 #[derive(Clone, PartialEq, prost::Oneof)]
@@ -56,6 +83,8 @@ pub enum Op {
     LeaseRevoke(LeaseRevokeRequest),
     #[prost(message, tag = "9")]
     Alarm(AlarmRequest),
+    #[prost(message, tag = "10")]
+    Auth(AuthRequest),
 }
 
 #[cfg(test)]
@@ -74,6 +103,8 @@ mod tests {
                     value: bytes::Bytes::from_static(b"v"),
                     ..Default::default()
                 })),
+                username: "alice".into(),
+                auth_revision: 3,
             }],
         };
         let bytes = b.encode_to_vec();

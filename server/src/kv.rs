@@ -14,6 +14,7 @@ use ferrite_net::pb::etcdserverpb::{
 use prost::Message;
 use tonic::{Request, Response, Status};
 
+use crate::authz::{self, Credentials};
 use crate::errors::EtcdError;
 use crate::internal::Op;
 use crate::kvops::{self, RangeSource, WriteTxn};
@@ -89,7 +90,11 @@ impl KvService {
         Ok(())
     }
 
-    pub async fn propose_checked(&self, op: Op) -> Result<ApplyResult, EtcdError> {
+    pub async fn propose_checked(
+        &self,
+        op: Op,
+        creds: &Credentials,
+    ) -> Result<ApplyResult, EtcdError> {
         let size = match &op {
             Op::Put(p) => p.encoded_len(),
             Op::DeleteRange(d) => d.encoded_len(),
@@ -98,28 +103,43 @@ impl KvService {
             Op::LeaseGrant(g) => g.encoded_len(),
             Op::LeaseRevoke(r) => r.encoded_len(),
             Op::Alarm(a) => a.encoded_len(),
+            Op::Auth(a) => a.encoded_len(),
         };
         if size > self.shared.limits.request_bytes_max {
             return Err(EtcdError::RequestTooLarge);
         }
-        self.shared.propose(op).await
+        let who = authz::caller(&self.shared, creds).await?;
+        self.shared.propose_as(op, who).await
     }
 
-    pub async fn do_range(&self, r: RangeRequest) -> Result<RangeResponse, EtcdError> {
+    pub async fn do_range(
+        &self,
+        r: RangeRequest,
+        creds: &Credentials,
+    ) -> Result<RangeResponse, EtcdError> {
         kvops::check_range(&r)?;
         if !r.serializable {
             self.shared.read_index().await?;
         }
+        let who = authz::check(&self.shared, creds, |s, c| {
+            s.is_range_permitted(c, &r.key, &r.range_end)
+        })
+        .await?;
         let mut src = ViewSource(self.shared.store.read());
         let mut resp = kvops::range(&mut src, &r)?;
+        authz::check_still_current(&self.shared, who.as_ref())?;
         self.shared.fill(&mut resp.header);
         Ok(resp)
     }
 
-    pub async fn do_put(&self, r: PutRequest) -> Result<PutResponse, EtcdError> {
+    pub async fn do_put(
+        &self,
+        r: PutRequest,
+        creds: &Credentials,
+    ) -> Result<PutResponse, EtcdError> {
         kvops::check_put(&r)?;
         self.check_quota(r.key.len() + r.value.len()).await?;
-        match self.propose_checked(Op::Put(r)).await? {
+        match self.propose_checked(Op::Put(r), creds).await? {
             ApplyResult::Put(mut p) => {
                 self.shared.fill(&mut p.header);
                 Ok(p)
@@ -130,9 +150,13 @@ impl KvService {
         }
     }
 
-    pub async fn do_delete(&self, r: DeleteRangeRequest) -> Result<DeleteRangeResponse, EtcdError> {
+    pub async fn do_delete(
+        &self,
+        r: DeleteRangeRequest,
+        creds: &Credentials,
+    ) -> Result<DeleteRangeResponse, EtcdError> {
         kvops::check_delete(&r)?;
-        match self.propose_checked(Op::DeleteRange(r)).await? {
+        match self.propose_checked(Op::DeleteRange(r), creds).await? {
             ApplyResult::DeleteRange(mut p) => {
                 self.shared.fill(&mut p.header);
                 Ok(p)
@@ -143,21 +167,27 @@ impl KvService {
         }
     }
 
-    pub async fn do_txn(&self, r: TxnRequest) -> Result<TxnResponse, EtcdError> {
+    pub async fn do_txn(
+        &self,
+        r: TxnRequest,
+        creds: &Credentials,
+    ) -> Result<TxnResponse, EtcdError> {
         kvops::check_txn(&r, self.shared.limits.txn_ops_max)?;
         if kvops::txn_is_read_only(&r) {
             if !txn_is_serializable(&r) {
                 self.shared.read_index().await?;
             }
+            let who = authz::check(&self.shared, creds, |s, c| authz::check_txn(s, c, &r)).await?;
             let mut src = ViewSource(self.shared.store.read());
             let mut resp = kvops::apply_txn(&mut src, &r)?;
+            authz::check_still_current(&self.shared, who.as_ref())?;
             self.shared.fill(&mut resp.header);
             return Ok(resp);
         }
         if kvops::txn_has_put(&r) {
             self.check_quota(r.encoded_len()).await?;
         }
-        match self.propose_checked(Op::Txn(r)).await? {
+        match self.propose_checked(Op::Txn(r), creds).await? {
             ApplyResult::Txn(mut p) => {
                 self.shared.fill(&mut p.header);
                 Ok(p)
@@ -168,9 +198,14 @@ impl KvService {
         }
     }
 
-    pub async fn do_compact(&self, r: CompactionRequest) -> Result<CompactionResponse, EtcdError> {
+    pub async fn do_compact(
+        &self,
+        r: CompactionRequest,
+        creds: &Credentials,
+    ) -> Result<CompactionResponse, EtcdError> {
+        authz::check_admin(&self.shared, creds).await?;
         let physical = r.physical;
-        let res = self.propose_checked(Op::Compaction(r)).await?;
+        let res = self.propose_checked(Op::Compaction(r), creds).await?;
         let ApplyResult::Compaction(mut p) = res else {
             return Err(EtcdError::Internal("unexpected apply result".into()));
         };
@@ -188,24 +223,39 @@ impl KvService {
 #[tonic::async_trait]
 impl Kv for KvService {
     async fn range(&self, req: Request<RangeRequest>) -> Result<Response<RangeResponse>, Status> {
-        Ok(Response::new(self.do_range(req.into_inner()).await?))
+        Ok(Response::new({
+            let c = Credentials::of(&req);
+            self.do_range(req.into_inner(), &c).await?
+        }))
     }
     async fn put(&self, req: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
-        Ok(Response::new(self.do_put(req.into_inner()).await?))
+        Ok(Response::new({
+            let c = Credentials::of(&req);
+            self.do_put(req.into_inner(), &c).await?
+        }))
     }
     async fn delete_range(
         &self,
         req: Request<DeleteRangeRequest>,
     ) -> Result<Response<DeleteRangeResponse>, Status> {
-        Ok(Response::new(self.do_delete(req.into_inner()).await?))
+        Ok(Response::new({
+            let c = Credentials::of(&req);
+            self.do_delete(req.into_inner(), &c).await?
+        }))
     }
     async fn txn(&self, req: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
-        Ok(Response::new(self.do_txn(req.into_inner()).await?))
+        Ok(Response::new({
+            let c = Credentials::of(&req);
+            self.do_txn(req.into_inner(), &c).await?
+        }))
     }
     async fn compact(
         &self,
         req: Request<CompactionRequest>,
     ) -> Result<Response<CompactionResponse>, Status> {
-        Ok(Response::new(self.do_compact(req.into_inner()).await?))
+        Ok(Response::new({
+            let c = Credentials::of(&req);
+            self.do_compact(req.into_inner(), &c).await?
+        }))
     }
 }

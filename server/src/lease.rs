@@ -66,8 +66,13 @@ impl LeaseService {
         }
     }
 
-    pub async fn do_revoke(&self, r: LeaseRevokeRequest) -> Result<LeaseRevokeResponse, EtcdError> {
-        match self.shared.propose(Op::LeaseRevoke(r)).await? {
+    pub async fn do_revoke(
+        &self,
+        r: LeaseRevokeRequest,
+        creds: &crate::authz::Credentials,
+    ) -> Result<LeaseRevokeResponse, EtcdError> {
+        let who = crate::authz::caller(&self.shared, creds).await?;
+        match self.shared.propose_as(Op::LeaseRevoke(r), who).await? {
             ApplyResult::LeaseRevoke(mut g) => {
                 self.shared.fill(&mut g.header);
                 Ok(g)
@@ -140,7 +145,10 @@ impl Lease for LeaseService {
         &self,
         req: Request<LeaseRevokeRequest>,
     ) -> Result<Response<LeaseRevokeResponse>, Status> {
-        Ok(Response::new(self.do_revoke(req.into_inner()).await?))
+        let creds = crate::authz::Credentials::of(&req);
+        Ok(Response::new(
+            self.do_revoke(req.into_inner(), &creds).await?,
+        ))
     }
     type LeaseKeepAliveStream = KeepAliveStream;
     async fn lease_keep_alive(
@@ -159,6 +167,23 @@ impl Lease for LeaseService {
         &self,
         req: Request<LeaseTimeToLiveRequest>,
     ) -> Result<Response<LeaseTimeToLiveResponse>, Status> {
+        let r = req.get_ref();
+        if r.keys {
+            // etcd 3.4 (v3rpc): with keys, READ on every attached key.
+            let keys = {
+                let l = self.shared.lessor.lock().unwrap_or_else(|p| p.into_inner());
+                l.keys_of(r.id).unwrap_or_default()
+            };
+            crate::authz::check(
+                &self.shared,
+                &crate::authz::Credentials::of(&req),
+                |s, who| {
+                    keys.iter()
+                        .try_for_each(|k| s.is_range_permitted(who, k, &[]))
+                },
+            )
+            .await?;
+        }
         Ok(Response::new(self.do_time_to_live(req.into_inner())))
     }
     async fn lease_leases(

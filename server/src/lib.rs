@@ -30,6 +30,7 @@ pub mod metrics;
 
 pub mod apply;
 pub mod auth_svc;
+pub mod authz;
 pub mod cluster;
 pub mod errors;
 pub mod internal;

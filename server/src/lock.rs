@@ -46,11 +46,26 @@ use tonic::{Request, Response, Status};
 pub struct LockService<K, W> {
     kv: Arc<K>,
     watch: Arc<W>,
+    /// The caller's credentials, forwarded to the KV and Watch calls made on its behalf.
+    creds: crate::authz::Credentials,
 }
 
 impl<K, W> LockService<K, W> {
     pub fn new(kv: Arc<K>, watch: Arc<W>) -> Self {
-        LockService { kv, watch }
+        LockService {
+            kv,
+            watch,
+            creds: Default::default(),
+        }
+    }
+
+    /// A copy acting for the caller of `req`.
+    fn for_caller<T>(&self, req: &Request<T>) -> Self {
+        LockService {
+            kv: self.kv.clone(),
+            watch: self.watch.clone(),
+            creds: crate::authz::Credentials::of(req),
+        }
     }
 }
 
@@ -59,6 +74,7 @@ impl<K, W> Clone for LockService<K, W> {
         LockService {
             kv: self.kv.clone(),
             watch: self.watch.clone(),
+            creds: self.creds.clone(),
         }
     }
 }
@@ -229,12 +245,13 @@ pub fn in_process_stream<M: Message + Default + Send + 'static>(
 pub async fn open_watch<W: Watch>(
     watch: &W,
     create: WatchCreateRequest,
+    creds: &crate::authz::Credentials,
 ) -> Result<(RequestSender, W::WatchStream), Status> {
     let (tx, streaming) = in_process_stream::<WatchRequest>();
     tx.send(&WatchRequest {
         request_union: Some(watch_request::RequestUnion::CreateRequest(create)),
     });
-    let resp = watch.watch(Request::new(streaming)).await?;
+    let resp = watch.watch(creds.request(streaming)).await?;
     Ok((tx, resp.into_inner()))
 }
 
@@ -250,6 +267,7 @@ where
 /// etcd's `waitDelete`: returns once `key` is deleted at or after `revision`.
 pub(crate) async fn wait_delete<W: Watch>(
     watch: &W,
+    creds: &crate::authz::Credentials,
     key: Bytes,
     revision: i64,
 ) -> Result<(), Status> {
@@ -260,6 +278,7 @@ pub(crate) async fn wait_delete<W: Watch>(
             start_revision: revision,
             ..Default::default()
         },
+        creds,
     )
     .await?;
     let mut stream = Box::pin(stream);
@@ -289,22 +308,20 @@ pub(crate) async fn wait_delete<W: Watch>(
 pub(crate) async fn wait_deletes<K: Kv, W: Watch>(
     kv: &K,
     watch: &W,
+    creds: &crate::authz::Credentials,
     prefix: &Bytes,
     max_create_revision: i64,
 ) -> Result<Option<ResponseHeader>, Status> {
     loop {
         let resp = kv
-            .range(Request::new(last_create_before(
-                prefix,
-                max_create_revision,
-            )))
+            .range(creds.request(last_create_before(prefix, max_create_revision)))
             .await?
             .into_inner();
         let Some(last) = resp.kvs.first() else {
             return Ok(resp.header);
         };
         let revision = resp.header.as_ref().map_or(0, |h| h.revision);
-        wait_delete(watch, last.key.clone(), revision).await?;
+        wait_delete(watch, creds, last.key.clone(), revision).await?;
     }
 }
 
@@ -317,7 +334,12 @@ pub(crate) struct DeleteOnDrop {
 }
 
 impl DeleteOnDrop {
-    pub(crate) fn new<K: Kv>(kv: Arc<K>, key: Bytes, create_revision: i64) -> Self {
+    pub(crate) fn new<K: Kv>(
+        kv: Arc<K>,
+        creds: crate::authz::Credentials,
+        key: Bytes,
+        create_revision: i64,
+    ) -> Self {
         let (done, abandoned) = futures_channel::oneshot::channel::<()>();
         glommio::spawn_local(async move {
             if abandoned.await.is_ok() {
@@ -328,7 +350,7 @@ impl DeleteOnDrop {
                 success: vec![op_delete(key)],
                 failure: vec![],
             };
-            let _ = kv.txn(Request::new(txn)).await;
+            let _ = kv.txn(creds.request(txn)).await;
         })
         .detach();
         DeleteOnDrop { done: Some(done) }
@@ -360,7 +382,7 @@ impl<K: Kv, W: Watch> LockService<K, W> {
                 op_range(first_create(&prefix)),
             ],
         };
-        let resp = self.kv.txn(Request::new(txn)).await?.into_inner();
+        let resp = self.kv.txn(self.creds.request(txn)).await?.into_inner();
         let mut my_rev = resp.header.as_ref().map_or(0, |h| h.revision);
         if !resp.succeeded {
             let mine = txn_range(&resp, 0)?;
@@ -377,8 +399,8 @@ impl<K: Kv, W: Watch> LockService<K, W> {
                 key: my_key,
             });
         }
-        let guard = DeleteOnDrop::new(self.kv.clone(), my_key.clone(), my_rev);
-        match wait_deletes(&*self.kv, &*self.watch, &prefix, my_rev - 1).await {
+        let guard = DeleteOnDrop::new(self.kv.clone(), self.creds.clone(), my_key.clone(), my_rev);
+        match wait_deletes(&*self.kv, &*self.watch, &self.creds, &prefix, my_rev - 1).await {
             Ok(header) => {
                 guard.disarm();
                 Ok(LockResponse {
@@ -398,7 +420,7 @@ impl<K: Kv, W: Watch> LockService<K, W> {
     pub async fn do_unlock(&self, req: UnlockRequest) -> Result<UnlockResponse, Status> {
         let resp = self
             .kv
-            .delete_range(Request::new(DeleteRangeRequest {
+            .delete_range(self.creds.request(DeleteRangeRequest {
                 key: req.key,
                 ..Default::default()
             }))
@@ -413,14 +435,18 @@ impl<K: Kv, W: Watch> LockService<K, W> {
 #[tonic::async_trait]
 impl<K: Kv, W: Watch> Lock for LockService<K, W> {
     async fn lock(&self, request: Request<LockRequest>) -> Result<Response<LockResponse>, Status> {
-        self.do_lock(request.into_inner()).await.map(Response::new)
+        self.for_caller(&request)
+            .do_lock(request.into_inner())
+            .await
+            .map(Response::new)
     }
 
     async fn unlock(
         &self,
         request: Request<UnlockRequest>,
     ) -> Result<Response<UnlockResponse>, Status> {
-        self.do_unlock(request.into_inner())
+        self.for_caller(&request)
+            .do_unlock(request.into_inner())
             .await
             .map(Response::new)
     }

@@ -124,8 +124,9 @@ impl Maintenance for MaintenanceService {
     }
     async fn defragment(
         &self,
-        _: Request<DefragmentRequest>,
+        req: Request<DefragmentRequest>,
     ) -> Result<Response<DefragmentResponse>, Status> {
+        crate::authz::check_admin(&self.shared, &crate::authz::Credentials::of(&req)).await?;
         self.shared
             .store
             .defragment()
@@ -134,7 +135,8 @@ impl Maintenance for MaintenanceService {
             header: Some(self.shared.header(self.shared.current_revision())),
         }))
     }
-    async fn hash(&self, _: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
+    async fn hash(&self, req: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
+        crate::authz::check_admin(&self.shared, &crate::authz::Credentials::of(&req)).await?;
         let (hash, _) = self.shared.store.hash_kv(0).map_err(mvcc_err)?;
         Ok(Response::new(HashResponse {
             header: Some(self.shared.header(self.shared.current_revision())),
@@ -145,6 +147,7 @@ impl Maintenance for MaintenanceService {
         &self,
         req: Request<HashKvRequest>,
     ) -> Result<Response<HashKvResponse>, Status> {
+        crate::authz::check_admin(&self.shared, &crate::authz::Credentials::of(&req)).await?;
         let rev = req.into_inner().revision;
         let (hash, compact_revision) = self.shared.store.hash_kv(rev).map_err(mvcc_err)?;
         Ok(Response::new(HashKvResponse {
@@ -156,8 +159,9 @@ impl Maintenance for MaintenanceService {
     type SnapshotStream = SnapshotStream;
     async fn snapshot(
         &self,
-        _: Request<SnapshotRequest>,
+        req: Request<SnapshotRequest>,
     ) -> Result<Response<Self::SnapshotStream>, Status> {
+        crate::authz::check_admin(&self.shared, &crate::authz::Credentials::of(&req)).await?;
         let (tx, rx) = tokio::sync::mpsc::channel(SNAPSHOT_CHUNKS_BUFFERED_MAX);
         let store = self.shared.store.clone();
         std::thread::Builder::new()

@@ -381,14 +381,18 @@ impl RaftCore {
         reads: &mut Vec<oneshot::Sender<Result<(), EtcdError>>>,
     ) {
         match m {
-            CoreMsg::Propose { op, reply } => {
+            CoreMsg::Propose { op, caller, reply } => {
                 let id = self.next_waiter;
                 self.next_waiter += 1;
                 self.waiters.insert(id, reply);
+                let (username, auth_revision) =
+                    caller.map_or((String::new(), 0), |c| (c.username, c.revision));
                 batch.push(InternalRequest {
                     id,
                     member_id: self.shared.member_id,
                     op: Some(op),
+                    username,
+                    auth_revision,
                 });
             }
             CoreMsg::ReadIndex { reply } => reads.push(reply),
@@ -499,6 +503,7 @@ impl RaftCore {
         let compact_rev = self.shared.store.read().compact_revision();
         let mut lessor = self.shared.lessor.lock().unwrap_or_else(|p| p.into_inner());
         let mut alarms = self.shared.alarms.lock().unwrap_or_else(|p| p.into_inner());
+        let mut auth = self.shared.auth.lock();
         let mut ctx = ApplyCtx {
             lessor: &mut lessor,
             compact_rev,
@@ -508,6 +513,8 @@ impl RaftCore {
             leases_dirty: false,
             alarms_dirty: false,
             compactions: Vec::new(),
+            auth: &mut auth,
+            auth_dirty: false,
         };
         for e in &entries {
             if e.index <= self.applied {
@@ -528,8 +535,10 @@ impl RaftCore {
                 }
             };
             for req in batch.requests {
-                let Some(op) = &req.op else { continue };
-                let (res, evs) = apply::apply_op(&mut self.writer, &mut ctx, op);
+                if req.op.is_none() {
+                    continue;
+                }
+                let (res, evs) = apply::apply_request(&mut self.writer, &mut ctx, e.index, &req);
                 events.extend(evs);
                 if req.member_id == self.shared.member_id {
                     if let Some(w) = self.waiters.remove(&req.id) {
@@ -541,13 +550,21 @@ impl RaftCore {
         let leases_meta = ctx.leases_dirty.then(|| ctx.lessor.encode_meta());
         let alarms_meta = ctx.alarms_dirty.then(|| apply::encode_alarms(ctx.alarms));
         let compactions = std::mem::take(&mut ctx.compactions);
+        let auth_meta = ctx.auth_dirty.then(|| ctx.auth.store.encode());
         let nospace = ctx
             .alarms
             .iter()
             .any(|a| a.alarm == ferrite_net::pb::etcdserverpb::AlarmType::Nospace as i32);
         drop(ctx);
+        if auth_meta.is_some() {
+            self.shared.auth.publish_enabled(&auth);
+        }
+        drop(auth);
         drop(alarms);
         drop(lessor);
+        if let Some(m) = auth_meta {
+            self.writer.put_meta(crate::authz::AUTH_META_KEY, &m);
+        }
         if let Some(m) = leases_meta {
             self.writer.put_meta(LEASES_META_KEY, &m);
         }
@@ -608,6 +625,7 @@ impl RaftCore {
                 op: Some(Op::LeaseRevoke(
                     ferrite_net::pb::etcdserverpb::LeaseRevokeRequest { id },
                 )),
+                ..Default::default()
             });
         }
         self.propose_queued();
@@ -661,6 +679,7 @@ impl RaftCore {
                         physical: false,
                     },
                 )),
+                ..Default::default()
             });
             self.propose_queued();
         }

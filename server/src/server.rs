@@ -91,6 +91,34 @@ fn recover_lessor(store: &MvccStore, ttl_min: i64) -> Result<Lessor, String> {
     Ok(lessor)
 }
 
+/// Restores the auth store from the MVCC metadata and builds the token provider and the
+/// bcrypt pool from the flags (docs/security.md, "Start-up").
+fn open_auth(store: &MvccStore, config: &Config) -> Result<crate::authz::Auth, String> {
+    let auth_store = match store
+        .read()
+        .try_get_meta(crate::authz::AUTH_META_KEY)
+        .map_err(|e| e.to_string())?
+    {
+        Some(b) => ferrite_auth::AuthStore::decode(&b)
+            .map_err(|e| format!("the auth store in the data dir is corrupt: {e}"))?,
+        None => ferrite_auth::AuthStore::new(),
+    };
+    let tokens = ferrite_auth::TokenProvider::from_flags(
+        &config.auth.token,
+        Duration::from_secs(config.auth.token_ttl_s),
+    )
+    .map_err(|e| format!("failed to create token provider: {e}"))?;
+    let (cost, invalid) = ferrite_auth::effective_bcrypt_cost(config.auth.bcrypt_cost);
+    if invalid {
+        tracing::warn!(
+            "bcrypt-cost" = config.auth.bcrypt_cost,
+            "use default bcrypt cost instead of the invalid given cost"
+        );
+    }
+    crate::authz::Auth::new(auth_store, tokens, cost, config.tls.client_cert_auth)
+        .map_err(|e| format!("starting the bcrypt threads: {e}"))
+}
+
 /// Runs the server until it stops. Errors are startup failures (bad data dir, bind failure).
 pub fn run(config: Config) -> Result<(), String> {
     let member_dir = config.member_dir();
@@ -138,6 +166,8 @@ pub fn run(config: Config) -> Result<(), String> {
         .iter()
         .any(|a| a.alarm == ferrite_net::pb::etcdserverpb::AlarmType::Nospace as i32);
 
+    let auth = open_auth(&store, &config)?;
+
     let quota = config.quota_backend_bytes_effective() as i64;
     let (to_core, core_rx) = mpsc::unbounded();
     let client_urls: Vec<String> = config
@@ -171,6 +201,7 @@ pub fn run(config: Config) -> Result<(), String> {
         nospace: AtomicBool::new(nospace),
         revision_hint: AtomicI64::new(0),
         progress_interval: config.experimental.watch_progress_notify_interval,
+        auth,
     });
 
     let mut listen = Vec::new();

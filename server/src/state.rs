@@ -39,6 +39,13 @@ pub enum ApplyResult {
     LeaseGrant(LeaseGrantResponse),
     LeaseRevoke(LeaseRevokeResponse),
     Alarm(AlarmResponse),
+    Auth(AuthApplied),
+}
+
+/// The result of an applied auth mutation: the token for Authenticate.
+#[derive(Debug)]
+pub struct AuthApplied {
+    pub token: Option<String>,
 }
 
 pub type ApplyReply = oneshot::Sender<Result<ApplyResult, EtcdError>>;
@@ -46,7 +53,12 @@ pub type ApplyReply = oneshot::Sender<Result<ApplyResult, EtcdError>>;
 /// A message from any core to the Raft core.
 pub enum CoreMsg {
     /// Propose a write; the reply comes after it is durable and applied.
-    Propose { op: Op, reply: ApplyReply },
+    Propose {
+        op: Op,
+        /// The caller, checked at apply (etcd's request header username/auth revision).
+        caller: Option<ferrite_auth::AuthInfo>,
+        reply: ApplyReply,
+    },
     /// Wait for a linearizable read point: replies once the state machine has applied up to
     /// a ReadIndex taken after this message arrived.
     ReadIndex {
@@ -78,6 +90,8 @@ pub struct Shared {
     pub revision_hint: AtomicI64,
     /// Watch progress notification interval (etcd's 10 minutes by default).
     pub progress_interval: Duration,
+    /// Users, roles, tokens and the bcrypt pool.
+    pub auth: crate::authz::Auth,
 }
 
 impl Shared {
@@ -102,9 +116,22 @@ impl Shared {
 
     /// Proposes `op` through Raft and waits until it is applied.
     pub async fn propose(&self, op: Op) -> Result<ApplyResult, EtcdError> {
+        self.propose_as(op, None).await
+    }
+
+    /// Proposes `op` on behalf of `caller` (checked at apply when auth is enabled).
+    pub async fn propose_as(
+        &self,
+        op: Op,
+        caller: Option<ferrite_auth::AuthInfo>,
+    ) -> Result<ApplyResult, EtcdError> {
         let (tx, rx) = oneshot::channel();
         self.to_core
-            .unbounded_send(CoreMsg::Propose { op, reply: tx })
+            .unbounded_send(CoreMsg::Propose {
+                op,
+                caller,
+                reply: tx,
+            })
             .map_err(|_| EtcdError::Stopped)?;
         match rx.await {
             Ok(r) => r,

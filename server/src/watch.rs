@@ -53,11 +53,13 @@ impl Watch for WatchService {
         &self,
         req: Request<Streaming<WatchRequest>>,
     ) -> Result<Response<Self::WatchStream>, Status> {
+        let creds = crate::authz::Credentials::of(&req);
         let input = req.into_inner();
         let (tx, rx) = mpsc::channel(WATCH_SEND_BUFFER_MAX);
         let shared = self.shared.clone();
         glommio::spawn_local(async move {
             let mut s = StreamState::new(shared, tx);
+            s.creds = creds;
             s.run(input).await;
         })
         .detach();
@@ -105,6 +107,8 @@ struct StreamState {
     watchers: BTreeMap<i64, Watcher>,
     next_id: i64,
     closed: bool,
+    /// The stream's credentials: every create is checked for READ on its range.
+    creds: crate::authz::Credentials,
 }
 
 enum Wake {
@@ -123,6 +127,7 @@ impl StreamState {
             watchers: BTreeMap::new(),
             next_id: 0,
             closed: false,
+            creds: Default::default(),
         }
     }
 
@@ -217,6 +222,31 @@ impl StreamState {
     }
 
     async fn create(&mut self, c: WatchCreateRequest) {
+        let permitted = crate::authz::check(&self.shared, &self.creds, |s, who| {
+            s.is_range_permitted(who, &c.key, &c.range_end)
+        })
+        .await;
+        if let Err(e) = permitted {
+            // etcd's isWatchPermitted: the create is refused on the stream, which stays open.
+            use ferrite_auth::AuthError;
+            let reason = match e {
+                crate::errors::EtcdError::Auth(
+                    AuthError::InvalidAuthToken | AuthError::AuthOldRevision | AuthError::UserEmpty,
+                ) => e.to_string(),
+                _ => AuthError::PermissionDenied.to_string(),
+            };
+            let rev = self.shared.current_revision();
+            self.send(WatchResponse {
+                header: self.header(rev),
+                watch_id: -1,
+                created: true,
+                canceled: true,
+                cancel_reason: reason,
+                ..Default::default()
+            })
+            .await;
+            return;
+        }
         let mut key = c.key.to_vec();
         if key.is_empty() {
             key = vec![0];
