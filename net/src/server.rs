@@ -35,6 +35,37 @@ pub trait StreamWrapper: Send + Sync + 'static {
     /// Wraps one accepted connection. Runs on the accepting core; an error closes the
     /// connection.
     fn wrap(&self, stream: TcpStream) -> LocalBoxFuture<io::Result<BoxStream>>;
+
+    /// Like `wrap`, also returning what the handshake learnt about the peer (e.g. a verified
+    /// client certificate's name): inserted into the extensions of every request served on
+    /// the connection. The default learns nothing.
+    fn wrap_with_info(
+        &self,
+        stream: TcpStream,
+    ) -> LocalBoxFuture<io::Result<(BoxStream, http::Extensions)>> {
+        let fut = self.wrap(stream);
+        Box::pin(async move { fut.await.map(|s| (s, http::Extensions::new())) })
+    }
+}
+
+/// Inserts a connection's extensions into each of its requests.
+#[derive(Clone)]
+struct WithConnInfo<S> {
+    inner: S,
+    info: http::Extensions,
+}
+
+impl<S> hyper::service::Service<Request<Incoming>> for WithConnInfo<S>
+where
+    S: hyper::service::Service<Request<Incoming>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+    fn call(&self, mut req: Request<Incoming>) -> Self::Future {
+        req.extensions_mut().extend(self.info.clone());
+        self.inner.call(req)
+    }
 }
 
 /// One address to listen on.
@@ -534,12 +565,16 @@ async fn accept_loop<S, B>(
         let stopping = Rc::clone(&stopping);
         glommio::spawn_local(async move {
             let _permit = permit;
-            let io: BoxStream = match wrapper {
-                None => Box::new(stream),
-                Some(w) => match w.wrap(stream).await {
-                    Ok(io) => io,
+            let (io, info): (BoxStream, http::Extensions) = match wrapper {
+                None => (Box::new(stream), http::Extensions::new()),
+                Some(w) => match w.wrap_with_info(stream).await {
+                    Ok(x) => x,
                     Err(_) => return,
                 },
+            };
+            let service = WithConnInfo {
+                inner: service,
+                info,
             };
             // Errors here are the peer going away or speaking bad HTTP; the connection is
             // closed either way and nothing else is affected.

@@ -20,9 +20,9 @@
 //!
 //! Invariants of a returned [`Config`]: every URL has a scheme, a host and a port and no path;
 //! `election_timeout_ms >= 5 * heartbeat_interval_ms`; the initial cluster names this member with
-//! exactly its advertised peer URLs; no TLS is configured (TLS is not implemented yet).
+//! exactly its advertised peer URLs; an https listen URL comes with a certificate or auto-TLS.
 //!
-//! Non-goals: `--config-file`, discovery (`--discovery*`), the v2 API and v2 proxy, TLS. They are
+//! Non-goals: `--config-file`, discovery (`--discovery*`), the v2 API and v2 proxy, unixs. They are
 //! accepted syntactically where etcd accepts them and refused with a clear error when they would
 //! change behaviour, so nothing is silently served differently from what was asked.
 
@@ -441,7 +441,7 @@ impl fmt::Display for Urls {
     }
 }
 
-/// TLS settings: parsed so that they can be reported, refused until TLS is implemented.
+/// TLS settings (etcd's flags); turned into rustls configurations by `crate::tls`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TlsConfig {
     pub cert_file: String,
@@ -941,13 +941,29 @@ impl Config {
             peer_cert_allowed_hostname: flags.peer_cert_allowed_hostname,
             peer_crl_file: flags.peer_crl_file,
         };
-        let tls_set = tls.flags_set();
-        if !tls_set.is_empty() {
-            return verify(format!(
-                "TLS is not implemented yet in ferrite (set: {}); refusing to serve plaintext \
-                 where TLS was asked for",
-                tls_set.join(" ")
-            ));
+        // etcd's listener checks: an https URL needs a certificate (or --auto-tls).
+        let client_tls = (!tls.cert_file.is_empty() && !tls.key_file.is_empty()) || tls.auto_tls;
+        let peer_tls =
+            (!tls.peer_cert_file.is_empty() && !tls.peer_key_file.is_empty()) || tls.peer_auto_tls;
+        for u in &flags.listen_client_urls.0 {
+            if u.scheme == "https" && !client_tls {
+                return verify(format!(
+                    "TLS key/cert (--cert-file, --key-file) must be provided for client url {u} with HTTPS scheme"
+                ));
+            }
+        }
+        for u in &flags.listen_peer_urls.0 {
+            if u.scheme == "https" && !peer_tls {
+                return verify(format!(
+                    "TLS key/cert (--peer-cert-file, --peer-key-file) must be provided for peer url {u} with HTTPS scheme"
+                ));
+            }
+        }
+        if tls.client_cert_auth && tls.trusted_ca_file.is_empty() && !tls.auto_tls {
+            return verify(
+                "--client-cert-auth needs --trusted-ca-file (the CA that signs client certificates)"
+                    .into(),
+            );
         }
         for (flag, urls) in [
             ("--listen-client-urls", &flags.listen_client_urls),
@@ -959,13 +975,12 @@ impl Config {
             ),
             ("--listen-metrics-urls", &flags.listen_metrics_urls),
         ] {
-            if let Some(u) = urls
-                .0
-                .iter()
-                .find(|u| u.scheme == "https" || u.scheme == "unixs")
-            {
+            if let Some(u) = urls.0.iter().find(|u| {
+                u.scheme == "unixs" || (u.scheme == "https" && flag == "--listen-metrics-urls")
+            }) {
                 return verify(format!(
-                    "TLS is not implemented yet in ferrite ({flag} has {u}); use http:// URLs"
+                    "TLS on {flag} is not implemented in ferrite ({u}); serve TLS on the client \
+                     port (https:// in --listen-client-urls)"
                 ));
             }
         }
@@ -1061,7 +1076,6 @@ impl Config {
         assert!(self.cores >= 1 && self.cores <= CORES_MAX);
         assert!(self.election_timeout_ms >= 5 * self.heartbeat_interval_ms);
         assert!(self.initial_cluster.contains_key(&self.name));
-        assert!(self.tls.flags_set().is_empty());
         assert!(self.max_request_bytes >= 1);
     }
 
@@ -1715,23 +1729,32 @@ mod tests {
     }
 
     #[test]
-    fn tls_is_refused_until_implemented() {
-        for a in [
-            &["--cert-file", "a.pem", "--key-file", "b.pem"][..],
-            &["--client-cert-auth"],
-            &["--peer-auto-tls"],
-            &["--cipher-suites", "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256"],
-            &[
-                "--listen-client-urls=https://127.0.0.1:2379",
-                "--advertise-client-urls=https://127.0.0.1:2379",
-            ],
-        ] {
-            let e = parse(a).unwrap_err();
-            assert!(
-                matches!(e, ConfigError::Verify(ref m) if m.starts_with("TLS is not implemented yet")),
-                "{a:?}: {e:?}"
-            );
-        }
+    fn tls_flags_are_checked_like_etcd() {
+        let ok = parse(&[
+            "--cert-file",
+            "a.pem",
+            "--key-file",
+            "b.pem",
+            "--listen-client-urls=https://127.0.0.1:2379,http://127.0.0.1:2378",
+            "--advertise-client-urls=https://127.0.0.1:2379",
+        ])
+        .unwrap();
+        assert_eq!(ok.tls.cert_file, "a.pem");
+        let e = parse(&[
+            "--listen-client-urls=https://127.0.0.1:2379",
+            "--advertise-client-urls=https://127.0.0.1:2379",
+        ])
+        .unwrap_err();
+        assert!(
+            matches!(e, ConfigError::Verify(ref m) if m.starts_with("TLS key/cert (--cert-file, --key-file) must be provided for client url https://127.0.0.1:2379")),
+            "{e:?}"
+        );
+        let e = parse(&["--client-cert-auth"]).unwrap_err();
+        assert!(
+            matches!(e, ConfigError::Verify(ref m) if m.starts_with("--client-cert-auth needs")),
+            "{e:?}"
+        );
+        assert!(parse(&["--auto-tls", "--peer-auto-tls"]).is_ok());
     }
 
     #[test]

@@ -42,6 +42,7 @@ pub mod maintenance;
 pub mod raft_core;
 pub mod server;
 pub mod state;
+pub mod tls;
 pub mod transport;
 pub mod watch;
 pub mod watch_hub;

@@ -204,9 +204,27 @@ pub fn run(config: Config) -> Result<(), String> {
         auth,
     });
 
+    let client_tls = crate::tls::client_server_config(&config)?;
+    if let Some(peer) = crate::tls::peer_configs(&config)? {
+        // Built and validated at start (bad files fail here); the peer transport takes them
+        // when members talk over the network.
+        tracing::info!("peer TLS configured");
+        drop(peer);
+    }
     let mut listen = Vec::new();
     for u in &config.listen_client_urls.0 {
-        listen.push(Listen::parse_url(&u.to_string()).map_err(|e| format!("listen URL {u}: {e}"))?);
+        let url = u.to_string();
+        let l = match (url.strip_prefix("https://"), &client_tls) {
+            (Some(rest), Some(cfg)) => {
+                let mut l = Listen::parse_url(&format!("http://{rest}"))
+                    .map_err(|e| format!("listen URL {u}: {e}"))?;
+                l.url = url.clone();
+                l.wrapper = Some(Arc::new(crate::tls::TlsWrapper::new(cfg.clone(), url)));
+                l
+            }
+            _ => Listen::parse_url(&url).map_err(|e| format!("listen URL {u}: {e}"))?,
+        };
+        listen.push(l);
     }
     let serve_config = ServeConfig::new(listen, config.cores);
     let core_rx = Arc::new(Mutex::new(Some(core_rx)));

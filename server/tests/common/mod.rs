@@ -95,6 +95,8 @@ pub struct Server {
     pub log: PathBuf,
     child: Option<Child>,
     dir: TempDir,
+    /// The command line, for `restart`.
+    args: Vec<std::ffi::OsString>,
 }
 
 impl Server {
@@ -124,10 +126,9 @@ impl Server {
             .arg(format!("--initial-cluster={name}={peer}"))
             .arg("--initial-cluster-state=new")
             .arg("--logger=zap")
-            .args(extra)
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err);
+            .args(extra);
+        let args: Vec<std::ffi::OsString> = cmd.get_args().map(|a| a.to_owned()).collect();
+        cmd.stdin(Stdio::null()).stdout(out).stderr(err);
         let child = cmd
             .spawn()
             .unwrap_or_else(|e| panic!("starting {}: {e}", target.binary().display()));
@@ -141,9 +142,29 @@ impl Server {
             log,
             child: Some(child),
             dir,
+            args,
         };
         s.wait_ready();
         s
+    }
+
+    /// Kills the server and starts it again on the same data dir and ports.
+    pub fn restart(&mut self) {
+        self.kill();
+        let out = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&self.log)
+            .expect("open log");
+        let err = out.try_clone().expect("clone log handle");
+        let child = Command::new(self.target.binary())
+            .args(&self.args)
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .unwrap_or_else(|e| panic!("restarting {}: {e}", self.target.name()));
+        self.child = Some(child);
+        self.wait_ready();
     }
 
     pub fn pid(&self) -> u32 {
