@@ -128,6 +128,7 @@ impl KvService {
         let mut src = ViewSource(self.shared.store.read());
         let mut resp = kvops::range(&mut src, &r)?;
         authz::check_still_current(&self.shared, who.as_ref())?;
+        crate::metrics::metrics().record_read_txn(None);
         self.shared.fill(&mut resp.header);
         Ok(resp)
     }
@@ -181,6 +182,7 @@ impl KvService {
             let mut src = ViewSource(self.shared.store.read());
             let mut resp = kvops::apply_txn(&mut src, &r)?;
             authz::check_still_current(&self.shared, who.as_ref())?;
+            crate::metrics::metrics().record_read_txn(Some(&resp));
             self.shared.fill(&mut resp.header);
             return Ok(resp);
         }
