@@ -41,8 +41,10 @@ impl ClusterService {
 impl Cluster for ClusterService {
     async fn member_add(
         &self,
-        _req: Request<MemberAddRequest>,
+        req: Request<MemberAddRequest>,
     ) -> Result<Response<MemberAddResponse>, Status> {
+        // etcd's checkMembershipOperationPermission: root only when auth is enabled.
+        crate::authz::check_admin(&self.shared, &crate::authz::Credentials::of(&req)).await?;
         // Adding a member needs the peer transport (next issue); etcd would then wait for the
         // new member to start. Refuse clearly instead of breaking quorum.
         Err(Status::unavailable(
@@ -53,6 +55,8 @@ impl Cluster for ClusterService {
         &self,
         req: Request<MemberRemoveRequest>,
     ) -> Result<Response<MemberRemoveResponse>, Status> {
+        // etcd's checkMembershipOperationPermission: root only when auth is enabled.
+        crate::authz::check_admin(&self.shared, &crate::authz::Credentials::of(&req)).await?;
         let id = req.into_inner().id;
         if id != self.shared.member_id {
             return Err(EtcdError::MemberNotFound.status());
@@ -65,6 +69,8 @@ impl Cluster for ClusterService {
         &self,
         req: Request<MemberUpdateRequest>,
     ) -> Result<Response<MemberUpdateResponse>, Status> {
+        // etcd's checkMembershipOperationPermission: root only when auth is enabled.
+        crate::authz::check_admin(&self.shared, &crate::authz::Credentials::of(&req)).await?;
         let r = req.into_inner();
         if r.id != self.shared.member_id {
             return Err(EtcdError::MemberNotFound.status());
@@ -89,6 +95,8 @@ impl Cluster for ClusterService {
         &self,
         req: Request<MemberPromoteRequest>,
     ) -> Result<Response<MemberPromoteResponse>, Status> {
+        // etcd's checkMembershipOperationPermission: root only when auth is enabled.
+        crate::authz::check_admin(&self.shared, &crate::authz::Credentials::of(&req)).await?;
         if req.into_inner().id != self.shared.member_id {
             return Err(EtcdError::MemberNotFound.status());
         }

@@ -225,6 +225,7 @@ fn lifecycle() {
     fails(&s, Some(ALICE), &["user", "add", "bob:b"], DENIED);
     fails(&s, Some(ALICE), &["compaction", "1"], DENIED);
     fails(&s, Some(ALICE), &["endpoint", "hashkv"], DENIED);
+    fails(&s, Some(ALICE), &["member", "remove", "1"], DENIED);
     assert!(ok(&s, Some(ALICE), &["user", "get", "alice"]).contains("Roles: r1"));
     assert!(ok(&s, Some(ALICE), &["role", "get", "r1"]).contains("[/a/, /a0) (prefix /a/)"));
     assert_eq!(

@@ -112,8 +112,8 @@ fn verification_errors_exit_1() {
         (&["--heartbeat-interval", "1000", "--election-timeout", "500"], &[], "--election-timeout[500ms] should be at least as 5 times as --heartbeat-interval[1000ms]"),
         (&["--listen-client-urls", "http://127.0.0.1:2379"], &[], "--advertise-client-urls is required when --listen-client-urls is set explicitly"),
         (&["--name", "x", "--initial-cluster", "y=http://localhost:2380"], &[], "couldn't find local name \\\"x\\\" in the initial cluster configuration"),
-        (&["--cert-file", "a.pem", "--key-file", "b.pem"], &[], "TLS is not implemented yet in ferrite"),
-        (&["--auto-tls"], &[], "TLS is not implemented yet in ferrite"),
+        (&["--listen-client-urls", "https://127.0.0.1:2379", "--advertise-client-urls", "https://127.0.0.1:2379"], &[], "TLS key/cert (--cert-file, --key-file) must be provided for client url https://127.0.0.1:2379 with HTTPS scheme"),
+        (&["--client-cert-auth"], &[], "--client-cert-auth needs --trusted-ca-file"),
     ];
     for (args, env, needle) in cases {
         let out = run(args, env);
