@@ -435,3 +435,28 @@ fn fetch_cluster_info_from_a_running_member() {
     a.stop();
     t.stop();
 }
+
+#[test]
+fn changed_urls_are_redialed_and_removed_peers_dropped() {
+    let a = Node::start(1, NodeOpts::new(0x11));
+    let b = Node::start(2, NodeOpts::new(0x11));
+    // Member 2 moved to a new address (a second instance stands in for it).
+    let b2 = Node::start(2, NodeOpts::new(0x11));
+    a.set_peer(2, vec![b.url()]);
+    probe_until_delivered(&a, &b, 0);
+    a.set_peer(2, vec![b2.url()]);
+    probe_until_delivered(&a, &b2, 100);
+    a.send((0..50).map(|i| probe(1, 2, 1000 + i)).collect());
+    for i in 0..50 {
+        assert_eq!(b2.recv().seq, 1000 + i);
+    }
+    assert!(b.inbox.recv_timeout(Duration::from_millis(200)).is_err());
+    // A removed peer gets nothing and is reported unreachable when addressed.
+    a.cmd(Cmd::RemovePeer(2));
+    a.send(vec![probe(1, 2, 5000)]);
+    a.wait_unreachable(2);
+    assert!(b2.inbox.recv_timeout(Duration::from_millis(300)).is_err());
+    a.stop();
+    b.stop();
+    b2.stop();
+}
