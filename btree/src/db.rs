@@ -469,10 +469,10 @@ impl PageSource for DbWriter {
 }
 
 /// The shortest key `s` with `left < s <= right` (a branch separator).
-fn separator(left: &[u8], right: &[u8]) -> Vec<u8> {
+fn separator(left: &[u8], right: &[u8]) -> NodeKey {
     debug_assert!(left < right);
     let common = left.iter().zip(right).take_while(|(a, b)| a == b).count();
-    right[..(common + 1).min(right.len())].to_vec()
+    NodeKey::from_slice(&right[..(common + 1).min(right.len())])
 }
 
 impl DbWriter {
@@ -732,7 +732,7 @@ impl DbWriter {
             self.dirty.insert(
                 id,
                 Dirty::Node(Node::Leaf {
-                    keys: vec![key.to_vec()],
+                    keys: vec![NodeKey::from_slice(key)],
                     vals: vec![val],
                 }),
             );
@@ -761,7 +761,7 @@ impl DbWriter {
         page: PageId,
         key: &[u8],
         val: LeafVal,
-    ) -> Result<(PageId, Option<(Vec<u8>, PageId)>), StoreError> {
+    ) -> Result<(PageId, Option<(NodeKey, PageId)>), StoreError> {
         let id = self.make_dirty(page)?;
         let mut appended = false;
         let mut old = None;
@@ -771,7 +771,7 @@ impl DbWriter {
                     Ok(i) => old = Some(std::mem::replace(&mut vals[i], val)),
                     Err(i) => {
                         appended = i == keys.len();
-                        keys.insert(i, key.to_vec());
+                        keys.insert(i, NodeKey::from_slice(key));
                         vals.insert(i, val);
                     }
                 }
@@ -800,7 +800,7 @@ impl DbWriter {
         Ok((id, split))
     }
 
-    fn split_if_needed(&mut self, id: PageId, appended: bool) -> Option<(Vec<u8>, PageId)> {
+    fn split_if_needed(&mut self, id: PageId, appended: bool) -> Option<(NodeKey, PageId)> {
         let node = self.node_mut(id);
         if node.encoded_bytes() <= PAGE_SIZE {
             return None;
