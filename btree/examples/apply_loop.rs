@@ -61,6 +61,7 @@ fn main() {
     let t0 = Instant::now();
     let cpu0 = thread_cpu_ns();
     let mut puts = 0u64;
+    let mut commit_times = Vec::new();
     while t0.elapsed() < Duration::from_secs(secs as u64) {
         for _ in 0..batch {
             let mut t = w.txn();
@@ -68,7 +69,9 @@ fn main() {
             assert!(prev.is_some());
             t.end();
         }
+        let c0 = Instant::now();
         w.commit(false).expect("commit");
+        commit_times.push(c0.elapsed());
         puts += batch as u64;
     }
     let el = t0.elapsed();
@@ -78,5 +81,14 @@ fn main() {
         puts as f64 / el.as_secs_f64(),
         cpu as f64 / 1e3 / puts as f64,
         s.size_bytes() as f64 / 1048576.0
+    );
+    commit_times.sort();
+    let total: Duration = commit_times.iter().sum();
+    println!(
+        "commits: {}, total {total:?}, p50 {:?}, p99 {:?}, max {:?}",
+        commit_times.len(),
+        commit_times[commit_times.len() / 2],
+        commit_times[commit_times.len() * 99 / 100],
+        commit_times.last().copied().unwrap_or_default()
     );
 }

@@ -392,7 +392,16 @@ pub struct DbWriter {
     readers: Vec<(u64, Weak<Snapshot>)>,
     unsynced_freed_pages: u64,
     poisoned: bool,
+    /// Base pages whose checksum this writer verified since `base` was last replaced (a
+    /// small ring). A put reads its leaf twice (the key's latest version, then the copy-on-write
+    /// decode): the second read skips the crc32c but still checks header and bounds. Pages of
+    /// `base` are immutable until the next commit replaces it; every `commit` clears the ring.
+    verified: std::cell::Cell<[PageId; VERIFIED_RING_PAGES]>,
+    verified_next: std::cell::Cell<usize>,
 }
+
+/// Entries of `DbWriter::verified`: a few root-to-leaf paths.
+const VERIFIED_RING_PAGES: usize = 8;
 
 /// A cheap, cloneable handle that pins the latest committed tree without locks.
 #[derive(Clone)]
@@ -453,7 +462,7 @@ impl PageSource for DbWriter {
                 page: id,
                 reason: "tree node points at an overflow page".into(),
             }),
-            None => self.base.node(id),
+            None => self.base_node(id),
         }
     }
     fn raw_page(&self, id: PageId) -> Result<&[u8], StoreError> {
@@ -584,6 +593,8 @@ impl DbWriter {
             readers: Vec::new(),
             unsynced_freed_pages: 0,
             poisoned: false,
+            verified: std::cell::Cell::new([0; VERIFIED_RING_PAGES]),
+            verified_next: std::cell::Cell::new(0),
         })
     }
 
@@ -608,6 +619,26 @@ impl DbWriter {
     }
     pub fn in_use_bytes(&self) -> u64 {
         self.shared.in_use_bytes.load(Ordering::Relaxed)
+    }
+
+    /// A node of the committed tree `base`, its checksum verified once per commit (see
+    /// `verified`).
+    fn base_node(&self, id: PageId) -> Result<NodeRef<'_>, StoreError> {
+        let ring = self.verified.get();
+        if id >= 2 && self.base.verify && ring.contains(&id) {
+            return Ok(NodeRef::Page(PageRef::parse(
+                self.base.bytes_of(id)?,
+                id,
+                false,
+            )?));
+        }
+        let n = self.base.node(id)?;
+        let mut ring = ring;
+        let at = self.verified_next.get();
+        ring[at] = id;
+        self.verified.set(ring);
+        self.verified_next.set((at + 1) % VERIFIED_RING_PAGES);
+        Ok(n)
     }
 
     fn alloc(&mut self) -> PageId {
@@ -639,7 +670,7 @@ impl DbWriter {
         if matches!(self.dirty.get(&id), Some(Dirty::Node(_))) {
             return Ok(id);
         }
-        let node = match self.base.node(id)? {
+        let node = match self.base_node(id)? {
             NodeRef::Page(p) => Node::from_page(&p),
             NodeRef::Mem(n) => n.clone(),
         };
@@ -1260,6 +1291,8 @@ impl DbWriter {
     /// Publishes every change since the last commit to new readers. `durable` also makes it
     /// survive a crash (write, fdatasync, meta page, fdatasync).
     pub fn commit(&mut self, durable: bool) -> Result<(), StoreError> {
+        // Checksums are trusted for one commit at most, even one with no changes.
+        self.verified.set([0; VERIFIED_RING_PAGES]);
         if self.poisoned {
             return Err(StoreError::Poisoned);
         }
@@ -1372,6 +1405,7 @@ impl DbWriter {
         self.readers.push((old.txn, Arc::downgrade(&old)));
         drop(old);
         self.base = snap;
+        self.verified.set([0; VERIFIED_RING_PAGES]);
         if !self.freed_now.is_empty() {
             self.pending_count += self.freed_now.len() as u64;
             self.pending
