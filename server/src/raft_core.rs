@@ -220,6 +220,7 @@ pub async fn start(
         next_compaction_check: Instant::now(),
         last_snapshot_index: last_index.min(applied),
         durable_index: last_index,
+        unsynced_hard_state: None,
     })
 }
 
@@ -255,6 +256,8 @@ pub struct RaftCore {
     last_snapshot_index: u64,
     /// Highest log index known durable in the WAL.
     durable_index: u64,
+    /// The latest hard state not yet logged (it only moved the commit index).
+    unsynced_hard_state: Option<HardState>,
 }
 
 type AppendFuture = Pin<Box<dyn Future<Output = Result<(), WalError>>>>;
@@ -278,14 +281,30 @@ impl RaftCore {
                 let mut rd = self.node.ready();
                 self.on_soft_state(&rd);
                 let mut recs: Vec<WalRecord> = rd.entries.iter().map(wal_record_of).collect();
-                if let Some(hs) = &rd.hard_state {
-                    recs.push(hs_record(hs));
+                // A hard state that only moves the commit index needs no sync of its own (as
+                // etcd's MustSync): it rides with the next synced append. Waiting for its own
+                // fdatasync cost every lone put a second sync before the next proposal.
+                if let Some(hs) = rd.hard_state.take() {
+                    self.unsynced_hard_state = Some(hs);
+                }
+                if rd.must_sync || !recs.is_empty() {
+                    if let Some(hs) = self.unsynced_hard_state.take() {
+                        recs.push(hs_record(&hs));
+                    }
                 }
                 self.transport.send(std::mem::take(&mut rd.early_messages));
                 let fut: AppendFuture = if recs.is_empty() {
                     Box::pin(async { Ok(()) })
                 } else {
-                    Box::pin(self.wal.append(recs))
+                    let append = self.wal.append(recs);
+                    let started = Instant::now();
+                    Box::pin(async move {
+                        let r = append.await;
+                        crate::metrics::metrics()
+                            .wal_fsync_seconds
+                            .observe_duration(started.elapsed());
+                        r
+                    })
                 };
                 // Committed entries already durable may be applied during the sync.
                 let durable = self.durable_index;
@@ -455,7 +474,8 @@ impl RaftCore {
 
     fn on_soft_state(&mut self, rd: &Ready) {
         if let Some(ss) = &rd.soft_state {
-            self.shared.leader.store(ss.leader, Ordering::Release);
+            let previous = self.shared.leader.swap(ss.leader, Ordering::AcqRel);
+            crate::metrics::metrics().observe_leader(previous, ss.leader, self.shared.member_id);
             if ss.role == Role::Leader {
                 tracing::info!(
                     "local-member-id" = format!("{:x}", self.shared.member_id),
@@ -559,9 +579,13 @@ impl RaftCore {
             .put_meta(APPLIED_INDEX_META_KEY, &last_index.to_le_bytes());
         self.writer
             .put_meta(APPLIED_TERM_META_KEY, &last_term.to_le_bytes());
+        let commit_started = Instant::now();
         if let Err(e) = self.writer.commit(false) {
             panic!("ferrite: MVCC commit failed at applied index {last_index}: {e}");
         }
+        crate::metrics::metrics()
+            .backend_commit_seconds
+            .observe_duration(commit_started.elapsed());
         for rev in compactions {
             if let Err(e) = self.shared.store.compact(rev) {
                 tracing::warn!(revision = rev, error = %e, "compaction failed");
