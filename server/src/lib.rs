@@ -38,6 +38,7 @@ pub mod kvops;
 pub mod lease;
 pub mod lessor;
 pub mod maintenance;
+pub mod membership;
 pub mod raft_core;
 pub mod server;
 pub mod state;
