@@ -81,6 +81,7 @@
 
 pub mod local;
 pub mod pb;
+pub mod peer;
 pub mod router;
 pub mod rt;
 pub mod server;
