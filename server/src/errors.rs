@@ -91,7 +91,10 @@ impl EtcdError {
                 Code::FailedPrecondition,
                 "etcdserver: Peer URLs already exists",
             ),
-            EtcdError::MemberExists => (Code::FailedPrecondition, "etcdserver: member ID already exist"),
+            EtcdError::MemberExists => (
+                Code::FailedPrecondition,
+                "etcdserver: member ID already exist",
+            ),
             EtcdError::IdRemoved => (Code::FailedPrecondition, "etcdserver: member ID removed"),
             EtcdError::NotEnoughStartedMembers => (
                 Code::FailedPrecondition,

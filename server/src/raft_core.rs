@@ -39,8 +39,8 @@ use crate::errors::EtcdError;
 use crate::internal::{
     InternalRequest, MemberAttr, Op, RaftBatch, MEMBER_ATTR_PEER_URLS, MEMBER_ATTR_PUBLISH,
 };
-use crate::membership::{ConfChangeCtx, MemberPb, Membership, MEMBERSHIP_META_KEY};
 use crate::lessor::LEASES_META_KEY;
+use crate::membership::{ConfChangeCtx, MemberPb, Membership, MEMBERSHIP_META_KEY};
 use crate::state::{ApplyReply, CoreMsg, MemberChange, Shared};
 use crate::transport::Transport;
 use crate::watch_hub::HubBatch;
@@ -239,9 +239,12 @@ pub async fn start(
     cfg.election_ticks = opts.election_ticks.max(2);
     cfg.heartbeat_ticks = 1;
     cfg.pre_vote = opts.pre_vote;
-    cfg.applied = applied
-        .max(persisted.snapshot.meta.index)
-        .min(persisted.hard_state.commit.max(persisted.snapshot.meta.index));
+    cfg.applied = applied.max(persisted.snapshot.meta.index).min(
+        persisted
+            .hard_state
+            .commit
+            .max(persisted.snapshot.meta.index),
+    );
     cfg.seed = id;
     let commit_at_start = persisted.hard_state.commit;
     let mut node = RawNode::new(cfg, persisted).map_err(|e| format!("starting raft: {e}"))?;
@@ -283,6 +286,8 @@ pub async fn start(
         publish_waiter: None,
         publish_retry_at: Instant::now(),
         member_answers: Vec::new(),
+        leaderless_since: None,
+        removal_check_at: Instant::now(),
     })
 }
 
@@ -497,6 +502,8 @@ pub struct RaftCore {
     /// Waiter id of this member's pending publish.
     publish_waiter: Option<u64>,
     publish_retry_at: Instant,
+    leaderless_since: Option<Instant>,
+    removal_check_at: Instant,
     /// Membership answers of the slice being applied (sent after its commit).
     member_answers: Vec<(MemberReply, Result<u64, EtcdError>)>,
 }
@@ -666,6 +673,7 @@ impl RaftCore {
                     self.retry_reads();
                     self.expire_waiters();
                     self.maybe_publish();
+                    self.maybe_check_removed();
                     self.expire_leases();
                     self.auto_compact();
                 }
@@ -734,11 +742,8 @@ impl RaftCore {
                 let now = std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
                     .map_or(0, |d| d.as_secs());
-                let id = crate::membership::member_id(
-                    &peer_urls,
-                    &self.shared.cluster_token,
-                    Some(now),
-                );
+                let id =
+                    crate::membership::member_id(&peer_urls, &self.shared.cluster_token, Some(now));
                 if m.members.contains_key(&id) {
                     let _ = reply.send(Err(EtcdError::MemberExists));
                     return;
@@ -901,9 +906,14 @@ impl RaftCore {
     fn quorum_after_remove(&self, m: &Membership, id: u64) -> bool {
         let voters = m.voters().len().saturating_sub(1);
         let mut active = self.active_voters(m);
-        if id == self.shared.member_id || self.node.status().progress.iter().any(|p| {
-            p.0 == id && p.3 == ferrite_raft::ProgressState::Replicate
-        }) {
+        if id == self.shared.member_id
+            || self
+                .node
+                .status()
+                .progress
+                .iter()
+                .any(|p| p.0 == id && p.3 == ferrite_raft::ProgressState::Replicate)
+        {
             active = active.saturating_sub(1);
         }
         active >= voters / 2 + 1
@@ -1033,6 +1043,38 @@ impl RaftCore {
             tx,
         );
         self.publish_waiter = Some(id);
+    }
+
+    /// Without a leader for two election timeouts, ask the peers whether this member is still
+    /// one of them (a removed member is not told by Raft; see `transport::spawn_removal_check`).
+    fn maybe_check_removed(&mut self) {
+        let now = Instant::now();
+        if self.node.leader() != 0 {
+            self.leaderless_since = None;
+            return;
+        }
+        let since = *self.leaderless_since.get_or_insert(now);
+        let period = self.opts.tick * self.opts.election_ticks * 2;
+        if now.duration_since(since) < period || now < self.removal_check_at {
+            return;
+        }
+        self.removal_check_at = now + period;
+        let me = self.shared.member_id;
+        let urls: Vec<String> = self
+            .shared
+            .members()
+            .members
+            .values()
+            .filter(|m| m.id != me)
+            .flat_map(|m| m.peer_urls.clone())
+            .collect();
+        if !urls.is_empty() {
+            crate::transport::spawn_removal_check(
+                me,
+                urls,
+                self.opts.tick * self.opts.election_ticks,
+            );
+        }
     }
 
     /// This member was removed from the cluster: etcd exits.
@@ -1393,7 +1435,10 @@ impl RaftCore {
     fn apply_conf_change(&mut self, e: &Entry, m: &mut Membership) {
         let cc = match ferrite_raft::decode_conf_change(&e.data) {
             Ok(cc) => cc,
-            Err(err) => panic!("ferrite: committed conf change {} does not decode: {err}", e.index),
+            Err(err) => panic!(
+                "ferrite: committed conf change {} does not decode: {err}",
+                e.index
+            ),
         };
         let ctx = ConfChangeCtx::decode(cc.context.as_slice()).unwrap_or_default();
         let me = self.shared.member_id;

@@ -16,8 +16,8 @@ use futures_channel::mpsc;
 use std::collections::BTreeMap;
 
 use crate::config::{ClusterState, Config};
-use crate::membership::{Identity, MemberPb, Membership, MEMBERSHIP_META_KEY};
 use crate::lessor::{Lessor, LEASES_META_KEY};
+use crate::membership::{Identity, MemberPb, Membership, MEMBERSHIP_META_KEY};
 use crate::raft_core::{self, Bootstrap, CoreOptions, ALARMS_META_KEY};
 use crate::state::{Limits, Shared, StoreCell};
 use crate::watch_hub::WatchHub;
@@ -400,6 +400,12 @@ pub fn run(config: Config) -> Result<(), String> {
                 while !shared.ready.load(Ordering::Acquire) {
                     glommio::timer::sleep(Duration::from_millis(2)).await;
                 }
+            }
+            // As etcd, serve clients only once this member has published itself through Raft
+            // (so MemberList shows its client URLs to anyone who can reach it). Connections
+            // wait in the listening sockets' backlog meanwhile.
+            while !shared.published.load(Ordering::Acquire) {
+                glommio::timer::sleep(Duration::from_millis(2)).await;
             }
             Ok::<Router, ferrite_net::BoxError>(build_router(&shared))
         }
