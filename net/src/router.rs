@@ -8,6 +8,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode};
@@ -322,6 +323,10 @@ impl Future for RouteFuture {
     }
 }
 
+/// Bytes of gRPC request bodies received by every router of the process (etcd's
+/// `etcd_network_client_grpc_received_bytes_total`).
+pub static GRPC_RECEIVED_BYTES_TOTAL: AtomicU64 = AtomicU64::new(0);
+
 /// The request body handed to gRPC services: hyper's body, with grpc-go's message size check
 /// when the router has a [`RouterBuilder::grpc_message_bytes_max`].
 pub struct GrpcRequestBody {
@@ -395,6 +400,9 @@ impl http_body::Body for GrpcRequestBody {
         let Some(Ok(frame)) = frame else {
             return std::task::Poll::Ready(frame.map(|r| r.map_err(Into::into)));
         };
+        if let Some(data) = frame.data_ref() {
+            GRPC_RECEIVED_BYTES_TOTAL.fetch_add(data.len() as u64, Ordering::Relaxed);
+        }
         if let (Some(bytes_max), Some(data)) = (this.bytes_max, frame.data_ref()) {
             if let Err(status) = this.check(data, bytes_max) {
                 return std::task::Poll::Ready(Some(Err(Box::new(status))));

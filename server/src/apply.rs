@@ -108,6 +108,18 @@ pub fn apply_op(
     ctx: &mut ApplyCtx<'_>,
     op: &Op,
 ) -> (Result<ApplyResult, EtcdError>, Vec<Event>) {
+    let (res, events) = apply_op_inner(writer, ctx, op);
+    if let Ok(r) = &res {
+        crate::metrics::metrics().record_apply(r, &events);
+    }
+    (res, events)
+}
+
+fn apply_op_inner(
+    writer: &mut Writer,
+    ctx: &mut ApplyCtx<'_>,
+    op: &Op,
+) -> (Result<ApplyResult, EtcdError>, Vec<Event>) {
     match op {
         Op::Put(p) => {
             if ctx.nospace() {

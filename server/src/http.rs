@@ -193,6 +193,19 @@ pub fn add_routes<B: Backend>(builder: RouterBuilder, gateway: Rc<Gateway<B>>) -
         })
 }
 
+/// Registers what etcd serves on `--listen-metrics-urls`: `/metrics` and `/health`.
+pub fn add_metrics_routes<B: Backend>(
+    builder: RouterBuilder,
+    gateway: Rc<Gateway<B>>,
+) -> RouterBuilder {
+    builder
+        .route("/health", move |req| {
+            let g = gateway.clone();
+            async move { health_route(&g, req).await }
+        })
+        .route("/metrics", |req| async move { metrics_route(&req) })
+}
+
 fn with_etcd_headers(mut resp: Response<BoxBody>) -> Response<BoxBody> {
     let h = resp.headers_mut();
     h.insert(
@@ -244,6 +257,7 @@ fn metrics_route(req: &Request<Incoming>) -> Response<BoxBody> {
     if req.method() != Method::GET {
         return method_not_allowed("GET");
     }
+    crate::metrics::refresh_from_source();
     let mut resp = Response::new(ferrite_net::full_body(metrics().render()));
     resp.headers_mut().insert(
         http::header::CONTENT_TYPE,

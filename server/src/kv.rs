@@ -112,6 +112,7 @@ impl KvService {
         }
         let mut src = ViewSource(self.shared.store.read());
         let mut resp = kvops::range(&mut src, &r)?;
+        crate::metrics::metrics().record_read_txn(None);
         self.shared.fill(&mut resp.header);
         Ok(resp)
     }
@@ -151,6 +152,7 @@ impl KvService {
             }
             let mut src = ViewSource(self.shared.store.read());
             let mut resp = kvops::apply_txn(&mut src, &r)?;
+            crate::metrics::metrics().record_read_txn(Some(&resp));
             self.shared.fill(&mut resp.header);
             return Ok(resp);
         }

@@ -19,10 +19,21 @@
 //! Non-goals: arbitrary label sets, summaries, push gateways.
 
 use std::collections::HashMap;
+use std::convert::Infallible;
 use std::fmt::Write as _;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock, Weak};
+use std::task::Poll;
 use std::time::Duration;
+
+use bytes::Bytes;
+use ferrite_btree::{Event, EventKind, RangeOptions};
+use ferrite_net::pb::etcdserverpb::TxnResponse;
+use ferrite_net::{BoxBody, Router};
+
+use crate::state::{ApplyResult, Shared};
 
 /// A monotonically increasing count.
 #[derive(Debug, Default)]
@@ -661,7 +672,8 @@ impl Metrics {
             o,
             "etcd_network_client_grpc_received_bytes_total",
             "The total number of bytes received from grpc clients.",
-            self.grpc_received_bytes.get(),
+            self.grpc_received_bytes.get()
+                + ferrite_net::router::GRPC_RECEIVED_BYTES_TOTAL.load(Ordering::Relaxed),
         );
         counter(
             o,
@@ -822,6 +834,244 @@ fn render_process(o: &mut String, start_time_seconds: f64) {
         "process_start_time_seconds {}",
         fmt_float(start_time_seconds)
     );
+}
+
+// ----- updates from the server -----
+
+/// Counts the ops of a txn response as etcd's `metricsTxnWrite` does (nested txns included).
+fn count_txn_ops(t: &TxnResponse, ranges: &mut u64, puts: &mut u64, deletes: &mut u64) {
+    use ferrite_net::pb::etcdserverpb::response_op::Response as R;
+    for op in &t.responses {
+        match &op.response {
+            Some(R::ResponseRange(_)) => *ranges += 1,
+            Some(R::ResponsePut(_)) => *puts += 1,
+            Some(R::ResponseDeleteRange(_)) => *deletes += 1,
+            Some(R::ResponseTxn(inner)) => count_txn_ops(inner, ranges, puts, deletes),
+            None => {}
+        }
+    }
+}
+
+impl Metrics {
+    /// One applied request (on the Raft core): etcd's per-op counters, the event count and
+    /// the key count (a put creating a key adds one, a delete removes one).
+    pub fn record_apply(&self, r: &ApplyResult, events: &[Event]) {
+        let (mut ranges, mut puts, mut deletes) = (0u64, 0u64, 0u64);
+        match r {
+            ApplyResult::Put(_) => puts = 1,
+            ApplyResult::DeleteRange(_) => deletes = 1,
+            ApplyResult::Txn(t) => {
+                count_txn_ops(t, &mut ranges, &mut puts, &mut deletes);
+                if ranges + puts + deletes > 1 {
+                    self.txn_total.inc();
+                }
+            }
+            _ => {}
+        }
+        if ranges > 0 {
+            self.range_total.add(ranges);
+        }
+        if puts > 0 {
+            self.put_total.add(puts);
+        }
+        if deletes > 0 {
+            self.delete_total.add(deletes);
+        }
+        if events.is_empty() {
+            return;
+        }
+        self.events_total.add(events.len() as u64);
+        let mut keys = 0i64;
+        for e in events {
+            match e.kind {
+                EventKind::Put if e.kv.version == 1 => keys += 1,
+                EventKind::Put => {}
+                EventKind::Delete => keys -= 1,
+            }
+        }
+        if keys != 0 {
+            self.keys_total.add(keys);
+        }
+    }
+
+    /// A read-only Range or Txn served outside the apply loop.
+    pub fn record_read_txn(&self, t: Option<&TxnResponse>) {
+        match t {
+            None => self.range_total.inc(),
+            Some(t) => {
+                let (mut ranges, mut puts, mut deletes) = (0u64, 0u64, 0u64);
+                count_txn_ops(t, &mut ranges, &mut puts, &mut deletes);
+                if ranges + puts + deletes > 1 {
+                    self.txn_total.inc();
+                }
+                self.range_total.add(ranges);
+            }
+        }
+    }
+}
+
+/// The server whose state `/metrics` reads at scrape time (gauges that are cheaper to read
+/// when scraped than to maintain on the write path: sizes, revisions, Raft indexes).
+static SCRAPE_SOURCE: OnceLock<Weak<Shared>> = OnceLock::new();
+
+/// Registers the server's shared state (once per process) and seeds the key count from the
+/// store (one count-only scan at start; from then on the apply loop keeps it).
+pub fn register_source(shared: &Arc<Shared>) {
+    if SCRAPE_SOURCE.set(Arc::downgrade(shared)).is_err() {
+        return;
+    }
+    let m = metrics();
+    m.set_member_id(shared.member_id);
+    m.quota_backend_bytes.set(shared.limits.quota_backend_bytes);
+    let all = RangeOptions {
+        key: vec![0],
+        range_end: vec![0],
+        count_only: true,
+        ..Default::default()
+    };
+    if let Ok(r) = shared.store.read().range(&all) {
+        m.keys_total.set(r.count);
+    }
+}
+
+/// Refreshes the scrape-time gauges from the registered server, if any.
+pub fn refresh_from_source() {
+    let Some(shared) = SCRAPE_SOURCE.get().and_then(Weak::upgrade) else {
+        return;
+    };
+    let m = metrics();
+    let leader = shared.leader.load(Ordering::Acquire);
+    m.has_leader.set(i64::from(leader != 0));
+    m.is_leader
+        .set(i64::from(leader != 0 && leader == shared.member_id));
+    m.proposals_committed
+        .set(shared.raft_index.load(Ordering::Acquire) as i64);
+    m.proposals_applied
+        .set(shared.applied_index.load(Ordering::Acquire) as i64);
+    m.db_total_size_bytes.set(shared.store.size_bytes() as i64);
+    m.db_total_size_in_use_bytes
+        .set(shared.store.size_in_use_bytes() as i64);
+    let view = shared.store.read();
+    m.current_revision.set(view.revision());
+    m.compact_revision.set(view.compact_revision());
+}
+
+// ----- gRPC accounting around the router -----
+
+/// Wraps a core's [`Router`]: counts every gRPC call's start, end (with its status code),
+/// messages and bytes as grpc-prometheus and etcd's interceptors do. Plain HTTP requests
+/// pass through untouched.
+#[derive(Clone)]
+pub struct Metered {
+    pub inner: Router,
+}
+
+impl hyper::service::Service<http::Request<hyper::body::Incoming>> for Metered {
+    type Response = http::Response<BoxBody>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<http::Response<BoxBody>, Infallible>>>>;
+
+    fn call(&self, req: http::Request<hyper::body::Incoming>) -> Self::Future {
+        let m = metrics();
+        let method = if ferrite_net::is_grpc(&req) {
+            m.grpc_index.get(req.uri().path()).copied()
+        } else {
+            None
+        };
+        let fut = self.inner.route(req);
+        let Some(i) = method else {
+            return Box::pin(async move { Ok(fut.await) });
+        };
+        let stats = &m.grpc[i];
+        stats.started.inc();
+        if GRPC_METHODS[i].2 != GrpcType::BidiStream {
+            stats.msg_received.inc();
+        }
+        Box::pin(async move {
+            let resp = fut.await;
+            // A trailers-only response (an error before any message) carries the status in
+            // its headers.
+            if let Some(code) = grpc_status_of(resp.headers()) {
+                metrics().grpc[i].handled[code].inc();
+                return Ok(resp);
+            }
+            Ok(resp.map(|body| -> BoxBody {
+                Box::pin(MeteredBody {
+                    inner: body,
+                    method: i,
+                    done: false,
+                })
+            }))
+        })
+    }
+}
+
+fn grpc_status_of(headers: &http::HeaderMap) -> Option<usize> {
+    let v = headers.get("grpc-status")?;
+    let code: usize = v.to_str().ok()?.trim().parse().ok()?;
+    Some(code.min(GRPC_CODE_NAMES.len() - 1))
+}
+
+/// A gRPC response body that counts its bytes and messages and, at its trailers, the call's
+/// status.
+struct MeteredBody {
+    inner: BoxBody,
+    method: usize,
+    done: bool,
+}
+
+impl http_body::Body for MeteredBody {
+    type Data = Bytes;
+    type Error = ferrite_net::BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        let this = &mut *self;
+        let r = this.inner.as_mut().poll_frame(cx);
+        let m = metrics();
+        match &r {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(d) = frame.data_ref() {
+                    m.grpc_sent_bytes.add(d.len() as u64);
+                    m.grpc[this.method].msg_sent.inc();
+                } else if let Some(t) = frame.trailers_ref() {
+                    if !this.done {
+                        this.done = true;
+                        let code = grpc_status_of(t).unwrap_or(2);
+                        m.grpc[this.method].handled[code].inc();
+                    }
+                }
+            }
+            Poll::Ready(Some(Err(_))) | Poll::Ready(None) => {
+                if !this.done {
+                    this.done = true;
+                    // A stream that ends without trailers: the peer went away.
+                    m.grpc[this.method].handled[1].inc();
+                }
+            }
+            Poll::Pending => {}
+        }
+        r
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for MeteredBody {
+    fn drop(&mut self) {
+        if !self.done {
+            // Dropped before its end: the client cancelled (grpc-go reports Canceled).
+            metrics().grpc[self.method].handled[1].inc();
+        }
+    }
 }
 
 #[cfg(test)]

@@ -288,6 +288,7 @@ pub async fn start(
         member_answers: Vec::new(),
         leaderless_since: None,
         removal_check_at: Instant::now(),
+        unsynced_hard_state: None,
     })
 }
 
@@ -506,6 +507,8 @@ pub struct RaftCore {
     removal_check_at: Instant,
     /// Membership answers of the slice being applied (sent after its commit).
     member_answers: Vec<(MemberReply, Result<u64, EtcdError>)>,
+    /// The latest hard state not yet logged (it only moved the commit index).
+    unsynced_hard_state: Option<HardState>,
 }
 
 type MemberReply = oneshot::Sender<Result<u64, EtcdError>>;
@@ -555,14 +558,30 @@ impl RaftCore {
                     self.durable_index = self.durable_index.min(first.index - 1);
                 }
                 recs.extend(rd.entries.iter().map(wal_record_of));
-                if let Some(hs) = &rd.hard_state {
-                    recs.push(hs_record(hs));
+                // A hard state that only moves the commit index needs no sync of its own (as
+                // etcd's MustSync): it rides with the next synced append. Waiting for its own
+                // fdatasync cost every lone put a second sync before the next proposal.
+                if let Some(hs) = rd.hard_state.take() {
+                    self.unsynced_hard_state = Some(hs);
+                }
+                if rd.must_sync || !recs.is_empty() {
+                    if let Some(hs) = self.unsynced_hard_state.take() {
+                        recs.push(hs_record(&hs));
+                    }
                 }
                 self.transport.send(std::mem::take(&mut rd.early_messages));
                 let fut: AppendFuture = if recs.is_empty() {
                     Box::pin(async { Ok(()) })
                 } else {
-                    Box::pin(self.wal.append(recs))
+                    let append = self.wal.append(recs);
+                    let started = Instant::now();
+                    Box::pin(async move {
+                        let r = append.await;
+                        crate::metrics::metrics()
+                            .wal_fsync_seconds
+                            .observe_duration(started.elapsed());
+                        r
+                    })
                 };
                 // Committed entries already durable may be applied during the sync.
                 let durable = self.durable_index;
@@ -1273,7 +1292,8 @@ impl RaftCore {
 
     fn on_soft_state(&mut self, rd: &Ready) {
         if let Some(ss) = &rd.soft_state {
-            self.shared.leader.store(ss.leader, Ordering::Release);
+            let previous = self.shared.leader.swap(ss.leader, Ordering::AcqRel);
+            crate::metrics::metrics().observe_leader(previous, ss.leader, self.shared.member_id);
             if ss.role == Role::Leader {
                 tracing::info!(
                     "local-member-id" = format!("{:x}", self.shared.member_id),
@@ -1397,9 +1417,13 @@ impl RaftCore {
             .put_meta(APPLIED_INDEX_META_KEY, &last_index.to_le_bytes());
         self.writer
             .put_meta(APPLIED_TERM_META_KEY, &last_term.to_le_bytes());
+        let commit_started = Instant::now();
         if let Err(e) = self.writer.commit(false) {
             panic!("ferrite: MVCC commit failed at applied index {last_index}: {e}");
         }
+        crate::metrics::metrics()
+            .backend_commit_seconds
+            .observe_duration(commit_started.elapsed());
         for rev in compactions {
             if let Err(e) = self.shared.store.compact(rev) {
                 tracing::warn!(revision = rev, error = %e, "compaction failed");

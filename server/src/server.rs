@@ -407,10 +407,14 @@ pub fn run(config: Config) -> Result<(), String> {
             while !shared.published.load(Ordering::Acquire) {
                 glommio::timer::sleep(Duration::from_millis(2)).await;
             }
-            Ok::<Router, ferrite_net::BoxError>(build_router(&shared))
+            Ok::<crate::metrics::Metered, ferrite_net::BoxError>(crate::metrics::Metered {
+                inner: build_router(&shared),
+            })
         }
     })
     .map_err(|e| format!("serving: {e}"))?;
+    crate::metrics::register_source(&shared);
+    let metrics_handle = serve_metrics(&config, &shared)?;
 
     crate::logging::log_local_member(
         member_initialized,
@@ -435,7 +439,68 @@ pub fn run(config: Config) -> Result<(), String> {
         crate::logging::log_ready_to_serve(&addr.to_string());
     }
     handle.join();
+    if let Some(h) = metrics_handle {
+        h.shutdown();
+    }
     Ok(())
+}
+
+/// `--listen-metrics-urls`: `/metrics` and `/health` on their own listener (one core), as
+/// etcd serves them.
+fn serve_metrics(
+    config: &Config,
+    shared: &Arc<Shared>,
+) -> Result<Option<ferrite_net::ServerHandle>, String> {
+    if config.listen_metrics_urls.0.is_empty() {
+        return Ok(None);
+    }
+    let mut listen = Vec::new();
+    for u in &config.listen_metrics_urls.0 {
+        listen
+            .push(Listen::parse_url(&u.to_string()).map_err(|e| format!("metrics URL {u}: {e}"))?);
+    }
+    let shared = shared.clone();
+    let handle = serve(ServeConfig::new(listen, 1), move |_core| {
+        let shared = shared.clone();
+        async move {
+            let router = build_metrics_router(&shared);
+            Ok::<Router, ferrite_net::BoxError>(router)
+        }
+    })
+    .map_err(|e| format!("serving metrics: {e}"))?;
+    for addr in handle.local_addrs() {
+        tracing::info!(address = %addr, "serving metrics");
+    }
+    Ok(Some(handle))
+}
+
+/// The metrics listener's router: `/metrics` and `/health` only.
+pub fn build_metrics_router(shared: &Arc<Shared>) -> Router {
+    let services = crate::http::Services::new(
+        Arc::new(crate::kv::KvService {
+            shared: shared.clone(),
+        }),
+        Arc::new(crate::watch::WatchService {
+            shared: shared.clone(),
+        }),
+        Arc::new(crate::lease::LeaseService {
+            shared: shared.clone(),
+        }),
+        Arc::new(crate::cluster::ClusterService {
+            shared: shared.clone(),
+        }),
+        Arc::new(crate::maintenance::MaintenanceService {
+            shared: shared.clone(),
+        }),
+        Arc::new(crate::auth_svc::AuthService {
+            shared: shared.clone(),
+        }),
+    );
+    let gateway = std::rc::Rc::new(crate::http::Gateway {
+        backend: services,
+        request_bytes_max: shared.limits.request_bytes_max,
+    });
+    crate::http::add_metrics_routes(Router::builder(), gateway).build()
 }
 
 /// The per-core router: every etcd gRPC service (plus v3lock and v3election) and the front's

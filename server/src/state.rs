@@ -145,14 +145,35 @@ impl Shared {
 
     /// Proposes `op` through Raft and waits until it is applied.
     pub async fn propose(&self, op: Op) -> Result<ApplyResult, EtcdError> {
+        let m = crate::metrics::metrics();
         let (tx, rx) = oneshot::channel();
-        self.to_core
+        m.proposals_pending.inc();
+        if self
+            .to_core
             .unbounded_send(CoreMsg::Propose { op, reply: tx })
-            .map_err(|_| EtcdError::Stopped)?;
-        match rx.await {
+            .is_err()
+        {
+            m.proposals_pending.dec();
+            m.proposals_failed.inc();
+            return Err(EtcdError::Stopped);
+        }
+        let r = match rx.await {
             Ok(r) => r,
             Err(_) => Err(EtcdError::Stopped),
+        };
+        m.proposals_pending.dec();
+        // etcd counts proposals that never applied (stopped, no leader, timed out), not
+        // requests that applied with an error.
+        if matches!(
+            r,
+            Err(EtcdError::Stopped
+                | EtcdError::NoLeader
+                | EtcdError::NotLeader
+                | EtcdError::Timeout)
+        ) {
+            m.proposals_failed.inc();
         }
+        r
     }
 
     /// Waits for a linearizable read point (ReadIndex, then applied >= read index).

@@ -57,7 +57,7 @@ use std::time::Duration;
 use ferrite_raft::Message;
 use flatbuffers::FlatBufferBuilder;
 use futures_channel::mpsc::{unbounded, UnboundedReceiver, UnboundedSender};
-use futures_lite::io::{AsyncReadExt, AsyncWriteExt, BufReader};
+use futures_lite::io::{AsyncReadExt, AsyncWriteExt, BufReader, WriteHalf};
 use glommio::net::{TcpListener, TcpStream};
 use glommio::task::JoinHandle;
 
@@ -75,6 +75,9 @@ pub const BACKOFF_MIN: Duration = Duration::from_millis(50);
 pub const BACKOFF_MAX: Duration = Duration::from_secs(1);
 /// Default time a dial (TCP connect + TLS + hello reply) may take.
 pub const DIAL_TIMEOUT_DEFAULT: Duration = Duration::from_secs(1);
+/// Default time one write (a batch of frames) may take before the connection is dropped
+/// (etcd's ConnWriteTimeout): a partitioned peer whose socket buffer is full.
+pub const WRITE_TIMEOUT_DEFAULT: Duration = Duration::from_secs(5);
 /// Time an accepted connection has to complete TLS and send its hello.
 pub const ACCEPT_HELLO_TIMEOUT: Duration = Duration::from_secs(5);
 /// Frames are coalesced into one write buffer up to this size; larger frames go out alone.
@@ -171,6 +174,8 @@ pub struct PeerConfig {
     pub queue_msgs_max: usize,
     /// Time a dial may take.
     pub dial_timeout: Duration,
+    /// Time one batched write may take before the connection is dropped.
+    pub write_timeout: Duration,
 }
 
 impl PeerConfig {
@@ -186,6 +191,7 @@ impl PeerConfig {
             queue_bytes_max: QUEUE_BYTES_MAX_DEFAULT,
             queue_msgs_max: QUEUE_MSGS_MAX_DEFAULT,
             dial_timeout: DIAL_TIMEOUT_DEFAULT,
+            write_timeout: WRITE_TIMEOUT_DEFAULT,
         }
     }
 }
@@ -248,6 +254,7 @@ struct Shared {
     queue_bytes_max: u64,
     queue_msgs_max: usize,
     dial_timeout: Duration,
+    write_timeout: Duration,
     peers: RefCell<HashMap<u64, Rc<Peer>>>,
     unreachable: RefCell<BTreeSet<u64>>,
     closed: Cell<bool>,
@@ -288,6 +295,7 @@ impl PeerNet {
             queue_bytes_max: cfg.queue_bytes_max,
             queue_msgs_max: cfg.queue_msgs_max,
             dial_timeout: cfg.dial_timeout,
+            write_timeout: cfg.write_timeout,
             peers: RefCell::new(HashMap::new()),
             unreachable: RefCell::new(BTreeSet::new()),
             closed: Cell::new(false),
@@ -423,32 +431,38 @@ impl PeerNet {
         self.local_addrs.clone()
     }
 
-    /// Stops listening, closes every connection and drops every queue. The inbound channel
-    /// ends once its last in-flight delivery is done.
-    pub async fn close(self) {
-        let shared = self.shared;
-        shared.closed.set(true);
-        for t in &self.accept_tasks {
-            t.cancel();
-        }
-        for t in self.accept_tasks {
+    /// Stops listening, closes every connection and drops every queue, and waits for the
+    /// tasks to be gone. The inbound channel then ends. (Dropping a `PeerNet` does the same
+    /// without waiting.)
+    pub async fn close(mut self) {
+        for t in self.stop_tasks() {
             t.await;
         }
+    }
+
+    /// Marks the transport closed and cancels every task; returns their handles.
+    fn stop_tasks(&mut self) -> Vec<JoinHandle<()>> {
+        let shared = &self.shared;
+        shared.closed.set(true);
+        let mut tasks = std::mem::take(&mut self.accept_tasks);
         let peers: Vec<Rc<Peer>> = shared.peers.borrow_mut().drain().map(|(_, p)| p).collect();
         for p in peers {
             p.removed.set(true);
             p.clear_queue();
-            let task = p.task.borrow_mut().take();
-            if let Some(t) = task {
-                t.cancel();
-                t.await;
-            }
+            tasks.extend(p.task.borrow_mut().take());
         }
-        let conns: Vec<JoinHandle<()>> =
-            shared.conns.borrow_mut().drain().map(|(_, t)| t).collect();
-        for t in conns {
+        tasks.extend(shared.conns.borrow_mut().drain().map(|(_, t)| t));
+        for t in &tasks {
             t.cancel();
-            t.await;
+        }
+        tasks
+    }
+}
+
+impl Drop for PeerNet {
+    fn drop(&mut self) {
+        if !self.shared.closed.get() {
+            self.stop_tasks();
         }
     }
 }
@@ -544,10 +558,50 @@ async fn dial(
         .unwrap_or(Err(PeerError::Timeout))
 }
 
-/// Waits until the peer has something queued, was removed, or its URLs changed.
-async fn wait_work(p: &Peer, urls_gen: u64) {
+/// An outbound connection: the write half, and a task reading the other half only to notice
+/// that the acceptor closed it (it never writes after its reply), so a restarted peer is
+/// redialed before the next batch is written into a dead socket.
+struct Conn {
+    w: WriteHalf<BoxStream>,
+    dead: Rc<Cell<bool>>,
+    watcher: JoinHandle<()>,
+}
+
+impl Conn {
+    fn new(stream: BoxStream, p: &Rc<Peer>) -> Conn {
+        let (mut r, w) = futures_lite::io::split(stream);
+        let dead = Rc::new(Cell::new(false));
+        let (d, p) = (dead.clone(), Rc::downgrade(p));
+        let watcher = glommio::spawn_local(async move {
+            let mut b = [0u8; 64];
+            // Any outcome (EOF, error, or bytes the protocol does not allow) ends the
+            // connection.
+            let _ = r.read(&mut b).await;
+            d.set(true);
+            if let Some(p) = p.upgrade() {
+                p.wake();
+            }
+        })
+        .detach();
+        Conn { w, dead, watcher }
+    }
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        self.watcher.cancel();
+    }
+}
+
+/// Waits until the peer has something queued, was removed, its URLs changed, or its
+/// connection died.
+async fn wait_work(p: &Peer, urls_gen: u64, conn: Option<&Conn>) {
     std::future::poll_fn(|cx| {
-        if p.removed.get() || !p.queue.borrow().is_empty() || p.urls_gen.get() != urls_gen {
+        if p.removed.get()
+            || !p.queue.borrow().is_empty()
+            || p.urls_gen.get() != urls_gen
+            || conn.is_some_and(|c| c.dead.get())
+        {
             Poll::Ready(())
         } else {
             *p.waker.borrow_mut() = Some(cx.waker().clone());
@@ -558,16 +612,24 @@ async fn wait_work(p: &Peer, urls_gen: u64) {
 }
 
 async fn writer_loop(shared: Rc<Shared>, p: Rc<Peer>) {
-    let mut conn: Option<BoxStream> = None;
+    let mut conn: Option<Conn> = None;
     let mut conn_gen = p.urls_gen.get();
     let mut backoff = BACKOFF_MIN;
     let mut url_next = 0usize;
     let mut failing = false;
     let mut batch: Vec<u8> = Vec::new();
     loop {
-        wait_work(&p, conn_gen).await;
+        wait_work(&p, conn_gen, conn.as_ref()).await;
         if p.removed.get() || shared.closed.get() {
             return;
+        }
+        if conn.as_ref().is_some_and(|c| c.dead.get()) {
+            // The acceptor went away (restart, or it refused us late): redial when there is
+            // something to send.
+            conn = None;
+            if p.queue.borrow().is_empty() {
+                continue;
+            }
         }
         if p.urls_gen.get() != conn_gen {
             conn = None;
@@ -612,7 +674,7 @@ async fn writer_loop(shared: Rc<Shared>, p: Rc<Peer>) {
                     }
                     failing = false;
                     backoff = BACKOFF_MIN;
-                    conn = Some(s);
+                    conn = Some(Conn::new(s, &p));
                 }
                 Err(e) => {
                     if !failing {
@@ -633,38 +695,25 @@ async fn writer_loop(shared: Rc<Shared>, p: Rc<Peer>) {
                 }
             }
         }
-        let Some(stream) = conn.as_mut() else {
+        let Some(c) = conn.as_mut() else {
             unreachable!("connected above");
         };
         // Take everything queued: small frames are coalesced into one buffer, a big frame
         // is written on its own.
         let frames: Vec<Vec<u8>> = p.queue.borrow_mut().drain(..).collect();
         p.queued_bytes.set(0);
-        let mut result = Ok(());
-        for f in frames {
-            if batch.len() + f.len() > WRITE_COALESCE_BYTES_MAX && !batch.is_empty() {
-                result = stream.write_all(&batch).await;
-                batch.clear();
-                if result.is_err() {
-                    break;
-                }
-            }
-            if f.len() > WRITE_COALESCE_BYTES_MAX {
-                result = stream.write_all(&f).await;
-                if result.is_err() {
-                    break;
-                }
-            } else {
-                batch.extend_from_slice(&f);
-            }
-        }
-        if result.is_ok() && !batch.is_empty() {
-            result = stream.write_all(&batch).await;
-        }
+        let result = within(
+            shared.write_timeout,
+            write_frames(&mut c.w, frames, &mut batch),
+        )
+        .await
+        .unwrap_or_else(|| {
+            Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "peer write timed out",
+            ))
+        });
         batch.clear();
-        if result.is_ok() {
-            result = stream.flush().await;
-        }
         if batch.capacity() > WRITE_COALESCE_BYTES_MAX * 2 {
             batch = Vec::new();
         }
@@ -681,6 +730,30 @@ async fn writer_loop(shared: Rc<Shared>, p: Rc<Peer>) {
             p.clear_queue();
         }
     }
+}
+
+/// Writes `frames` in order, coalescing small ones through `batch`, then flushes.
+async fn write_frames(
+    w: &mut WriteHalf<BoxStream>,
+    frames: Vec<Vec<u8>>,
+    batch: &mut Vec<u8>,
+) -> std::io::Result<()> {
+    batch.clear();
+    for f in frames {
+        if batch.len() + f.len() > WRITE_COALESCE_BYTES_MAX && !batch.is_empty() {
+            w.write_all(batch).await?;
+            batch.clear();
+        }
+        if f.len() > WRITE_COALESCE_BYTES_MAX {
+            w.write_all(&f).await?;
+        } else {
+            batch.extend_from_slice(&f);
+        }
+    }
+    if !batch.is_empty() {
+        w.write_all(batch).await?;
+    }
+    w.flush().await
 }
 
 fn log_refused(shared: &Shared, peer: u64, e: &PeerError) {
