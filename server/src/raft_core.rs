@@ -489,7 +489,7 @@ pub struct RaftCore {
     /// Reads waiting for a leader to be known.
     reads_pending: Vec<ReadWaiter>,
     /// MoveLeader callers: (target, deadline, reply).
-    move_waiters: Vec<(u64, Instant, oneshot::Sender<Result<(), EtcdError>>)>,
+    move_waiters: Vec<(u64, Instant, UnitReply)>,
     applied: u64,
     /// (time, revision) samples for periodic auto-compaction.
     compaction_samples: VecDeque<(Instant, i64)>,
@@ -512,6 +512,7 @@ pub struct RaftCore {
 }
 
 type MemberReply = oneshot::Sender<Result<u64, EtcdError>>;
+type UnitReply = oneshot::Sender<Result<(), EtcdError>>;
 /// A linearizable read waiting: (deadline, reply).
 type ReadWaiter = (Instant, oneshot::Sender<Result<(), EtcdError>>);
 
@@ -918,7 +919,7 @@ impl RaftCore {
     /// etcd's `isReadyToAddVotingMember`: after adding, the started voters are still a quorum.
     fn quorum_after_add(&self, m: &Membership) -> bool {
         let voters = m.voters().len() + 1;
-        self.active_voters(m) >= voters / 2 + 1
+        self.active_voters(m) > voters / 2
     }
 
     /// etcd's `isReadyToRemoveVotingMember`.
@@ -935,7 +936,7 @@ impl RaftCore {
         {
             active = active.saturating_sub(1);
         }
-        active >= voters / 2 + 1
+        active > voters / 2
     }
 
     /// etcd's `isLearnerReady`: the learner's match is at least 90% of the leader's commit.

@@ -187,8 +187,10 @@ fn put_retry(endpoint: &str, key: &str, value: &str) {
     });
 }
 
-/// Member list rows: (id, name, peer urls, client urls, is learner).
-fn member_list(endpoint: &str) -> Vec<(u64, String, Vec<String>, Vec<String>, bool)> {
+/// A member list row: (id, name, peer urls, client urls, is learner).
+type MemberRow = (u64, String, Vec<String>, Vec<String>, bool);
+
+fn member_list(endpoint: &str) -> Vec<MemberRow> {
     let o = ctl(endpoint, &["member", "list", "-w", "json"]);
     let v: serde_json::Value =
         serde_json::from_str(&ok_text(&o, "member list")).expect("member list json");
