@@ -127,6 +127,20 @@ impl Auth {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Replaces the store with one restored from a snapshot image; the token provider
+    /// follows its enabled flag (simple tokens are node-local and start over).
+    pub fn restore(&self, store: AuthStore) {
+        let mut st = self.lock();
+        let applied = if store.is_enabled() {
+            ferrite_auth::Applied::Enabled
+        } else {
+            ferrite_auth::Applied::Disabled
+        };
+        st.store = store;
+        st.tokens.on_applied(&applied);
+        self.publish_enabled(&st);
+    }
+
     /// Called by the apply loop after it changed the store.
     pub fn publish_enabled(&self, state: &AuthState) {
         self.enabled

@@ -19,7 +19,9 @@
 //!   }
 //!   string username = 20;          // the caller (etcd's RequestHeader.username), "" = none
 //!   uint64 auth_revision = 21;     // the auth revision the caller was authenticated at
+//!   MemberAttr member_attr = 40;   // membership attributes (publish / peer URL update)
 //! }
+//! message MemberAttr { uint32 kind = 1; MemberPb member = 2; } // kind 1 publish, 2 peer URLs
 //! message AuthRequest { bytes command = 1; } // ferrite_auth::AuthCommand::encode()
 //! ```
 
@@ -48,6 +50,10 @@ pub struct InternalRequest {
     /// The auth revision the caller's credentials were resolved at (0 = no caller).
     #[prost(uint64, tag = "21")]
     pub auth_revision: u64,
+    /// A membership attribute change (publish, peer URL update); `op` is unset then. Applied by
+    /// the Raft core (`raft_core.rs`), not by `apply.rs`.
+    #[prost(message, optional, tag = "40")]
+    pub member_attr: Option<MemberAttr>,
 }
 
 impl InternalRequest {
@@ -65,6 +71,19 @@ impl InternalRequest {
 pub struct AuthRequest {
     #[prost(bytes = "vec", tag = "1")]
     pub command: Vec<u8>,
+}
+
+/// `MemberAttr.kind`: a member publishes its name and client URLs.
+pub const MEMBER_ATTR_PUBLISH: u32 = 1;
+/// `MemberAttr.kind`: MemberUpdate of a member's peer URLs.
+pub const MEMBER_ATTR_PEER_URLS: u32 = 2;
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct MemberAttr {
+    #[prost(uint32, tag = "1")]
+    pub kind: u32,
+    #[prost(message, optional, tag = "2")]
+    pub member: Option<crate::membership::MemberPb>,
 }
 
 #[derive(Clone, PartialEq, prost::Oneof)]
@@ -105,6 +124,7 @@ mod tests {
                 })),
                 username: "alice".into(),
                 auth_revision: 3,
+                member_attr: None,
             }],
         };
         let bytes = b.encode_to_vec();
