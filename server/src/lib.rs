@@ -40,6 +40,7 @@ pub mod lessor;
 pub mod maintenance;
 pub mod raft_core;
 pub mod server;
+pub mod snapshot_cmd;
 pub mod state;
 pub mod transport;
 pub mod watch;
