@@ -392,7 +392,16 @@ pub struct DbWriter {
     readers: Vec<(u64, Weak<Snapshot>)>,
     unsynced_freed_pages: u64,
     poisoned: bool,
+    /// Base pages whose checksum this writer verified since `base` was last replaced (a
+    /// small ring). A put reads its leaf twice (the key's latest version, then the copy-on-write
+    /// decode): the second read skips the crc32c but still checks header and bounds. Pages of
+    /// `base` are immutable until the next commit replaces it; every `commit` clears the ring.
+    verified: std::cell::Cell<[PageId; VERIFIED_RING_PAGES]>,
+    verified_next: std::cell::Cell<usize>,
 }
+
+/// Entries of `DbWriter::verified`: a few root-to-leaf paths.
+const VERIFIED_RING_PAGES: usize = 8;
 
 /// A cheap, cloneable handle that pins the latest committed tree without locks.
 #[derive(Clone)]
@@ -453,7 +462,7 @@ impl PageSource for DbWriter {
                 page: id,
                 reason: "tree node points at an overflow page".into(),
             }),
-            None => self.base.node(id),
+            None => self.base_node(id),
         }
     }
     fn raw_page(&self, id: PageId) -> Result<&[u8], StoreError> {
@@ -469,10 +478,10 @@ impl PageSource for DbWriter {
 }
 
 /// The shortest key `s` with `left < s <= right` (a branch separator).
-fn separator(left: &[u8], right: &[u8]) -> Vec<u8> {
+fn separator(left: &[u8], right: &[u8]) -> NodeKey {
     debug_assert!(left < right);
     let common = left.iter().zip(right).take_while(|(a, b)| a == b).count();
-    right[..(common + 1).min(right.len())].to_vec()
+    NodeKey::from_slice(&right[..(common + 1).min(right.len())])
 }
 
 impl DbWriter {
@@ -584,6 +593,8 @@ impl DbWriter {
             readers: Vec::new(),
             unsynced_freed_pages: 0,
             poisoned: false,
+            verified: std::cell::Cell::new([0; VERIFIED_RING_PAGES]),
+            verified_next: std::cell::Cell::new(0),
         })
     }
 
@@ -608,6 +619,26 @@ impl DbWriter {
     }
     pub fn in_use_bytes(&self) -> u64 {
         self.shared.in_use_bytes.load(Ordering::Relaxed)
+    }
+
+    /// A node of the committed tree `base`, its checksum verified once per commit (see
+    /// `verified`).
+    fn base_node(&self, id: PageId) -> Result<NodeRef<'_>, StoreError> {
+        let ring = self.verified.get();
+        if id >= 2 && self.base.verify && ring.contains(&id) {
+            return Ok(NodeRef::Page(PageRef::parse(
+                self.base.bytes_of(id)?,
+                id,
+                false,
+            )?));
+        }
+        let n = self.base.node(id)?;
+        let mut ring = ring;
+        let at = self.verified_next.get();
+        ring[at] = id;
+        self.verified.set(ring);
+        self.verified_next.set((at + 1) % VERIFIED_RING_PAGES);
+        Ok(n)
     }
 
     fn alloc(&mut self) -> PageId {
@@ -639,7 +670,7 @@ impl DbWriter {
         if matches!(self.dirty.get(&id), Some(Dirty::Node(_))) {
             return Ok(id);
         }
-        let node = match self.base.node(id)? {
+        let node = match self.base_node(id)? {
             NodeRef::Page(p) => Node::from_page(&p),
             NodeRef::Mem(n) => n.clone(),
         };
@@ -732,7 +763,7 @@ impl DbWriter {
             self.dirty.insert(
                 id,
                 Dirty::Node(Node::Leaf {
-                    keys: vec![key.to_vec()],
+                    keys: vec![NodeKey::from_slice(key)],
                     vals: vec![val],
                 }),
             );
@@ -761,7 +792,7 @@ impl DbWriter {
         page: PageId,
         key: &[u8],
         val: LeafVal,
-    ) -> Result<(PageId, Option<(Vec<u8>, PageId)>), StoreError> {
+    ) -> Result<(PageId, Option<(NodeKey, PageId)>), StoreError> {
         let id = self.make_dirty(page)?;
         let mut appended = false;
         let mut old = None;
@@ -771,7 +802,7 @@ impl DbWriter {
                     Ok(i) => old = Some(std::mem::replace(&mut vals[i], val)),
                     Err(i) => {
                         appended = i == keys.len();
-                        keys.insert(i, key.to_vec());
+                        keys.insert(i, NodeKey::from_slice(key));
                         vals.insert(i, val);
                     }
                 }
@@ -800,7 +831,7 @@ impl DbWriter {
         Ok((id, split))
     }
 
-    fn split_if_needed(&mut self, id: PageId, appended: bool) -> Option<(Vec<u8>, PageId)> {
+    fn split_if_needed(&mut self, id: PageId, appended: bool) -> Option<(NodeKey, PageId)> {
         let node = self.node_mut(id);
         if node.encoded_bytes() <= PAGE_SIZE {
             return None;
@@ -1260,6 +1291,8 @@ impl DbWriter {
     /// Publishes every change since the last commit to new readers. `durable` also makes it
     /// survive a crash (write, fdatasync, meta page, fdatasync).
     pub fn commit(&mut self, durable: bool) -> Result<(), StoreError> {
+        // Checksums are trusted for one commit at most, even one with no changes.
+        self.verified.set([0; VERIFIED_RING_PAGES]);
         if self.poisoned {
             return Err(StoreError::Poisoned);
         }
@@ -1372,6 +1405,7 @@ impl DbWriter {
         self.readers.push((old.txn, Arc::downgrade(&old)));
         drop(old);
         self.base = snap;
+        self.verified.set([0; VERIFIED_RING_PAGES]);
         if !self.freed_now.is_empty() {
             self.pending_count += self.freed_now.len() as u64;
             self.pending

@@ -355,15 +355,23 @@ pub enum LeafVal {
     Overflow { first: PageId, len: u32 },
 }
 
+/// Bytes of a key kept inline in a decoded node (no heap allocation): covers MVCC keys of
+/// user keys up to ~29 bytes, revision keys and most branch separators. Decoding a page is the
+/// writer's first step on every page a commit touches, so per-key allocations dominated it.
+pub const NODE_KEY_INLINE_BYTES: usize = 48;
+
+/// A key in a decoded node: inline up to `NODE_KEY_INLINE_BYTES`, on the heap beyond.
+pub type NodeKey = smallvec::SmallVec<[u8; NODE_KEY_INLINE_BYTES]>;
+
 /// Writer-side decoded nodes.
 #[derive(Clone, Debug)]
 pub enum Node {
     Leaf {
-        keys: Vec<Vec<u8>>,
+        keys: Vec<NodeKey>,
         vals: Vec<LeafVal>,
     },
     Branch {
-        keys: Vec<Vec<u8>>,
+        keys: Vec<NodeKey>,
         children: Vec<PageId>,
     },
 }
@@ -374,7 +382,7 @@ impl Node {
             let mut keys = Vec::with_capacity(p.len());
             let mut vals = Vec::with_capacity(p.len());
             for i in 0..p.len() {
-                keys.push(p.key(i).to_vec());
+                keys.push(NodeKey::from_slice(p.key(i)));
                 vals.push(match p.value(i) {
                     ValRef::Inline(v) => LeafVal::Inline(v.to_vec()),
                     ValRef::Overflow { first, len } => LeafVal::Overflow { first, len },
@@ -382,7 +390,9 @@ impl Node {
             }
             Node::Leaf { keys, vals }
         } else {
-            let keys = (0..p.len()).map(|i| p.key(i).to_vec()).collect();
+            let keys = (0..p.len())
+                .map(|i| NodeKey::from_slice(p.key(i)))
+                .collect();
             let children = (0..=p.len()).map(|i| p.child(i)).collect();
             Node::Branch { keys, children }
         }

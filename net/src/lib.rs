@@ -13,6 +13,8 @@
 //! - [`run_local`] and [`CoreLocal`]: let tonic's `Send` handlers reach the `!Send` state of
 //!   the core they run on.
 //! - [`rt`]: hyper's runtime hooks on glommio (executor, timer, I/O adapter).
+//! - [`peer`]: the peer transport — Raft messages between members (flatbuffers frames over
+//!   TCP or TLS, batched per peer, reconnecting with backoff) and the cluster-info request.
 //!
 //! # Example
 //!

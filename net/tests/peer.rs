@@ -168,7 +168,7 @@ fn down_peer_is_unreachable_then_messages_flow_once_it_starts() {
     // Once connected, everything arrives in order.
     a.send((0..500).map(|i| probe(1, 2, 5000 + i)).collect());
     for i in 0..500 {
-        assert_eq!(b.recv().seq, 5000 + i);
+        assert_eq!(b.recv_seq_from(5000), 5000 + i);
     }
     a.stop();
     b.stop();
@@ -188,7 +188,7 @@ fn restarted_listener_is_reconnected() {
     probe_until_delivered(&a, &b, 10_000);
     a.send((0..100).map(|i| probe(1, 2, 20_000 + i)).collect());
     for i in 0..100 {
-        assert_eq!(b.recv().seq, 20_000 + i);
+        assert_eq!(b.recv_seq_from(20_000), 20_000 + i);
     }
     a.stop();
     b.stop();
@@ -266,7 +266,7 @@ fn garbage_torn_and_oversize_frames_close_only_that_connection() {
 
     let mut good = Vec::new();
     let mut fbb = flatbuffers::FlatBufferBuilder::new();
-    put_message_frame(&mut fbb, &mut good, &probe(1, 2, 99));
+    put_message_frame(&mut fbb, &mut good, &probe(1, 2, 900_000));
 
     // Garbage instead of a hello.
     let mut s = std::net::TcpStream::connect(b.addr).unwrap();
@@ -303,13 +303,13 @@ fn garbage_torn_and_oversize_frames_close_only_that_connection() {
     // A valid frame on a raw connection is delivered.
     let mut s = raw_conn(&b, cluster, 1);
     s.write_all(&good).unwrap();
-    assert_eq!(b.recv().seq, 99);
+    assert_eq!(b.recv_seq_from(900_000), 900_000);
     drop(s);
 
     // The regular connection from a was never disturbed: in order, nothing lost.
     a.send((0..200).map(|i| probe(1, 2, 1000 + i)).collect());
     for i in 0..200 {
-        assert_eq!(b.recv().seq, 1000 + i);
+        assert_eq!(b.recv_seq_from(1000), 1000 + i);
     }
     a.stop();
     b.stop();
@@ -434,4 +434,29 @@ fn fetch_cluster_info_from_a_running_member() {
     assert!(got.2, "nobody listening: an error");
     a.stop();
     t.stop();
+}
+
+#[test]
+fn changed_urls_are_redialed_and_removed_peers_dropped() {
+    let a = Node::start(1, NodeOpts::new(0x11));
+    let b = Node::start(2, NodeOpts::new(0x11));
+    // Member 2 moved to a new address (a second instance stands in for it).
+    let b2 = Node::start(2, NodeOpts::new(0x11));
+    a.set_peer(2, vec![b.url()]);
+    probe_until_delivered(&a, &b, 0);
+    a.set_peer(2, vec![b2.url()]);
+    probe_until_delivered(&a, &b2, 100);
+    a.send((0..50).map(|i| probe(1, 2, 1000 + i)).collect());
+    for i in 0..50 {
+        assert_eq!(b2.recv_seq_from(1000), 1000 + i);
+    }
+    assert!(b.inbox.recv_timeout(Duration::from_millis(200)).is_err());
+    // A removed peer gets nothing and is reported unreachable when addressed.
+    a.cmd(Cmd::RemovePeer(2));
+    a.send(vec![probe(1, 2, 5000)]);
+    a.wait_unreachable(2);
+    assert!(b2.inbox.recv_timeout(Duration::from_millis(300)).is_err());
+    a.stop();
+    b.stop();
+    b2.stop();
 }

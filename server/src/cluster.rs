@@ -1,5 +1,6 @@
-//! The Cluster service for one member: MemberList answers this member; membership changes
-//! are refused the way etcd refuses them when they cannot be carried out.
+//! The Cluster service: MemberList answers the applied membership (`membership.rs`);
+//! MemberAdd/Remove/Update/Promote are validated and proposed by the Raft core
+//! (`CoreMsg::Member`) and answered once applied, with etcd 3.4's errors.
 
 use std::sync::Arc;
 
@@ -10,23 +11,35 @@ use ferrite_net::pb::etcdserverpb::{
 };
 use tonic::{Request, Response, Status};
 
-use crate::errors::EtcdError;
-use crate::state::Shared;
+use crate::state::{MemberChange, Shared};
 
 #[derive(Clone)]
 pub struct ClusterService {
     pub shared: Arc<Shared>,
 }
 
+/// etcd's check of member URLs (`types.NewURLs`): scheme http/https, host:port, no path.
+fn check_urls(urls: &[String]) -> Result<(), Status> {
+    let bad = || Status::invalid_argument("etcdserver: given member URLs are invalid");
+    if urls.is_empty() {
+        return Err(bad());
+    }
+    for u in urls {
+        let rest = u
+            .strip_prefix("http://")
+            .or_else(|| u.strip_prefix("https://"))
+            .ok_or_else(bad)?;
+        let (host, port) = rest.rsplit_once(':').ok_or_else(bad)?;
+        if host.is_empty() || port.parse::<u16>().is_err() || rest.contains('/') {
+            return Err(bad());
+        }
+    }
+    Ok(())
+}
+
 impl ClusterService {
     pub fn members(&self) -> Vec<Member> {
-        vec![Member {
-            id: self.shared.member_id,
-            name: self.shared.member_name.clone(),
-            peer_ur_ls: self.shared.peer_urls.clone(),
-            client_ur_ls: self.shared.client_urls.clone(),
-            is_learner: false,
-        }]
+        self.shared.members().to_api()
     }
 
     pub fn member_list(&self) -> MemberListResponse {
@@ -41,59 +54,76 @@ impl ClusterService {
 impl Cluster for ClusterService {
     async fn member_add(
         &self,
-        _req: Request<MemberAddRequest>,
+        req: Request<MemberAddRequest>,
     ) -> Result<Response<MemberAddResponse>, Status> {
-        // Adding a member needs the peer transport (next issue); etcd would then wait for the
-        // new member to start. Refuse clearly instead of breaking quorum.
-        Err(Status::unavailable(
-            "etcdserver: member add is not supported by this single-member ferrite build",
-        ))
+        let r = req.into_inner();
+        check_urls(&r.peer_ur_ls)?;
+        let id = self
+            .shared
+            .member_change(MemberChange::Add {
+                peer_urls: r.peer_ur_ls,
+                is_learner: r.is_learner,
+            })
+            .await?;
+        let members = self.members();
+        let member = members.iter().find(|m| m.id == id).cloned();
+        Ok(Response::new(MemberAddResponse {
+            header: Some(self.shared.header(self.shared.current_revision())),
+            member,
+            members,
+        }))
     }
+
     async fn member_remove(
         &self,
         req: Request<MemberRemoveRequest>,
     ) -> Result<Response<MemberRemoveResponse>, Status> {
         let id = req.into_inner().id;
-        if id != self.shared.member_id {
-            return Err(EtcdError::MemberNotFound.status());
-        }
-        Err(Status::failed_precondition(
-            "etcdserver: re-configuration failed due to not enough started members",
-        ))
+        self.shared
+            .member_change(MemberChange::Remove { id })
+            .await?;
+        Ok(Response::new(MemberRemoveResponse {
+            header: Some(self.shared.header(self.shared.current_revision())),
+            members: self.members(),
+        }))
     }
+
     async fn member_update(
         &self,
         req: Request<MemberUpdateRequest>,
     ) -> Result<Response<MemberUpdateResponse>, Status> {
         let r = req.into_inner();
-        if r.id != self.shared.member_id {
-            return Err(EtcdError::MemberNotFound.status());
-        }
-        if r.peer_ur_ls != self.shared.peer_urls {
-            return Err(Status::unavailable(
-                "etcdserver: changing peer URLs is not supported by this single-member ferrite build",
-            ));
-        }
+        check_urls(&r.peer_ur_ls)?;
+        self.shared
+            .member_change(MemberChange::UpdatePeerUrls {
+                id: r.id,
+                peer_urls: r.peer_ur_ls,
+            })
+            .await?;
         Ok(Response::new(MemberUpdateResponse {
             header: Some(self.shared.header(self.shared.current_revision())),
             members: self.members(),
         }))
     }
+
     async fn member_list(
         &self,
         _req: Request<MemberListRequest>,
     ) -> Result<Response<MemberListResponse>, Status> {
         Ok(Response::new(self.member_list()))
     }
+
     async fn member_promote(
         &self,
         req: Request<MemberPromoteRequest>,
     ) -> Result<Response<MemberPromoteResponse>, Status> {
-        if req.into_inner().id != self.shared.member_id {
-            return Err(EtcdError::MemberNotFound.status());
-        }
-        Err(Status::failed_precondition(
-            "etcdserver: can only promote a learner member",
-        ))
+        let id = req.into_inner().id;
+        self.shared
+            .member_change(MemberChange::Promote { id })
+            .await?;
+        Ok(Response::new(MemberPromoteResponse {
+            header: Some(self.shared.header(self.shared.current_revision())),
+            members: self.members(),
+        }))
     }
 }

@@ -16,7 +16,9 @@
 //!     etcdserverpb.LeaseRevokeRequest lease_revoke = 8;
 //!     etcdserverpb.AlarmRequest alarm = 9;
 //!   }
+//!   MemberAttr member_attr = 40;   // membership attributes (publish / peer URL update)
 //! }
+//! message MemberAttr { uint32 kind = 1; MemberPb member = 2; } // kind 1 publish, 2 peer URLs
 //! ```
 
 use ferrite_net::pb::etcdserverpb::{
@@ -38,6 +40,23 @@ pub struct InternalRequest {
     pub member_id: u64,
     #[prost(oneof = "Op", tags = "3, 4, 5, 6, 7, 8, 9")]
     pub op: Option<Op>,
+    /// A membership attribute change (publish, peer URL update); `op` is unset then. Applied by
+    /// the Raft core (`raft_core.rs`), not by `apply.rs`.
+    #[prost(message, optional, tag = "40")]
+    pub member_attr: Option<MemberAttr>,
+}
+
+/// `MemberAttr.kind`: a member publishes its name and client URLs.
+pub const MEMBER_ATTR_PUBLISH: u32 = 1;
+/// `MemberAttr.kind`: MemberUpdate of a member's peer URLs.
+pub const MEMBER_ATTR_PEER_URLS: u32 = 2;
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct MemberAttr {
+    #[prost(uint32, tag = "1")]
+    pub kind: u32,
+    #[prost(message, optional, tag = "2")]
+    pub member: Option<crate::membership::MemberPb>,
 }
 
 #[derive(Clone, PartialEq, prost::Oneof)]
@@ -74,6 +93,7 @@ mod tests {
                     value: bytes::Bytes::from_static(b"v"),
                     ..Default::default()
                 })),
+                member_attr: None,
             }],
         };
         let bytes = b.encode_to_vec();

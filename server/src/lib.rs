@@ -18,8 +18,16 @@
 //! - Watchers never block the apply loop: events go out through bounded buffers; a watcher that
 //!   falls behind catches up from the store's history.
 //!
-//! Non-goals (for now): multi-node membership changes over the network (the transport seam
-//! exists; one voter is served), authentication (the Auth service answers "auth not enabled").
+//! Clusters: members exchange Raft messages over the peer port (`ferrite_net::peer`); followers
+//! forward proposals and ReadIndex requests to the leader; membership is replicated state
+//! (`membership.rs`); a lagging or new member installs the leader's store image.
+//!
+//! Non-goals (for now): joint consensus (one membership change at a time, as etcd 3.4);
+//! streaming snapshot images from disk (an image is built in memory, bounded by
+//! `raft_core::SNAPSHOT_IMAGE_BYTES_MAX`); learners refusing client RPCs (etcd's "rpc not
+//! supported for learner"); watchers on a member that installs a snapshot see no events for
+//! the revisions the image skipped; more than `state::STORE_SWAPS_MAX - 1` snapshot installs
+//! per process.
 
 pub mod config;
 pub mod election;
@@ -38,6 +46,7 @@ pub mod kvops;
 pub mod lease;
 pub mod lessor;
 pub mod maintenance;
+pub mod membership;
 pub mod raft_core;
 pub mod server;
 pub mod snapshot_cmd;

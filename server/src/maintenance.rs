@@ -60,7 +60,11 @@ impl MaintenanceService {
             raft_applied_index: sh.applied_index.load(Ordering::Acquire),
             errors,
             db_size_in_use: sh.store.size_in_use_bytes() as i64,
-            is_learner: false,
+            is_learner: sh
+                .members()
+                .members
+                .get(&sh.member_id)
+                .is_some_and(|m| m.is_learner),
         }
     }
 }
@@ -201,7 +205,7 @@ impl Maintenance for MaintenanceService {
         _: Request<SnapshotRequest>,
     ) -> Result<Response<Self::SnapshotStream>, Status> {
         let (tx, rx) = tokio::sync::mpsc::channel(SNAPSHOT_CHUNKS_BUFFERED_MAX);
-        let store = self.shared.store.clone();
+        let store = self.shared.store.current();
         std::thread::Builder::new()
             .name("snapshot".into())
             .spawn(move || {
@@ -244,12 +248,7 @@ impl Maintenance for MaintenanceService {
         req: Request<MoveLeaderRequest>,
     ) -> Result<Response<MoveLeaderResponse>, Status> {
         let target = req.into_inner().target_id;
-        if target != self.shared.member_id {
-            return Err(Status::new(
-                Code::FailedPrecondition,
-                "etcdserver: bad leader transferee",
-            ));
-        }
+        self.shared.move_leader(target).await?;
         Ok(Response::new(MoveLeaderResponse {
             header: Some(self.shared.header(self.shared.current_revision())),
         }))

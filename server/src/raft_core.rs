@@ -26,8 +26,8 @@ use std::time::{Duration, Instant};
 
 use ferrite_btree::{Event, Writer};
 use ferrite_raft::{
-    ConfState, Entry, EntryKind, HardState, PersistedState, RawNode, Ready, Role, Snapshot,
-    SnapshotMeta,
+    ConfChange, ConfChangeKind, ConfState, Entry, EntryKind, HardState, Message, PersistedState,
+    RawNode, Ready, Role, Snapshot, SnapshotMeta,
 };
 use ferrite_wal::{GroupWal, WalError, WalRecord};
 use futures_channel::{mpsc, oneshot};
@@ -36,9 +36,12 @@ use prost::Message as _;
 
 use crate::apply::{self, ApplyCtx};
 use crate::errors::EtcdError;
-use crate::internal::{InternalRequest, Op, RaftBatch};
+use crate::internal::{
+    InternalRequest, MemberAttr, Op, RaftBatch, MEMBER_ATTR_PEER_URLS, MEMBER_ATTR_PUBLISH,
+};
 use crate::lessor::LEASES_META_KEY;
-use crate::state::{ApplyReply, CoreMsg, Shared};
+use crate::membership::{ConfChangeCtx, MemberPb, Membership, MEMBERSHIP_META_KEY};
+use crate::state::{ApplyReply, CoreMsg, MemberChange, Shared};
 use crate::transport::Transport;
 use crate::watch_hub::HubBatch;
 
@@ -52,10 +55,18 @@ pub const ALARMS_META_KEY: &[u8] = b"ferrite/alarms";
 pub const PROPOSAL_BATCH_BYTES_MAX: usize = 2 * 1024 * 1024;
 /// Requests per proposal batch entry.
 pub const PROPOSAL_BATCH_REQUESTS_MAX: usize = 4096;
+/// Peer messages stepped per loop turn before the loop looks at its other inputs.
+pub const PEER_MESSAGES_PER_TURN_MAX: usize = 1024;
 /// Leases revoked per expiry check.
 pub const LEASE_EXPIRE_PER_TICK_MAX: usize = 500;
 /// A lease whose revoke was proposed this long ago without effect is proposed again.
 pub const LEASE_REVOKE_RETRY: Duration = Duration::from_secs(3);
+
+/// The snapshot image is built in memory (and held by Raft to send to followers): a store whose
+/// image is larger than this cannot snapshot (documented limit).
+pub const SNAPSHOT_IMAGE_BYTES_MAX: u64 = 1 << 30;
+/// A member retries publishing its attributes this often until it succeeds.
+pub const PUBLISH_RETRY: Duration = Duration::from_millis(500);
 
 /// How often revision-mode auto-compaction checks (etcd 3.4: 5 minutes).
 pub const AUTO_COMPACTION_REVISION_CHECK: Duration = Duration::from_secs(300);
@@ -66,6 +77,13 @@ pub const WAL_ENTRY_KIND_CONF_CHANGE: u8 = 1;
 
 pub struct CoreOptions {
     pub tick: Duration,
+    pub bootstrap: Bootstrap,
+    /// The store's file (a snapshot image is restored next to it, then renamed over it).
+    pub db_path: std::path::PathBuf,
+    /// The lessor's minimum TTL (rebuilt from an installed image).
+    pub lease_ttl_min: i64,
+    /// `--force-new-cluster`: at restart, commit the removal of every other member.
+    pub force_new_cluster: bool,
     /// `--auto-compaction-mode` / `--auto-compaction-retention`.
     pub auto_compaction: crate::config::AutoCompaction,
     pub election_ticks: u32,
@@ -110,6 +128,18 @@ fn hs_record(hs: &HardState) -> WalRecord {
     }
 }
 
+/// How a fresh data dir starts (ignored once the WAL holds anything, as etcd ignores
+/// `--initial-cluster` once the data dir exists).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Bootstrap {
+    /// `--initial-cluster-state=new`: log one AddVoter per initial member (the membership in
+    /// `Shared::membership`).
+    New,
+    /// `--initial-cluster-state=existing`: start with an empty log; the leader sends entries or
+    /// a snapshot.
+    Join,
+}
+
 /// Opens the WAL, bootstraps or recovers Raft, and returns the core ready to run.
 pub async fn start(
     shared: Arc<Shared>,
@@ -130,7 +160,9 @@ pub async fn start(
         }
     };
     let applied = meta_u64(APPLIED_INDEX_META_KEY)?;
+    drop(view);
     let id = shared.member_id;
+    let membership = shared.members();
     let fresh = rec.hard_state.is_none() && rec.entries.is_empty() && rec.snapshot.is_none();
     let persisted = if fresh {
         if applied != 0 {
@@ -139,12 +171,17 @@ pub async fn start(
                 wal_dir.display()
             ));
         }
-        let st = PersistedState::bootstrap(&[id]);
-        let mut recs: Vec<WalRecord> = st.entries.iter().map(wal_record_of).collect();
-        recs.push(hs_record(&st.hard_state));
-        wal.append(recs)
-            .await
-            .map_err(|e| format!("writing the bootstrap entries: {e}"))?;
+        let st = match opts.bootstrap {
+            Bootstrap::New => bootstrap_state(&membership, id),
+            Bootstrap::Join => PersistedState::default(),
+        };
+        if !st.entries.is_empty() {
+            let mut recs: Vec<WalRecord> = st.entries.iter().map(wal_record_of).collect();
+            recs.push(hs_record(&st.hard_state));
+            wal.append(recs)
+                .await
+                .map_err(|e| format!("writing the bootstrap entries: {e}"))?;
+        }
         st
     } else {
         let snapshot = match rec.snapshot {
@@ -152,9 +189,13 @@ pub async fn start(
                 meta: SnapshotMeta {
                     index,
                     term,
-                    conf_state: ConfState::with_voters(&[id]),
+                    // The membership as of `applied` (>= index): replaying the committed changes
+                    // after `index` on top of it is idempotent (see membership.rs).
+                    conf_state: conf_state_of(&membership, id),
                 },
-                data: Vec::new(),
+                // The image sent to a follower that needs the compacted entries: the store as
+                // of `applied` (a follower skips entries up to the image's applied index).
+                data: snapshot_image(&shared, &membership)?,
             },
             None => Snapshot::default(),
         };
@@ -179,20 +220,31 @@ pub async fn start(
             entries,
         }
     };
+    let mut persisted = persisted;
+    if opts.force_new_cluster && !fresh {
+        force_new_cluster(&wal, &mut persisted, &membership, id).await?;
+    }
     let last_index = persisted
         .entries
         .last()
         .map_or(persisted.snapshot.meta.index, |e| e.index);
-    if applied > last_index.max(persisted.hard_state.commit) {
-        return Err(format!(
-            "store applied index {applied} is past the WAL's last index {last_index}"
-        ));
+    if applied > last_index.max(persisted.hard_state.commit) && !fresh {
+        tracing::warn!(
+            applied,
+            last_index,
+            "store applied index is past the WAL's last index (installed snapshot image)"
+        );
     }
     let mut cfg = ferrite_raft::Config::new(id);
     cfg.election_ticks = opts.election_ticks.max(2);
     cfg.heartbeat_ticks = 1;
     cfg.pre_vote = opts.pre_vote;
-    cfg.applied = applied.max(persisted.snapshot.meta.index);
+    cfg.applied = applied.max(persisted.snapshot.meta.index).min(
+        persisted
+            .hard_state
+            .commit
+            .max(persisted.snapshot.meta.index),
+    );
     cfg.seed = id;
     let commit_at_start = persisted.hard_state.commit;
     let mut node = RawNode::new(cfg, persisted).map_err(|e| format!("starting raft: {e}"))?;
@@ -202,6 +254,12 @@ pub async fn start(
     }
     shared.raft_index.store(commit_at_start, Ordering::Release);
     shared.applied_index.store(applied, Ordering::Release);
+    let mut transport = transport;
+    for m in membership.members.values() {
+        if m.id != id {
+            transport.set_peer(m.id, m.peer_urls.clone());
+        }
+    }
     Ok(RaftCore {
         shared: shared.clone(),
         writer: shared.store.writer(),
@@ -210,18 +268,192 @@ pub async fn start(
         transport,
         opts,
         waiters: HashMap::new(),
+        member_waiters: HashMap::new(),
+        deadlines: VecDeque::new(),
         next_waiter: boot_id_base(),
         queued: VecDeque::new(),
         read_ctx_next: 1,
         read_waiting: HashMap::new(),
         read_parked: BTreeMap::new(),
+        reads_pending: Vec::new(),
+        move_waiters: Vec::new(),
         applied,
         compaction_samples: VecDeque::new(),
         next_compaction_check: Instant::now(),
         last_snapshot_index: last_index.min(applied),
         durable_index: last_index,
+        force_snapshot: false,
+        publish_waiter: None,
+        publish_retry_at: Instant::now(),
+        member_answers: Vec::new(),
+        leaderless_since: None,
+        removal_check_at: Instant::now(),
         unsynced_hard_state: None,
     })
+}
+
+/// etcd's `--force-new-cluster`: drop the uncommitted tail and commit, at once, the removal of
+/// every other member (logged like any entry), so this member restarts as a one-voter cluster
+/// keeping its data. `membership` is already rewritten to this member alone.
+async fn force_new_cluster(
+    wal: &GroupWal,
+    st: &mut PersistedState,
+    membership: &Membership,
+    id: u64,
+) -> Result<(), String> {
+    let commit = st.hard_state.commit.max(st.snapshot.meta.index);
+    st.entries.retain(|e| e.index <= commit);
+    // Raft's membership at `commit`: the snapshot's plus the committed changes after it.
+    let mut conf = st.snapshot.meta.conf_state.clone();
+    for e in &st.entries {
+        if e.kind == EntryKind::ConfChange {
+            if let Ok(cc) = ferrite_raft::decode_conf_change(&e.data) {
+                conf.apply(&cc);
+            }
+        }
+    }
+    let term = st.hard_state.term.max(1);
+    let mut next = commit + 1;
+    let mut added = Vec::new();
+    let others: Vec<u64> = conf
+        .voters
+        .iter()
+        .chain(conf.learners.iter())
+        .copied()
+        .filter(|v| *v != id)
+        .collect();
+    let mut ensure: Vec<Entry> = Vec::new();
+    if !conf.is_voter(id) {
+        ensure.push(Entry {
+            index: 0,
+            term,
+            kind: EntryKind::ConfChange,
+            data: ferrite_raft::encode_conf_change(&ConfChange {
+                kind: ConfChangeKind::AddVoter,
+                node_id: id,
+                context: ConfChangeCtx {
+                    waiter: 0,
+                    proposer: 0,
+                    member: membership.members.get(&id).cloned(),
+                }
+                .encode_to_vec(),
+            }),
+        });
+    }
+    for o in others {
+        ensure.push(Entry {
+            index: 0,
+            term,
+            kind: EntryKind::ConfChange,
+            data: ferrite_raft::encode_conf_change(&ConfChange {
+                kind: ConfChangeKind::Remove,
+                node_id: o,
+                context: Vec::new(),
+            }),
+        });
+    }
+    for mut e in ensure {
+        e.index = next;
+        next += 1;
+        added.push(e);
+    }
+    if added.is_empty() {
+        return Ok(());
+    }
+    let last = next - 1;
+    let hs = HardState {
+        term,
+        vote: 0,
+        commit: last,
+    };
+    let mut recs: Vec<WalRecord> = added.iter().map(wal_record_of).collect();
+    recs.push(hs_record(&hs));
+    wal.append(recs)
+        .await
+        .map_err(|e| format!("logging the forced membership: {e}"))?;
+    tracing::warn!(
+        "local-member-id" = format!("{id:x}"),
+        "commit-index" = last,
+        "forcing restart member as a one-member cluster (--force-new-cluster)"
+    );
+    st.entries.extend(added);
+    st.hard_state = hs;
+    Ok(())
+}
+
+/// The bootstrap log of a new cluster: one committed AddVoter per initial member at indexes
+/// `1..=n` (sorted by id), each carrying the member in its context, as etcd's bootstrap does.
+pub fn bootstrap_state(membership: &Membership, local: u64) -> PersistedState {
+    assert!(
+        membership.members.contains_key(&local),
+        "the local member is in the initial cluster"
+    );
+    let entries: Vec<Entry> = membership
+        .members
+        .values()
+        .enumerate()
+        .map(|(k, m)| Entry {
+            index: k as u64 + 1,
+            term: 1,
+            kind: EntryKind::ConfChange,
+            data: ferrite_raft::encode_conf_change(&ConfChange {
+                kind: ConfChangeKind::AddVoter,
+                node_id: m.id,
+                context: ConfChangeCtx {
+                    waiter: 0,
+                    proposer: 0,
+                    member: Some(m.clone()),
+                }
+                .encode_to_vec(),
+            }),
+        })
+        .collect();
+    PersistedState {
+        hard_state: HardState {
+            term: 1,
+            vote: 0,
+            commit: entries.len() as u64,
+        },
+        snapshot: Snapshot::default(),
+        entries,
+    }
+}
+
+/// Raft's membership from ours.
+pub fn conf_state_of(m: &Membership, local: u64) -> ConfState {
+    let mut cs = ConfState::default();
+    for mm in m.members.values() {
+        if mm.is_learner {
+            cs.learners.push(mm.id);
+        } else {
+            cs.voters.push(mm.id);
+        }
+    }
+    if m.members.is_empty() {
+        cs.voters.push(local);
+    }
+    cs
+}
+
+/// The store's snapshot image for followers, or nothing for a lone member (nobody to send it to;
+/// a member added later forces a fresh snapshot with an image, see `force_snapshot`).
+fn snapshot_image(shared: &Shared, m: &Membership) -> Result<Vec<u8>, String> {
+    if m.members.len() <= 1 {
+        return Ok(Vec::new());
+    }
+    let mut buf = Vec::new();
+    shared
+        .store
+        .write_snapshot(&mut buf)
+        .map_err(|e| format!("writing the snapshot image: {e}"))?;
+    if buf.len() as u64 > SNAPSHOT_IMAGE_BYTES_MAX {
+        return Err(format!(
+            "the snapshot image is {} bytes, above ferrite's in-memory limit of {} bytes",
+            buf.len(),
+            SNAPSHOT_IMAGE_BYTES_MAX
+        ));
+    }
+    Ok(buf)
 }
 
 /// Waiter ids start at a per-boot base (milliseconds since the epoch, shifted) so that an id
@@ -241,14 +473,23 @@ pub struct RaftCore {
     transport: Box<dyn Transport>,
     opts: CoreOptions,
     waiters: HashMap<u64, ApplyReply>,
+    /// Membership changes waiting to be applied (answered with the member id).
+    member_waiters: HashMap<u64, MemberReply>,
+    /// (deadline, waiter id) in arrival order: a waiter still present at its deadline is
+    /// answered "request timed out" and dropped.
+    deadlines: VecDeque<(Instant, u64)>,
     next_waiter: u64,
     /// Proposals not yet handed to Raft (no leader yet).
     queued: VecDeque<InternalRequest>,
     read_ctx_next: u64,
     /// ReadIndex context -> callers waiting for its read state.
-    read_waiting: HashMap<u64, Vec<oneshot::Sender<Result<(), EtcdError>>>>,
+    read_waiting: HashMap<u64, (Instant, Vec<ReadWaiter>)>,
     /// Read index -> callers waiting for apply to reach it.
-    read_parked: BTreeMap<u64, Vec<oneshot::Sender<Result<(), EtcdError>>>>,
+    read_parked: BTreeMap<u64, Vec<ReadWaiter>>,
+    /// Reads waiting for a leader to be known.
+    reads_pending: Vec<ReadWaiter>,
+    /// MoveLeader callers: (target, deadline, reply).
+    move_waiters: Vec<(u64, Instant, UnitReply)>,
     applied: u64,
     /// (time, revision) samples for periodic auto-compaction.
     compaction_samples: VecDeque<(Instant, i64)>,
@@ -256,20 +497,42 @@ pub struct RaftCore {
     last_snapshot_index: u64,
     /// Highest log index known durable in the WAL.
     durable_index: u64,
+    /// Take a snapshot (with an image) at the next opportunity: a member was added while
+    /// Raft's snapshot had no image.
+    force_snapshot: bool,
+    /// Waiter id of this member's pending publish.
+    publish_waiter: Option<u64>,
+    publish_retry_at: Instant,
+    leaderless_since: Option<Instant>,
+    removal_check_at: Instant,
+    /// Membership answers of the slice being applied (sent after its commit).
+    member_answers: Vec<(MemberReply, Result<u64, EtcdError>)>,
     /// The latest hard state not yet logged (it only moved the commit index).
     unsynced_hard_state: Option<HardState>,
 }
+
+type MemberReply = oneshot::Sender<Result<u64, EtcdError>>;
+type UnitReply = oneshot::Sender<Result<(), EtcdError>>;
+/// A linearizable read waiting: (deadline, reply).
+type ReadWaiter = (Instant, oneshot::Sender<Result<(), EtcdError>>);
 
 type AppendFuture = Pin<Box<dyn Future<Output = Result<(), WalError>>>>;
 
 enum Wake {
     Msg(Option<CoreMsg>),
+    Peer(Option<Message>),
     Tick,
     Synced(Result<(), WalError>),
 }
 
 impl RaftCore {
-    pub async fn run(mut self, mut rx: mpsc::UnboundedReceiver<CoreMsg>) {
+    /// Runs the loop. `peer_rx` carries Raft messages from the peer transport (none for a
+    /// member that has no peer listener).
+    pub async fn run(
+        mut self,
+        mut rx: mpsc::UnboundedReceiver<CoreMsg>,
+        mut peer_rx: Option<mpsc::UnboundedReceiver<Message>>,
+    ) {
         let mut ticker = glommio::timer::Timer::new(self.opts.tick);
         let mut ticker: Pin<&mut glommio::timer::Timer> = Pin::new(&mut ticker);
         let mut in_flight: Option<(Ready, AppendFuture)> = None;
@@ -280,7 +543,22 @@ impl RaftCore {
             if in_flight.is_none() && self.node.has_ready() {
                 let mut rd = self.node.ready();
                 self.on_soft_state(&rd);
-                let mut recs: Vec<WalRecord> = rd.entries.iter().map(wal_record_of).collect();
+                let mut recs: Vec<WalRecord> = Vec::new();
+                if let Some(snap) = rd.snapshot.take() {
+                    // Install the image first (the store is then durable at its applied index),
+                    // then log the marker: a crash in between restarts from the image.
+                    self.install_snapshot(&snap);
+                    recs.push(WalRecord::Snapshot {
+                        index: snap.meta.index,
+                        term: snap.meta.term,
+                    });
+                    self.durable_index = self.durable_index.min(snap.meta.index);
+                }
+                if let Some(first) = rd.entries.first() {
+                    // Entries from `first` on supersede what the WAL holds there.
+                    self.durable_index = self.durable_index.min(first.index - 1);
+                }
+                recs.extend(rd.entries.iter().map(wal_record_of));
                 // A hard state that only moves the commit index needs no sync of its own (as
                 // etcd's MustSync): it rides with the next synced append. Waiting for its own
                 // fdatasync cost every lone put a second sync before the next proposal.
@@ -321,10 +599,16 @@ impl RaftCore {
                 let in_flight = &mut in_flight;
                 let rx = &mut rx;
                 let ticker = &mut ticker;
+                let peer_rx = &mut peer_rx;
                 std::future::poll_fn(|cx| {
                     if let Some((_, fut)) = in_flight.as_mut() {
                         if let Poll::Ready(r) = fut.as_mut().poll(cx) {
                             return Poll::Ready(Wake::Synced(r));
+                        }
+                    }
+                    if let Some(p) = peer_rx.as_mut() {
+                        if let Poll::Ready(m) = p.poll_next_unpin(cx) {
+                            return Poll::Ready(Wake::Peer(m));
                         }
                     }
                     if !closed {
@@ -359,9 +643,26 @@ impl RaftCore {
                     }
                     self.node.advance();
                     self.publish_status();
+                    self.check_move_leader();
+                    if self.node.is_removed() {
+                        self.on_removed();
+                    }
                     self.maybe_snapshot().await;
                 }
                 Wake::Msg(None) => closed = true,
+                Wake::Peer(None) => peer_rx = None,
+                Wake::Peer(Some(m)) => {
+                    self.step(m);
+                    if let Some(p) = peer_rx.as_mut() {
+                        for _ in 0..PEER_MESSAGES_PER_TURN_MAX {
+                            match p.try_recv() {
+                                Ok(m) => self.step(m),
+                                _ => break,
+                            }
+                        }
+                    }
+                    self.propose_queued();
+                }
                 Wake::Msg(Some(m)) => {
                     let mut batch = Vec::new();
                     let mut reads = Vec::new();
@@ -385,7 +686,14 @@ impl RaftCore {
                 Wake::Tick => {
                     ticker.set(glommio::timer::Timer::new(self.opts.tick));
                     self.node.tick();
+                    for id in self.transport.take_unreachable() {
+                        self.node.report_unreachable(id);
+                    }
                     self.propose_queued();
+                    self.retry_reads();
+                    self.expire_waiters();
+                    self.maybe_publish();
+                    self.maybe_check_removed();
                     self.expire_leases();
                     self.auto_compact();
                 }
@@ -401,21 +709,407 @@ impl RaftCore {
     ) {
         match m {
             CoreMsg::Propose { op, reply } => {
-                let id = self.next_waiter;
-                self.next_waiter += 1;
+                let id = self.new_waiter_id();
                 self.waiters.insert(id, reply);
                 batch.push(InternalRequest {
                     id,
                     member_id: self.shared.member_id,
                     op: Some(op),
+                    member_attr: None,
                 });
             }
             CoreMsg::ReadIndex { reply } => reads.push(reply),
+            CoreMsg::Member { change, reply } => self.member_change(change, reply),
+            CoreMsg::MoveLeader { target, reply } => self.move_leader(target, reply),
         }
     }
 
+    /// A new waiter id, with its deadline (etcd's request timeout) queued.
+    fn new_waiter_id(&mut self) -> u64 {
+        let id = self.next_waiter;
+        self.next_waiter += 1;
+        self.deadlines
+            .push_back((Instant::now() + self.shared.limits.request_timeout, id));
+        id
+    }
+
+    fn step(&mut self, m: Message) {
+        if let Err(e) = self.node.step(m) {
+            tracing::warn!(error = %e, "dropped an invalid raft message");
+        }
+    }
+
+    /// Validates a Cluster API request against the applied membership (etcd's checks and
+    /// errors) and proposes it.
+    fn member_change(&mut self, change: MemberChange, reply: MemberReply) {
+        let m = self.shared.members();
+        let leader = self.node.role() == Role::Leader;
+        let check = |id: u64| -> Result<&MemberPb, EtcdError> {
+            if m.removed.contains(&id) {
+                return Err(EtcdError::IdRemoved);
+            }
+            m.members.get(&id).ok_or(EtcdError::MemberNotFound)
+        };
+        let (cc, attr) = match change {
+            MemberChange::Add {
+                peer_urls,
+                is_learner,
+            } => {
+                if m.peer_url_taken(&peer_urls, 0) {
+                    let _ = reply.send(Err(EtcdError::PeerUrlExists));
+                    return;
+                }
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs());
+                let id =
+                    crate::membership::member_id(&peer_urls, &self.shared.cluster_token, Some(now));
+                if m.members.contains_key(&id) {
+                    let _ = reply.send(Err(EtcdError::MemberExists));
+                    return;
+                }
+                if m.removed.contains(&id) {
+                    let _ = reply.send(Err(EtcdError::IdRemoved));
+                    return;
+                }
+                if !is_learner && leader && !self.quorum_after_add(&m) {
+                    let _ = reply.send(Err(EtcdError::NotEnoughStartedMembers));
+                    return;
+                }
+                let mut urls = peer_urls;
+                urls.sort();
+                let member = MemberPb {
+                    id,
+                    name: String::new(),
+                    peer_urls: urls,
+                    client_urls: Vec::new(),
+                    is_learner,
+                };
+                let kind = if is_learner {
+                    ConfChangeKind::AddLearner
+                } else {
+                    ConfChangeKind::AddVoter
+                };
+                ((kind, member), None)
+            }
+            MemberChange::Remove { id } => match check(id) {
+                Err(e) => {
+                    let _ = reply.send(Err(e));
+                    return;
+                }
+                Ok(mm) => {
+                    if !mm.is_learner && leader && !self.quorum_after_remove(&m, id) {
+                        let _ = reply.send(Err(EtcdError::NotEnoughStartedMembers));
+                        return;
+                    }
+                    ((ConfChangeKind::Remove, mm.clone()), None)
+                }
+            },
+            MemberChange::Promote { id } => match check(id) {
+                Err(e) => {
+                    let _ = reply.send(Err(e));
+                    return;
+                }
+                Ok(mm) if !mm.is_learner => {
+                    let _ = reply.send(Err(EtcdError::NotLearner));
+                    return;
+                }
+                Ok(mm) => {
+                    if leader && !self.learner_in_sync(id) {
+                        let _ = reply.send(Err(EtcdError::LearnerNotReady));
+                        return;
+                    }
+                    let mut mm = mm.clone();
+                    mm.is_learner = false;
+                    ((ConfChangeKind::AddVoter, mm), None)
+                }
+            },
+            MemberChange::UpdatePeerUrls { id, peer_urls } => match check(id) {
+                Err(e) => {
+                    let _ = reply.send(Err(e));
+                    return;
+                }
+                Ok(mm) => {
+                    if m.peer_url_taken(&peer_urls, id) {
+                        let _ = reply.send(Err(EtcdError::PeerUrlExists));
+                        return;
+                    }
+                    let mut mm = mm.clone();
+                    mm.peer_urls = peer_urls;
+                    mm.peer_urls.sort();
+                    (
+                        (ConfChangeKind::AddVoter, mm.clone()),
+                        Some(MEMBER_ATTR_PEER_URLS),
+                    )
+                }
+            },
+            MemberChange::Publish { name, client_urls } => {
+                let mm = MemberPb {
+                    id: self.shared.member_id,
+                    name,
+                    peer_urls: Vec::new(),
+                    client_urls,
+                    is_learner: false,
+                };
+                ((ConfChangeKind::AddVoter, mm), Some(MEMBER_ATTR_PUBLISH))
+            }
+        };
+        let id = self.new_waiter_id();
+        self.member_waiters.insert(id, reply);
+        let ((kind, member), attr) = (cc, attr);
+        if let Some(k) = attr {
+            // Attribute changes are ordinary entries.
+            self.queued.push_back(InternalRequest {
+                id,
+                member_id: self.shared.member_id,
+                op: None,
+                member_attr: Some(MemberAttr {
+                    kind: k,
+                    member: Some(member),
+                }),
+            });
+            self.propose_queued();
+            return;
+        }
+        let cc = ConfChange {
+            kind,
+            node_id: member.id,
+            context: ConfChangeCtx {
+                waiter: id,
+                proposer: self.shared.member_id,
+                member: Some(member),
+            }
+            .encode_to_vec(),
+        };
+        if self.node.leader() == 0 {
+            if let Some(w) = self.member_waiters.remove(&id) {
+                let _ = w.send(Err(EtcdError::NoLeader));
+            }
+            return;
+        }
+        if let Err(e) = self.node.propose_conf_change(&cc) {
+            tracing::warn!(error = %e, "membership change refused by raft");
+            if let Some(w) = self.member_waiters.remove(&id) {
+                // etcd answers a change while another is pending as a timeout-like retryable
+                // error; "unhealthy cluster" is the closest of its messages.
+                let _ = w.send(Err(match e {
+                    ferrite_raft::RaftError::ConfChangePending => EtcdError::Unhealthy,
+                    _ => EtcdError::NoLeader,
+                }));
+            }
+        }
+    }
+
+    /// Members the leader heard from recently (etcd's "started" members): itself and every
+    /// peer whose progress is being replicated.
+    fn active_voters(&self, m: &Membership) -> usize {
+        let st = self.node.status();
+        let active: std::collections::HashSet<u64> = st
+            .progress
+            .iter()
+            .filter(|(_, _, _, state)| *state == ferrite_raft::ProgressState::Replicate)
+            .map(|(id, _, _, _)| *id)
+            .collect();
+        m.voters()
+            .into_iter()
+            .filter(|id| *id == self.shared.member_id || active.contains(id))
+            .count()
+    }
+
+    /// etcd's `isReadyToAddVotingMember`: after adding, the started voters are still a quorum.
+    fn quorum_after_add(&self, m: &Membership) -> bool {
+        let voters = m.voters().len() + 1;
+        self.active_voters(m) > voters / 2
+    }
+
+    /// etcd's `isReadyToRemoveVotingMember`.
+    fn quorum_after_remove(&self, m: &Membership, id: u64) -> bool {
+        let voters = m.voters().len().saturating_sub(1);
+        let mut active = self.active_voters(m);
+        if id == self.shared.member_id
+            || self
+                .node
+                .status()
+                .progress
+                .iter()
+                .any(|p| p.0 == id && p.3 == ferrite_raft::ProgressState::Replicate)
+        {
+            active = active.saturating_sub(1);
+        }
+        active > voters / 2
+    }
+
+    /// etcd's `isLearnerReady`: the learner's match is at least 90% of the leader's commit.
+    fn learner_in_sync(&self, id: u64) -> bool {
+        let st = self.node.status();
+        let Some(&(_, matched, _, _)) = st.progress.iter().find(|p| p.0 == id) else {
+            return false;
+        };
+        let commit = self.node.committed();
+        (matched as f64) >= (commit as f64) * 0.9
+    }
+
+    fn move_leader(&mut self, target: u64, reply: oneshot::Sender<Result<(), EtcdError>>) {
+        if self.node.role() != Role::Leader {
+            let _ = reply.send(Err(EtcdError::NotLeader));
+            return;
+        }
+        let m = self.shared.members();
+        match m.members.get(&target) {
+            Some(mm) if !mm.is_learner => {}
+            _ => {
+                let _ = reply.send(Err(EtcdError::BadLeaderTransferee));
+                return;
+            }
+        }
+        if target == self.shared.member_id {
+            let _ = reply.send(Ok(()));
+            return;
+        }
+        if let Err(e) = self.node.transfer_leader(target) {
+            tracing::warn!(error = %e, "leader transfer refused");
+            let _ = reply.send(Err(EtcdError::NotLeader));
+            return;
+        }
+        tracing::info!(
+            "local-member-id" = format!("{:x}", self.shared.member_id),
+            transferee = format!("{target:x}"),
+            "leadership transfer starting"
+        );
+        let deadline = Instant::now() + self.shared.limits.request_timeout;
+        self.move_waiters.push((target, deadline, reply));
+    }
+
+    fn check_move_leader(&mut self) {
+        if self.move_waiters.is_empty() {
+            return;
+        }
+        let leader = self.node.leader();
+        let now = Instant::now();
+        for (target, deadline, reply) in std::mem::take(&mut self.move_waiters) {
+            if leader == target {
+                let _ = reply.send(Ok(()));
+            } else if now >= deadline {
+                let _ = reply.send(Err(EtcdError::Timeout));
+            } else {
+                self.move_waiters.push((target, deadline, reply));
+            }
+        }
+    }
+
+    /// Answers "request timed out" to every waiter past its deadline (the request may still be
+    /// applied later: a forwarded proposal can also be lost, as with etcd).
+    fn expire_waiters(&mut self) {
+        let now = Instant::now();
+        while let Some(&(deadline, id)) = self.deadlines.front() {
+            if deadline > now {
+                break;
+            }
+            self.deadlines.pop_front();
+            if let Some(w) = self.waiters.remove(&id) {
+                let _ = w.send(Err(EtcdError::Timeout));
+            }
+            if let Some(w) = self.member_waiters.remove(&id) {
+                let _ = w.send(Err(EtcdError::Timeout));
+            }
+            if self.publish_waiter == Some(id) {
+                self.publish_waiter = None;
+            }
+        }
+        let expire = |v: &mut Vec<ReadWaiter>| {
+            let mut keep = Vec::with_capacity(v.len());
+            for (d, w) in v.drain(..) {
+                if d <= now {
+                    let _ = w.send(Err(EtcdError::Timeout));
+                } else {
+                    keep.push((d, w));
+                }
+            }
+            *v = keep;
+        };
+        for (_, v) in self.read_waiting.values_mut() {
+            expire(v);
+        }
+        self.read_waiting.retain(|_, (_, v)| !v.is_empty());
+        for v in self.read_parked.values_mut() {
+            expire(v);
+        }
+        self.read_parked.retain(|_, v| !v.is_empty());
+        expire(&mut self.reads_pending);
+        self.check_move_leader();
+    }
+
+    /// Publishes this member's name and client URLs once a leader is known, until applied.
+    fn maybe_publish(&mut self) {
+        if self.shared.published.load(Ordering::Acquire)
+            || self.publish_waiter.is_some()
+            || self.node.leader() == 0
+            || self.node.is_removed()
+        {
+            return;
+        }
+        let now = Instant::now();
+        if now < self.publish_retry_at {
+            return;
+        }
+        self.publish_retry_at = now + PUBLISH_RETRY;
+        let (tx, _rx) = oneshot::channel();
+        let id = self.next_waiter;
+        self.member_change(
+            MemberChange::Publish {
+                name: self.shared.member_name.clone(),
+                client_urls: self.shared.client_urls.clone(),
+            },
+            tx,
+        );
+        self.publish_waiter = Some(id);
+    }
+
+    /// Without a leader for two election timeouts, ask the peers whether this member is still
+    /// one of them (a removed member is not told by Raft; see `transport::spawn_removal_check`).
+    fn maybe_check_removed(&mut self) {
+        let now = Instant::now();
+        if self.node.leader() != 0 {
+            self.leaderless_since = None;
+            return;
+        }
+        let since = *self.leaderless_since.get_or_insert(now);
+        let period = self.opts.tick * self.opts.election_ticks * 2;
+        if now.duration_since(since) < period || now < self.removal_check_at {
+            return;
+        }
+        self.removal_check_at = now + period;
+        let me = self.shared.member_id;
+        let urls: Vec<String> = self
+            .shared
+            .members()
+            .members
+            .values()
+            .filter(|m| m.id != me)
+            .flat_map(|m| m.peer_urls.clone())
+            .collect();
+        if !urls.is_empty() {
+            crate::transport::spawn_removal_check(
+                me,
+                urls,
+                self.opts.tick * self.opts.election_ticks,
+            );
+        }
+    }
+
+    /// This member was removed from the cluster: etcd exits.
+    fn on_removed(&mut self) {
+        tracing::error!(
+            "local-member-id" = format!("{:x}", self.shared.member_id),
+            "the member has been permanently removed from the cluster"
+        );
+        eprintln!("ferrite: the member has been permanently removed from the cluster");
+        self.fail_all(EtcdError::Stopped);
+        std::process::exit(1);
+    }
+
     fn propose_queued(&mut self) {
-        if self.queued.is_empty() || self.node.role() != Role::Leader {
+        if self.queued.is_empty() || self.node.leader() == 0 {
             return;
         }
         while !self.queued.is_empty() {
@@ -442,17 +1136,51 @@ impl RaftCore {
     }
 
     fn start_read(&mut self, reads: Vec<oneshot::Sender<Result<(), EtcdError>>>) {
+        let deadline = Instant::now() + self.shared.limits.request_timeout;
+        let reads: Vec<ReadWaiter> = reads.into_iter().map(|r| (deadline, r)).collect();
+        self.start_read_waiters(reads);
+    }
+
+    fn start_read_waiters(&mut self, reads: Vec<ReadWaiter>) {
+        if self.node.leader() == 0 {
+            self.reads_pending.extend(reads);
+            return;
+        }
         let ctx = self.read_ctx_next;
         self.read_ctx_next += 1;
         match self.node.read_index(ctx.to_le_bytes().to_vec()) {
             Ok(()) => {
-                self.read_waiting.insert(ctx, reads);
+                self.read_waiting.insert(ctx, (Instant::now(), reads));
             }
-            Err(_) => {
-                for r in reads {
-                    let _ = r.send(Err(EtcdError::NoLeader));
+            Err(_) => self.reads_pending.extend(reads),
+        }
+    }
+
+    /// Reads that waited for a leader, and ReadIndex requests a leader change may have lost,
+    /// are asked again.
+    fn retry_reads(&mut self) {
+        if self.node.leader() == 0 {
+            return;
+        }
+        let mut reads = std::mem::take(&mut self.reads_pending);
+        if self.node.role() != Role::Leader {
+            // A forwarded ReadIndex can be lost; re-ask for contexts older than a few ticks.
+            let after = self.opts.tick * self.opts.election_ticks;
+            let now = Instant::now();
+            let stale: Vec<u64> = self
+                .read_waiting
+                .iter()
+                .filter(|(_, (asked, _))| now.duration_since(*asked) >= after)
+                .map(|(c, _)| *c)
+                .collect();
+            for c in stale {
+                if let Some((_, v)) = self.read_waiting.remove(&c) {
+                    reads.extend(v);
                 }
             }
+        }
+        if !reads.is_empty() {
+            self.start_read_waiters(reads);
         }
     }
 
@@ -460,16 +1188,107 @@ impl RaftCore {
         let Ok(b) = <[u8; 8]>::try_from(ctx) else {
             return;
         };
-        let Some(waiters) = self.read_waiting.remove(&u64::from_le_bytes(b)) else {
+        let Some((_, waiters)) = self.read_waiting.remove(&u64::from_le_bytes(b)) else {
             return;
         };
         if index <= self.applied {
-            for w in waiters {
+            for (_, w) in waiters {
                 let _ = w.send(Ok(()));
             }
         } else {
             self.read_parked.entry(index).or_default().extend(waiters);
         }
+    }
+
+    /// Replaces the state machine with the leader's snapshot image: restore it into a new file,
+    /// rename it over the store's, swap the store in `Shared`, and reload what lives in it
+    /// (applied index, membership, leases, alarms). Entries up to the image's applied index
+    /// are then skipped. A corrupt image is fatal (Raft already took the snapshot's log).
+    fn install_snapshot(&mut self, snap: &Snapshot) {
+        let path = &self.opts.db_path;
+        let tmp = path.with_extension("install");
+        let _ = std::fs::remove_file(&tmp);
+        let store = match ferrite_btree::MvccStore::restore(
+            &tmp,
+            &mut snap.data.as_slice(),
+            ferrite_btree::StoreOptions::default(),
+        ) {
+            Ok(s) => Arc::new(s),
+            Err(e) => panic!(
+                "ferrite: installing the snapshot at index {} failed: {e}",
+                snap.meta.index
+            ),
+        };
+        let sync_dir = || -> std::io::Result<()> {
+            std::fs::rename(&tmp, path)?;
+            if let Some(dir) = path.parent() {
+                std::fs::File::open(dir)?.sync_all()?;
+            }
+            Ok(())
+        };
+        if let Err(e) = sync_dir() {
+            panic!("ferrite: renaming the installed snapshot into place failed: {e}");
+        }
+        let view = store.read();
+        let applied = view
+            .try_get_meta(APPLIED_INDEX_META_KEY)
+            .ok()
+            .flatten()
+            .and_then(|b| <[u8; 8]>::try_from(b.as_slice()).ok())
+            .map_or(snap.meta.index, u64::from_le_bytes);
+        let membership = match view.try_get_meta(MEMBERSHIP_META_KEY) {
+            Ok(Some(b)) => Membership::decode(&b)
+                .unwrap_or_else(|e| panic!("ferrite: snapshot membership: {e}")),
+            _ => self.shared.members(),
+        };
+        let alarms = match view.try_get_meta(ALARMS_META_KEY) {
+            Ok(Some(b)) => apply::decode_alarms(&b).unwrap_or_default(),
+            _ => Vec::new(),
+        };
+        let revision = view.revision();
+        drop(view);
+        let lessor = crate::server::recover_lessor(&store, self.opts.lease_ttl_min)
+            .unwrap_or_else(|e| panic!("ferrite: snapshot leases: {e}"));
+        if let Err(e) = self.shared.store.swap(store) {
+            panic!("ferrite: {e}");
+        }
+        self.writer = self.shared.store.writer();
+        *self.shared.lessor.lock().unwrap_or_else(|p| p.into_inner()) = lessor;
+        let nospace = alarms
+            .iter()
+            .any(|a| a.alarm == ferrite_net::pb::etcdserverpb::AlarmType::Nospace as i32);
+        *self.shared.alarms.lock().unwrap_or_else(|p| p.into_inner()) = alarms;
+        self.shared.nospace.store(nospace, Ordering::Release);
+        let me = self.shared.member_id;
+        let old = self.shared.members();
+        for id in old.members.keys() {
+            if !membership.members.contains_key(id) && *id != me {
+                self.transport.remove_peer(*id);
+            }
+        }
+        for m in membership.members.values() {
+            if m.id != me {
+                self.transport.set_peer(m.id, m.peer_urls.clone());
+            }
+        }
+        *self
+            .shared
+            .membership
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = membership;
+        self.applied = self.applied.max(applied);
+        self.last_snapshot_index = snap.meta.index;
+        self.shared
+            .applied_index
+            .store(self.applied, Ordering::Release);
+        self.shared.revision_hint.store(revision, Ordering::Release);
+        tracing::info!(
+            "local-member-id" = format!("{me:x}"),
+            "snapshot-index" = snap.meta.index,
+            "applied-index" = applied,
+            "snapshot-size-bytes" = snap.data.len(),
+            "applied snapshot"
+        );
     }
 
     fn on_soft_state(&mut self, rd: &Ready) {
@@ -517,8 +1336,9 @@ impl RaftCore {
             Vec::new();
         let mut events: Vec<Event> = Vec::new();
         let compact_rev = self.shared.store.read().compact_revision();
-        let mut lessor = self.shared.lessor.lock().unwrap_or_else(|p| p.into_inner());
-        let mut alarms = self.shared.alarms.lock().unwrap_or_else(|p| p.into_inner());
+        let shared = self.shared.clone();
+        let mut lessor = shared.lessor.lock().unwrap_or_else(|p| p.into_inner());
+        let mut alarms = shared.alarms.lock().unwrap_or_else(|p| p.into_inner());
         let mut ctx = ApplyCtx {
             lessor: &mut lessor,
             compact_rev,
@@ -529,11 +1349,17 @@ impl RaftCore {
             alarms_dirty: false,
             compactions: Vec::new(),
         };
+        let mut membership: Option<Membership> = None;
         for e in &entries {
             if e.index <= self.applied {
                 continue;
             }
-            if e.kind != EntryKind::Normal || e.data.is_empty() {
+            if e.kind == EntryKind::ConfChange {
+                let m = membership.get_or_insert_with(|| self.shared.members());
+                self.apply_conf_change(e, m);
+                continue;
+            }
+            if e.data.is_empty() {
                 continue;
             }
             let batch = match RaftBatch::decode(e.data.as_slice()) {
@@ -548,6 +1374,11 @@ impl RaftCore {
                 }
             };
             for req in batch.requests {
+                if let Some(attr) = &req.member_attr {
+                    let m = membership.get_or_insert_with(|| self.shared.members());
+                    self.apply_member_attr(&req, attr, m);
+                    continue;
+                }
                 let Some(op) = &req.op else { continue };
                 let (res, evs) = apply::apply_op(&mut self.writer, &mut ctx, op);
                 events.extend(evs);
@@ -575,6 +1406,14 @@ impl RaftCore {
             self.writer.put_meta(ALARMS_META_KEY, &m);
         }
         self.shared.nospace.store(nospace, Ordering::Release);
+        if let Some(m) = membership {
+            self.writer.put_meta(MEMBERSHIP_META_KEY, &m.encode());
+            *self
+                .shared
+                .membership
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()) = m;
+        }
         self.writer
             .put_meta(APPLIED_INDEX_META_KEY, &last_index.to_le_bytes());
         self.writer
@@ -602,13 +1441,114 @@ impl RaftCore {
         for (w, r) in answers {
             let _ = w.send(r);
         }
+        for (w, r) in std::mem::take(&mut self.member_answers) {
+            let _ = w.send(r);
+        }
         let applied = self.applied;
         while let Some(entry) = self.read_parked.first_entry() {
             if *entry.key() > applied {
                 break;
             }
-            for w in entry.remove() {
+            for (_, w) in entry.remove() {
                 let _ = w.send(Ok(()));
+            }
+        }
+    }
+
+    /// Applies a committed membership change to `m` (Raft applied it to its ConfState when it
+    /// handed the entry out) and to the transport.
+    fn apply_conf_change(&mut self, e: &Entry, m: &mut Membership) {
+        let cc = match ferrite_raft::decode_conf_change(&e.data) {
+            Ok(cc) => cc,
+            Err(err) => panic!(
+                "ferrite: committed conf change {} does not decode: {err}",
+                e.index
+            ),
+        };
+        let ctx = ConfChangeCtx::decode(cc.context.as_slice()).unwrap_or_default();
+        let me = self.shared.member_id;
+        let id = cc.node_id;
+        match cc.kind {
+            ConfChangeKind::AddVoter | ConfChangeKind::AddLearner => {
+                let learner = cc.kind == ConfChangeKind::AddLearner;
+                if m.removed.contains(&id) {
+                    // A removed id never comes back (Raft refuses it too).
+                } else if let Some(existing) = m.members.get_mut(&id) {
+                    if !learner {
+                        existing.is_learner = false;
+                    }
+                } else if let Some(mut member) = ctx.member.clone() {
+                    member.id = id;
+                    member.is_learner = learner;
+                    if id != me {
+                        self.transport.set_peer(id, member.peer_urls.clone());
+                    }
+                    tracing::info!(
+                        "local-member-id" = format!("{me:x}"),
+                        "added-peer-id" = format!("{id:x}"),
+                        "added-peer-peer-urls" = ?member.peer_urls,
+                        learner,
+                        "added member"
+                    );
+                    m.members.insert(id, member);
+                    if self.node.snapshot().is_some_and(|s| s.data.is_empty()) {
+                        self.force_snapshot = true;
+                    }
+                }
+            }
+            ConfChangeKind::Remove => {
+                if m.members.remove(&id).is_some() {
+                    tracing::info!(
+                        "local-member-id" = format!("{me:x}"),
+                        "removed-remote-peer-id" = format!("{id:x}"),
+                        "removed member"
+                    );
+                }
+                m.removed.insert(id);
+                if id != me {
+                    self.transport.remove_peer(id);
+                }
+            }
+        }
+        if ctx.proposer == me && ctx.waiter != 0 {
+            if let Some(w) = self.member_waiters.remove(&ctx.waiter) {
+                self.member_answers.push((w, Ok(id)));
+            }
+        }
+    }
+
+    /// Applies a member's published attributes or a peer URL update.
+    fn apply_member_attr(&mut self, req: &InternalRequest, attr: &MemberAttr, m: &mut Membership) {
+        let me = self.shared.member_id;
+        let Some(upd) = &attr.member else { return };
+        let result = match m.members.get_mut(&upd.id) {
+            None => Err(EtcdError::MemberNotFound),
+            Some(existing) => {
+                match attr.kind {
+                    MEMBER_ATTR_PUBLISH => {
+                        existing.name = upd.name.clone();
+                        existing.client_urls = upd.client_urls.clone();
+                        if upd.id == me {
+                            self.shared.published.store(true, Ordering::Release);
+                        }
+                    }
+                    MEMBER_ATTR_PEER_URLS => {
+                        existing.peer_urls = upd.peer_urls.clone();
+                        if upd.id != me {
+                            self.transport.set_peer(upd.id, upd.peer_urls.clone());
+                        }
+                    }
+                    k => tracing::warn!(kind = k, "unknown member attribute change ignored"),
+                }
+                Ok(upd.id)
+            }
+        };
+        if req.member_id == me {
+            if let Some(w) = self.member_waiters.remove(&req.id) {
+                self.member_answers.push((w, result));
+            }
+            if self.publish_waiter == Some(req.id) {
+                self.publish_waiter = None;
             }
         }
     }
@@ -632,6 +1572,7 @@ impl RaftCore {
                 op: Some(Op::LeaseRevoke(
                     ferrite_net::pb::etcdserverpb::LeaseRevokeRequest { id },
                 )),
+                member_attr: None,
             });
         }
         self.propose_queued();
@@ -685,6 +1626,7 @@ impl RaftCore {
                         physical: false,
                     },
                 )),
+                member_attr: None,
             });
             self.propose_queued();
         }
@@ -693,9 +1635,12 @@ impl RaftCore {
     /// Every `snapshot_count` applied entries: make the store durable, log a snapshot marker,
     /// free old WAL segments and compact Raft's in-memory log.
     async fn maybe_snapshot(&mut self) {
-        if self.applied < self.last_snapshot_index + self.opts.snapshot_count.max(1) {
+        let due = self.applied >= self.last_snapshot_index + self.opts.snapshot_count.max(1);
+        let forced = self.force_snapshot && self.applied > self.last_snapshot_index;
+        if !due && !forced {
             return;
         }
+        self.force_snapshot = false;
         let index = self.applied;
         let Some(term) = self.node.log_term(index) else {
             return;
@@ -710,7 +1655,14 @@ impl RaftCore {
         {
             panic!("ferrite: logging the snapshot marker failed: {e}");
         }
-        if let Err(e) = self.node.compact(index, Vec::new()) {
+        let image = match snapshot_image(&self.shared, &self.shared.members()) {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::error!(index, error = %e, "no snapshot taken");
+                return;
+            }
+        };
+        if let Err(e) = self.node.compact(index, image) {
             tracing::warn!(index, error = %e, "raft log compaction refused");
             return;
         }

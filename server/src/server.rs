@@ -12,46 +12,185 @@ use ferrite_net::pb::etcdserverpb::{
 };
 use ferrite_net::{grpc_decoding_limit_bytes, serve, Listen, Router, ServeConfig};
 use futures_channel::mpsc;
-use sha1::{Digest, Sha1};
 
-use crate::config::Config;
+use std::collections::BTreeMap;
+
+use crate::config::{ClusterState, Config};
 use crate::lessor::{Lessor, LEASES_META_KEY};
-use crate::raft_core::{self, CoreOptions, ALARMS_META_KEY};
-use crate::state::{Limits, Shared};
-use crate::transport::NoPeers;
+use crate::membership::{Identity, MemberPb, Membership, MEMBERSHIP_META_KEY};
+use crate::raft_core::{self, Bootstrap, CoreOptions, ALARMS_META_KEY};
+use crate::state::{Limits, Shared, StoreCell};
 use crate::watch_hub::WatchHub;
 
 /// gRPC responses may be larger than requests (a range returns many keys): etcd's client
 /// accepts up to 2 GiB; we cap encoding at this.
 pub const GRPC_RESPONSE_BYTES_MAX: usize = 512 * 1024 * 1024;
 
-/// etcd's member id: sha1 of the sorted peer URLs and the cluster token, first 8 bytes BE.
+pub use crate::membership::{cluster_id, member_id as member_id_of};
+
+/// etcd's member id of an initial member (no timestamp).
 pub fn member_id(peer_urls: &[String], cluster_token: &str) -> u64 {
-    let mut urls = peer_urls.to_vec();
-    urls.sort();
-    let mut h = Sha1::new();
-    for u in &urls {
-        h.update(u.as_bytes());
-    }
-    h.update(cluster_token.as_bytes());
-    let d = h.finalize();
-    u64::from_be_bytes(d[..8].try_into().expect("8 bytes"))
+    member_id_of(peer_urls, cluster_token, None)
 }
 
-/// etcd's cluster id: sha1 of the sorted member ids (8 bytes BE each), first 8 bytes BE.
-pub fn cluster_id(member_ids: &[u64]) -> u64 {
-    let mut ids = member_ids.to_vec();
-    ids.sort_unstable();
-    let mut h = Sha1::new();
-    for id in ids {
-        h.update(id.to_be_bytes());
+/// How long startup waits for this member's publish before logging readiness anyway.
+pub const PUBLISH_WAIT_MAX: Duration = Duration::from_secs(60);
+
+/// How long a joining member waits for the cluster's membership from its peers.
+pub const JOIN_FETCH_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Who this member is and what cluster it belongs to, decided before Raft starts:
+/// - a data dir with an identity file: that identity and the stored membership (the initial
+///   cluster flags are ignored, as etcd ignores them once the data dir exists);
+/// - a new cluster: etcd's ids from `--initial-cluster` and `--initial-cluster-token`;
+/// - joining (`--initial-cluster-state=existing`): the membership fetched from the peers
+///   listed in `--initial-cluster`, and the id of the member with our peer URLs.
+fn decide_identity(
+    config: &Config,
+    store: &MvccStore,
+    wal_has_data: bool,
+) -> Result<(Identity, Membership, Bootstrap), String> {
+    let member_dir = config.member_dir();
+    let peer_urls: Vec<String> = config
+        .initial_advertise_peer_urls
+        .0
+        .iter()
+        .map(|u| u.to_string())
+        .collect();
+    let stored = match store
+        .read()
+        .try_get_meta(MEMBERSHIP_META_KEY)
+        .map_err(|e| e.to_string())?
+    {
+        Some(b) => Some(Membership::decode(&b)?),
+        None => None,
+    };
+    if let Some(id) = Identity::load(&member_dir)? {
+        let m = match stored {
+            Some(m) => m,
+            None if !wal_has_data && config.initial_cluster_state == ClusterState::Existing => {
+                // Joined but nothing was stored yet: fetch again.
+                return join_identity(config, &peer_urls);
+            }
+            None => {
+                return Err(format!(
+                    "{} names member {:x} of cluster {:x} but the store has no membership",
+                    member_dir.display(),
+                    id.member_id,
+                    id.cluster_id
+                ))
+            }
+        };
+        if m.cluster_id != id.cluster_id {
+            return Err(format!(
+                "the data dir {} belongs to cluster {:x} but its store holds cluster {:x}: \
+                 refusing to mix clusters",
+                config.data_dir.display(),
+                id.cluster_id,
+                m.cluster_id
+            ));
+        }
+        let bootstrap = if wal_has_data {
+            Bootstrap::New
+        } else if config.initial_cluster_state == ClusterState::Existing {
+            Bootstrap::Join
+        } else {
+            Bootstrap::New
+        };
+        return Ok((id, m, bootstrap));
     }
-    let d = h.finalize();
-    u64::from_be_bytes(d[..8].try_into().expect("8 bytes"))
+    if wal_has_data {
+        // A data dir from before identities were recorded: a single member.
+        let mid = member_id(&peer_urls, &config.initial_cluster_token);
+        let m = stored.unwrap_or_else(|| {
+            let mut init = BTreeMap::new();
+            init.insert(config.name.clone(), peer_urls.clone());
+            Membership::from_initial(&init, &config.initial_cluster_token)
+        });
+        let id = Identity {
+            member_id: mid,
+            cluster_id: m.cluster_id,
+        };
+        return Ok((id, m, Bootstrap::New));
+    }
+    match config.initial_cluster_state {
+        ClusterState::New => {
+            let init: BTreeMap<String, Vec<String>> = config
+                .initial_cluster
+                .iter()
+                .map(|(n, u)| (n.clone(), u.0.iter().map(|u| u.to_string()).collect()))
+                .collect();
+            let m = Membership::from_initial(&init, &config.initial_cluster_token);
+            let me = m.find_by_peer_urls(&peer_urls).ok_or_else(|| {
+                format!(
+                    "couldn't find local name {:?} in the initial cluster configuration",
+                    config.name
+                )
+            })?;
+            let id = Identity {
+                member_id: me.id,
+                cluster_id: m.cluster_id,
+            };
+            Ok((id, m, Bootstrap::New))
+        }
+        ClusterState::Existing => join_identity(config, &peer_urls),
+    }
+}
+
+fn join_identity(
+    config: &Config,
+    peer_urls: &[String],
+) -> Result<(Identity, Membership, Bootstrap), String> {
+    let others: Vec<String> = config
+        .initial_cluster
+        .iter()
+        .filter(|(n, _)| **n != config.name)
+        .flat_map(|(_, u)| u.0.iter().map(|u| u.to_string()))
+        .collect();
+    if others.is_empty() {
+        return Err(
+            "--initial-cluster-state=existing needs the other members' peer URLs in \
+             --initial-cluster"
+                .into(),
+        );
+    }
+    let info = crate::transport::fetch_cluster_info(&others, JOIN_FETCH_TIMEOUT)
+        .map_err(|e| format!("cannot fetch cluster info from peer urls: {e}"))?;
+    let mut m = Membership {
+        cluster_id: info.cluster_id,
+        ..Default::default()
+    };
+    for mi in info.members {
+        let mut urls = mi.peer_urls.clone();
+        urls.sort();
+        m.members.insert(
+            mi.id,
+            MemberPb {
+                id: mi.id,
+                name: mi.name,
+                peer_urls: urls,
+                client_urls: mi.client_urls,
+                is_learner: mi.is_learner,
+            },
+        );
+    }
+    let me = m.find_by_peer_urls(peer_urls).ok_or_else(|| {
+        format!(
+            "error validating peerURLs: member with peer URLs {} not found in cluster {:x} \
+             (add it with member add first)",
+            peer_urls.join(","),
+            m.cluster_id
+        )
+    })?;
+    let id = Identity {
+        member_id: me.id,
+        cluster_id: m.cluster_id,
+    };
+    Ok((id, m, Bootstrap::Join))
 }
 
 /// Rebuilds the lessor from the metadata and the keys' lease fields.
-fn recover_lessor(store: &MvccStore, ttl_min: i64) -> Result<Lessor, String> {
+pub fn recover_lessor(store: &MvccStore, ttl_min: i64) -> Result<Lessor, String> {
     let view = store.read();
     let mut lessor = Lessor::new(ttl_min);
     let now = Instant::now();
@@ -117,8 +256,38 @@ pub fn run(config: Config) -> Result<(), String> {
         .iter()
         .map(|u| u.to_string())
         .collect();
-    let mid = member_id(&peer_urls, &config.initial_cluster_token);
-    let cid = cluster_id(&[mid]);
+    let wal_has_data = std::fs::read_dir(&wal_dir)
+        .map(|mut d| d.next().is_some())
+        .unwrap_or(false);
+    let (identity, mut membership, bootstrap) = decide_identity(&config, &store, wal_has_data)?;
+    if config.force_new_cluster {
+        // etcd's --force-new-cluster: this member alone, keeping its data. Raft's side (the
+        // removal entries) is done by the Raft core at start.
+        let me = identity.member_id;
+        let others: Vec<u64> = membership
+            .members
+            .keys()
+            .copied()
+            .filter(|i| *i != me)
+            .collect();
+        for o in others {
+            membership.members.remove(&o);
+            membership.removed.insert(o);
+        }
+        if let Some(m) = membership.members.get_mut(&me) {
+            m.is_learner = false;
+        }
+    }
+    {
+        // The membership is stored with the state machine from the first start on.
+        let mut w = store.writer();
+        w.put_meta(MEMBERSHIP_META_KEY, &membership.encode());
+        w.commit(true)
+            .map_err(|e| format!("storing the membership: {e}"))?;
+    }
+    identity.store(&config.member_dir())?;
+    let mid = identity.member_id;
+    let cid = identity.cluster_id;
 
     // etcd's minimum lease TTL: ceil(1.5 * election timeout), in seconds.
     let election_ticks = config.election_ticks().max(2) as u32;
@@ -146,6 +315,7 @@ pub fn run(config: Config) -> Result<(), String> {
         .iter()
         .map(|u| u.to_string())
         .collect();
+    let election_ms = config.election_ticks().max(2) * config.heartbeat_interval_ms;
     let shared = Arc::new(Shared {
         cluster_id: cid,
         member_id: mid,
@@ -156,9 +326,10 @@ pub fn run(config: Config) -> Result<(), String> {
             request_bytes_max: config.max_request_bytes as usize,
             txn_ops_max: config.max_txn_ops as usize,
             quota_backend_bytes: quota,
-            request_timeout: Duration::from_secs(7),
+            // etcd's ReqTimeout: 5 s + 2 x election timeout.
+            request_timeout: Duration::from_secs(5) + Duration::from_millis(2 * election_ms),
         },
-        store: store.clone(),
+        store: StoreCell::new(store.clone()),
         to_core,
         lessor: Mutex::new(lessor),
         hub: WatchHub::new(),
@@ -171,6 +342,9 @@ pub fn run(config: Config) -> Result<(), String> {
         nospace: AtomicBool::new(nospace),
         revision_hint: AtomicI64::new(0),
         progress_interval: config.experimental.watch_progress_notify_interval,
+        membership: Mutex::new(membership),
+        cluster_token: config.initial_cluster_token.clone(),
+        published: AtomicBool::new(false),
     });
 
     let mut listen = Vec::new();
@@ -181,18 +355,29 @@ pub fn run(config: Config) -> Result<(), String> {
     let core_rx = Arc::new(Mutex::new(Some(core_rx)));
     let core_opts = Arc::new(Mutex::new(Some(CoreOptions {
         tick,
+        bootstrap,
+        db_path: db_path.clone(),
+        lease_ttl_min: ttl_min,
+        force_new_cluster: config.force_new_cluster,
         auto_compaction: config.auto_compaction,
         election_ticks,
         snapshot_count: config.snapshot_count,
         pre_vote: config.pre_vote,
     })));
     let factory_shared = shared.clone();
+    let peer_listen: Vec<String> = config
+        .listen_peer_urls
+        .0
+        .iter()
+        .map(|u| u.to_string())
+        .collect();
     let wal_dir2 = wal_dir.clone();
     let handle = serve(serve_config, move |core| {
         let shared = factory_shared.clone();
         let core_rx = core_rx.clone();
         let core_opts = core_opts.clone();
         let wal_dir = wal_dir2.clone();
+        let peer_listen = peer_listen.clone();
         async move {
             if core.index == 0 {
                 let rx = core_rx
@@ -205,14 +390,22 @@ pub fn run(config: Config) -> Result<(), String> {
                     .unwrap_or_else(|p| p.into_inner())
                     .take()
                     .expect("core 0 starts once");
-                let raft = raft_core::start(shared.clone(), &wal_dir, opts, Box::new(NoPeers))
+                let (transport, peer_rx) = crate::transport::start_peer_net(&shared, &peer_listen)
+                    .map_err(|e| -> ferrite_net::BoxError { e.into() })?;
+                let raft = raft_core::start(shared.clone(), &wal_dir, opts, transport)
                     .await
                     .map_err(|e| -> ferrite_net::BoxError { e.into() })?;
-                glommio::spawn_local(raft.run(rx)).detach();
+                glommio::spawn_local(raft.run(rx, peer_rx)).detach();
             } else {
                 while !shared.ready.load(Ordering::Acquire) {
                     glommio::timer::sleep(Duration::from_millis(2)).await;
                 }
+            }
+            // As etcd, serve clients only once this member has published itself through Raft
+            // (so MemberList shows its client URLs to anyone who can reach it). Connections
+            // wait in the listening sockets' backlog meanwhile.
+            while !shared.published.load(Ordering::Acquire) {
+                glommio::timer::sleep(Duration::from_millis(2)).await;
             }
             Ok::<crate::metrics::Metered, ferrite_net::BoxError>(crate::metrics::Metered {
                 inner: build_router(&shared),
@@ -229,9 +422,10 @@ pub fn run(config: Config) -> Result<(), String> {
         cid,
         shared.raft_index.load(Ordering::Acquire),
     );
-    // Wait for the first leadership before announcing readiness, as etcd does.
+    // Wait until this member published itself through Raft (which needs a leader) before
+    // announcing readiness, as etcd does.
     let start = Instant::now();
-    while shared.leader.load(Ordering::Acquire) == 0 && start.elapsed() < Duration::from_secs(30) {
+    while !shared.published.load(Ordering::Acquire) && start.elapsed() < PUBLISH_WAIT_MAX {
         std::thread::sleep(Duration::from_millis(5));
     }
     crate::logging::log_published_local_member(

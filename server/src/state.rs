@@ -2,8 +2,8 @@
 //! snapshots without locks), the channel to the Raft core, the lessor, the watch hub, and the
 //! observable Raft status (term, leader, indexes) as atomics.
 
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use ferrite_btree::MvccStore;
@@ -16,6 +16,7 @@ use futures_channel::{mpsc, oneshot};
 use crate::errors::EtcdError;
 use crate::internal::Op;
 use crate::lessor::Lessor;
+use crate::membership::Membership;
 use crate::watch_hub::WatchHub;
 
 /// Limits and identity, fixed at start.
@@ -52,6 +53,40 @@ pub enum CoreMsg {
     ReadIndex {
         reply: oneshot::Sender<Result<(), EtcdError>>,
     },
+    /// A membership change (Cluster API); replies with the member id once applied.
+    Member {
+        change: MemberChange,
+        reply: oneshot::Sender<Result<u64, EtcdError>>,
+    },
+    /// Maintenance.MoveLeader: replies once `target` leads (or the request timed out).
+    MoveLeader {
+        target: u64,
+        reply: oneshot::Sender<Result<(), EtcdError>>,
+    },
+}
+
+/// A Cluster API request, validated and proposed by the Raft core.
+#[derive(Clone, Debug)]
+pub enum MemberChange {
+    Add {
+        peer_urls: Vec<String>,
+        is_learner: bool,
+    },
+    Remove {
+        id: u64,
+    },
+    Promote {
+        id: u64,
+    },
+    UpdatePeerUrls {
+        id: u64,
+        peer_urls: Vec<String>,
+    },
+    /// This member publishes its name and client URLs (etcd's `publish`, at start).
+    Publish {
+        name: String,
+        client_urls: Vec<String>,
+    },
 }
 
 pub struct Shared {
@@ -61,7 +96,9 @@ pub struct Shared {
     pub peer_urls: Vec<String>,
     pub client_urls: Vec<String>,
     pub limits: Limits,
-    pub store: Arc<MvccStore>,
+    /// The MVCC store. Replaced (rarely: a follower installing a leader's snapshot image) by
+    /// the Raft core; see [`StoreCell`].
+    pub store: StoreCell,
     pub to_core: mpsc::UnboundedSender<CoreMsg>,
     pub lessor: Mutex<Lessor>,
     pub hub: WatchHub,
@@ -78,6 +115,12 @@ pub struct Shared {
     pub revision_hint: AtomicI64,
     /// Watch progress notification interval (etcd's 10 minutes by default).
     pub progress_interval: Duration,
+    /// The cluster membership as of the last applied entry (see `membership.rs`).
+    pub membership: Mutex<Membership>,
+    /// `--initial-cluster-token`, for the ids of members added at runtime.
+    pub cluster_token: String,
+    /// Set once this member's name and client URLs are applied (etcd's `publish`).
+    pub published: AtomicBool,
 }
 
 impl Shared {
@@ -143,5 +186,89 @@ impl Shared {
             Ok(r) => r,
             Err(_) => Err(EtcdError::Stopped),
         }
+    }
+}
+
+impl Shared {
+    /// Sends a membership change to the Raft core and waits until it is applied.
+    pub async fn member_change(&self, change: MemberChange) -> Result<u64, EtcdError> {
+        let (tx, rx) = oneshot::channel();
+        self.to_core
+            .unbounded_send(CoreMsg::Member { change, reply: tx })
+            .map_err(|_| EtcdError::Stopped)?;
+        rx.await.unwrap_or(Err(EtcdError::Stopped))
+    }
+
+    /// Asks the Raft core to hand leadership to `target` and waits for it.
+    pub async fn move_leader(&self, target: u64) -> Result<(), EtcdError> {
+        let (tx, rx) = oneshot::channel();
+        self.to_core
+            .unbounded_send(CoreMsg::MoveLeader { target, reply: tx })
+            .map_err(|_| EtcdError::Stopped)?;
+        rx.await.unwrap_or(Err(EtcdError::Stopped))
+    }
+
+    pub fn members(&self) -> Membership {
+        self.membership
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+}
+
+/// Stores a process may install from snapshots before it must restart (each replaced store
+/// stays allocated, with its file open, until the process exits).
+pub const STORE_SWAPS_MAX: usize = 16;
+
+/// The current MVCC store, replaceable without locks for readers: `Deref` gives the current
+/// store. A replaced store is never freed (its slot keeps it) so a `&MvccStore` or a read view
+/// taken from it on another core stays valid; readers simply see the old state until they look
+/// again. Only the Raft core replaces it (`swap`), at most `STORE_SWAPS_MAX - 1` times.
+pub struct StoreCell {
+    slots: [OnceLock<Arc<MvccStore>>; STORE_SWAPS_MAX],
+    current: AtomicUsize,
+}
+
+impl StoreCell {
+    pub fn new(store: Arc<MvccStore>) -> StoreCell {
+        let cell = StoreCell {
+            slots: std::array::from_fn(|_| OnceLock::new()),
+            current: AtomicUsize::new(0),
+        };
+        let _ = cell.slots[0].set(store);
+        cell
+    }
+
+    /// The current store as an owned handle (for work on another thread).
+    pub fn current(&self) -> Arc<MvccStore> {
+        Arc::clone(self.slot())
+    }
+
+    fn slot(&self) -> &Arc<MvccStore> {
+        self.slots[self.current.load(Ordering::Acquire)]
+            .get()
+            .expect("the current slot is set before it is published")
+    }
+
+    /// Replaces the store (Raft core only). Fails when every slot is used.
+    pub fn swap(&self, store: Arc<MvccStore>) -> Result<(), String> {
+        let next = self.current.load(Ordering::Acquire) + 1;
+        if next >= STORE_SWAPS_MAX {
+            return Err(format!(
+                "this process installed {STORE_SWAPS_MAX} snapshots already; restart it"
+            ));
+        }
+        self.slots[next]
+            .set(store)
+            .map_err(|_| "store slot already used".to_string())?;
+        self.current.store(next, Ordering::Release);
+        Ok(())
+    }
+}
+
+impl std::ops::Deref for StoreCell {
+    type Target = MvccStore;
+    fn deref(&self) -> &MvccStore {
+        self.slot()
     }
 }

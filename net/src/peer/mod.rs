@@ -82,6 +82,9 @@ pub const WRITE_TIMEOUT_DEFAULT: Duration = Duration::from_secs(5);
 pub const ACCEPT_HELLO_TIMEOUT: Duration = Duration::from_secs(5);
 /// Frames are coalesced into one write buffer up to this size; larger frames go out alone.
 pub const WRITE_COALESCE_BYTES_MAX: usize = 256 << 10;
+/// Inbound connections served at once; more are closed on accept (a cluster has a handful of
+/// members, each with one outbound connection to us, plus short cluster-info requests).
+pub const INBOUND_CONNS_MAX: usize = 1024;
 /// Read buffer of an inbound connection.
 const READ_BUFFER_BYTES: usize = 64 << 10;
 /// Largest cluster-info answer accepted.
@@ -326,9 +329,13 @@ impl PeerNet {
         ))
     }
 
-    /// Adds a peer or updates its URLs (`http://host:port` or `https://host:port`).
+    /// Adds a peer or updates its URLs (`http://host:port` or `https://host:port`). The local
+    /// member itself is ignored (nothing is ever sent to it).
     pub fn set_peer(&self, id: u64, peer_urls: Vec<String>) {
-        assert!(id != 0 && id != self.shared.local_id, "bad peer id {id:x}");
+        assert!(id != 0, "peer id 0");
+        if id == self.shared.local_id {
+            return;
+        }
         let existing = self.shared.peers.borrow().get(&id).cloned();
         if let Some(p) = existing {
             if *p.urls.borrow() != peer_urls {
@@ -789,6 +796,14 @@ async fn accept_loop(shared: Rc<Shared>, listener: TcpListener) {
         };
         if shared.closed.get() {
             return;
+        }
+        if shared.conns.borrow().len() >= INBOUND_CONNS_MAX {
+            tracing::warn!(
+                "remote-addr" = %stream.peer_addr().map_or_else(|e| e.to_string(), |a| a.to_string()),
+                limit = INBOUND_CONNS_MAX,
+                "too many inbound peer connections; closed a new one"
+            );
+            continue;
         }
         let id = shared.conn_next.get();
         shared.conn_next.set(id + 1);

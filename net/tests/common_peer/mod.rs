@@ -71,7 +71,7 @@ impl Node {
                 let mut cfg = PeerConfig::new(id, opts.cluster_id, vec![opts.listen]);
                 cfg.server_tls = opts.server_tls;
                 cfg.client_tls = opts.client_tls;
-                cfg.dial_timeout = Duration::from_secs(5);
+                cfg.dial_timeout = Duration::from_secs(15);
                 if let Some(m) = opts.frame_bytes_max {
                     cfg.frame_bytes_max = m;
                 }
@@ -166,6 +166,17 @@ impl Node {
         self.inbox
             .recv_timeout(WAIT)
             .expect("a message arrived in time")
+    }
+
+    /// The next message whose `seq` is at least `seq_min` (stale probes from
+    /// `probe_until_delivered` still in flight are skipped).
+    pub fn recv_seq_from(&self, seq_min: u64) -> u64 {
+        loop {
+            let m = self.recv();
+            if m.seq >= seq_min {
+                return m.seq;
+            }
+        }
     }
 
     /// Closes the PeerNet and joins its thread.

@@ -1,0 +1,490 @@
+//! Clusters of real `ferrite` processes on loopback, driven by etcdctl 3.4: bootstrap with
+//! etcd's ids, writes on one member read linearizably on the others, leader kill -9 and
+//! failover, restart and catch-up, a learner added and promoted that catches up from a
+//! snapshot (small --snapshot-count), move-leader, member remove (the removed member exits),
+//! `endpoint status/health --cluster`, and equal HashKV on every member at the end.
+//!
+//! `FERRITE_TEST_TARGET=etcd cargo test --release -p ferrite --test cluster_basic` runs the
+//! same scenario against Debian's etcd 3.4 (the expectations are etcd's).
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{free_port, ok_text, run_bounded, Target, TempDir};
+
+/// Bound on one etcdctl call.
+const CTL_TIMEOUT: Duration = Duration::from_secs(20);
+/// Bound on waiting for a cluster condition (leader elected, member caught up, ...).
+const WAIT_MAX: Duration = Duration::from_secs(40);
+/// Test cluster timing (etcd's flags): heartbeat and election timeout in milliseconds.
+const HEARTBEAT_MS: u64 = 100;
+const ELECTION_MS: u64 = 1000;
+/// Small, so that a member added later catches up from a snapshot.
+const SNAPSHOT_COUNT: u64 = 40;
+const TOKEN: &str = "cluster-basic";
+
+struct Member {
+    name: String,
+    client: String,
+    peer: String,
+    data_dir: PathBuf,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+impl Member {
+    fn new(dir: &TempDir, name: &str) -> Member {
+        let (cp, pp) = (free_port(), free_port());
+        Member {
+            name: name.to_string(),
+            client: format!("http://127.0.0.1:{cp}"),
+            peer: format!("http://127.0.0.1:{pp}"),
+            data_dir: dir.path().join(format!("{name}.data")),
+            log: dir.path().join(format!("{name}.log")),
+            child: None,
+        }
+    }
+
+    fn start(&mut self, target: Target, initial_cluster: &str, state: &str) {
+        assert!(self.child.is_none(), "{} already running", self.name);
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("log file");
+        let err = out.try_clone().expect("clone log");
+        let mut cmd = Command::new(target.binary());
+        cmd.arg(format!("--name={}", self.name))
+            .arg(format!("--data-dir={}", self.data_dir.display()))
+            .arg(format!("--listen-client-urls={}", self.client))
+            .arg(format!("--advertise-client-urls={}", self.client))
+            .arg(format!("--listen-peer-urls={}", self.peer))
+            .arg(format!("--initial-advertise-peer-urls={}", self.peer))
+            .arg(format!("--initial-cluster={initial_cluster}"))
+            .arg(format!("--initial-cluster-state={state}"))
+            .arg(format!("--initial-cluster-token={TOKEN}"))
+            .arg(format!("--heartbeat-interval={HEARTBEAT_MS}"))
+            .arg(format!("--election-timeout={ELECTION_MS}"))
+            .arg(format!("--snapshot-count={SNAPSHOT_COUNT}"))
+            .arg("--logger=zap")
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err);
+        if target == Target::Ferrite {
+            cmd.arg("--cores=1");
+        }
+        self.child = Some(cmd.spawn().expect("start member"));
+    }
+
+    fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Has the process exited by itself?
+    fn exited(&mut self) -> bool {
+        match self.child.as_mut() {
+            Some(c) => c.try_wait().ok().flatten().is_some(),
+            None => true,
+        }
+    }
+
+    fn log_tail(&self) -> String {
+        let s = std::fs::read(&self.log).unwrap_or_default();
+        String::from_utf8_lossy(&s[s.len().saturating_sub(3000)..]).into_owned()
+    }
+}
+
+impl Drop for Member {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("---- {} log tail ----\n{}", self.name, self.log_tail());
+        }
+        self.kill9();
+    }
+}
+
+fn ctl(endpoints: &str, args: &[&str]) -> Output {
+    let mut cmd = Command::new("etcdctl");
+    cmd.env("ETCDCTL_API", "3")
+        .arg(format!("--endpoints={endpoints}"))
+        .arg("--command-timeout=10s")
+        .args(args);
+    run_bounded(cmd, None, CTL_TIMEOUT)
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// Retries `f` until it returns `Some` or `WAIT_MAX` passes.
+fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + WAIT_MAX;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// (member id, leader id, raft term) from `endpoint status`.
+fn status(endpoint: &str) -> Option<(u64, u64, u64)> {
+    let o = ctl(endpoint, &["endpoint", "status", "-w", "json"]);
+    if !o.status.success() {
+        return None;
+    }
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).ok()?;
+    let s = &v.as_array()?.first()?["Status"];
+    Some((
+        s["header"]["member_id"].as_u64()?,
+        s["leader"].as_u64()?,
+        s["raftTerm"].as_u64()?,
+    ))
+}
+
+/// The leader every given endpoint agrees on.
+fn agreed_leader(endpoints: &[&str]) -> Option<u64> {
+    let mut leader = None;
+    for ep in endpoints {
+        let (_, l, _) = status(ep)?;
+        if l == 0 || leader.is_some_and(|x| x != l) {
+            return None;
+        }
+        leader = Some(l);
+    }
+    leader
+}
+
+/// `get` value (linearizable unless `serializable`), or None on error / missing key.
+fn get(endpoint: &str, key: &str, serializable: bool) -> Option<String> {
+    let mut args = vec!["get", key, "--print-value-only"];
+    if serializable {
+        args.push("--consistency=s");
+    }
+    let o = ctl(endpoint, &args);
+    if !o.status.success() {
+        return None;
+    }
+    let s = String::from_utf8_lossy(&o.stdout).trim_end().to_string();
+    (!s.is_empty()).then_some(s)
+}
+
+fn put_retry(endpoint: &str, key: &str, value: &str) {
+    wait_for(&format!("put {key} on {endpoint}"), || {
+        let o = ctl(endpoint, &["put", key, value]);
+        o.status.success().then_some(())
+    });
+}
+
+/// A member list row: (id, name, peer urls, client urls, is learner).
+type MemberRow = (u64, String, Vec<String>, Vec<String>, bool);
+
+fn member_list(endpoint: &str) -> Vec<MemberRow> {
+    let o = ctl(endpoint, &["member", "list", "-w", "json"]);
+    let v: serde_json::Value =
+        serde_json::from_str(&ok_text(&o, "member list")).expect("member list json");
+    let strs = |x: &serde_json::Value| -> Vec<String> {
+        x.as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|s| s.as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    v["members"]
+        .as_array()
+        .expect("members")
+        .iter()
+        .map(|m| {
+            (
+                m["ID"].as_u64().expect("ID"),
+                m["name"].as_str().unwrap_or("").to_string(),
+                strs(&m["peerURLs"]),
+                strs(&m["clientURLs"]),
+                m["isLearner"].as_bool().unwrap_or(false),
+            )
+        })
+        .collect()
+}
+
+fn hashkv(endpoint: &str, rev: i64) -> u64 {
+    let o = ctl(
+        endpoint,
+        &["endpoint", "hashkv", &format!("--rev={rev}"), "-w", "json"],
+    );
+    let v: serde_json::Value =
+        serde_json::from_str(&ok_text(&o, "endpoint hashkv")).expect("hashkv json");
+    v[0]["HashKV"]["hash"].as_u64().expect("hash")
+}
+
+fn revision(endpoint: &str) -> i64 {
+    let o = ctl(endpoint, &["get", "nokey", "-w", "json"]);
+    let v: serde_json::Value = serde_json::from_str(&ok_text(&o, "get")).expect("json");
+    v["header"]["revision"].as_i64().expect("revision")
+}
+
+#[test]
+fn three_members_failover_learner_snapshot_move_leader_remove() {
+    let target = Target::from_env();
+    let dir = TempDir::new(&format!("cluster-basic-{}", target.name()));
+    let mut ms: Vec<Member> = (1..=3)
+        .map(|i| Member::new(&dir, &format!("n{i}")))
+        .collect();
+    let initial: String = ms
+        .iter()
+        .map(|m| format!("{}={}", m.name, m.peer))
+        .collect::<Vec<_>>()
+        .join(",");
+    for m in ms.iter_mut() {
+        m.start(target, &initial, "new");
+    }
+    let eps: Vec<String> = ms.iter().map(|m| m.client.clone()).collect();
+    let ep_refs: Vec<&str> = eps.iter().map(String::as_str).collect();
+    let all = eps.join(",");
+    let leader = wait_for("a leader all members agree on", || agreed_leader(&ep_refs));
+
+    // Bootstrap: etcd's ids, names, URLs, no learners.
+    let list = wait_for("every member published", || {
+        let l = member_list(&eps[0]);
+        l.iter().all(|r| !r.3.is_empty()).then_some(l)
+    });
+    assert_eq!(list.len(), 3);
+    for m in &ms {
+        let id = ferrite::membership::member_id(std::slice::from_ref(&m.peer), TOKEN, None);
+        let row = list
+            .iter()
+            .find(|r| r.0 == id)
+            .unwrap_or_else(|| panic!("member {} with etcd's id {id:x} in {list:?}", m.name));
+        assert_eq!(row.1, m.name);
+        assert_eq!(row.2, vec![m.peer.clone()]);
+        assert_eq!(row.3, vec![m.client.clone()]);
+        assert!(!row.4);
+    }
+    let ids: Vec<u64> = list.iter().map(|r| r.0).collect();
+    let o = ctl(&eps[1], &["endpoint", "status", "-w", "json"]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("status json");
+    assert_eq!(
+        v[0]["Status"]["header"]["cluster_id"].as_u64(),
+        Some(ferrite::membership::cluster_id(&ids)),
+        "etcd's cluster id"
+    );
+    assert!(ids.contains(&leader));
+
+    // Write on one member, read linearizably on every other.
+    put_retry(&eps[0], "k0", "v0");
+    for ep in &eps {
+        assert_eq!(get(ep, "k0", false).as_deref(), Some("v0"), "on {ep}");
+    }
+    // Enough writes through a follower to pass --snapshot-count (log compaction).
+    let follower = ms
+        .iter()
+        .position(|m| {
+            ferrite::membership::member_id(std::slice::from_ref(&m.peer), TOKEN, None) != leader
+        })
+        .expect("a follower");
+    for i in 0..(SNAPSHOT_COUNT * 2) {
+        put_retry(&eps[follower], &format!("key{i:03}"), &format!("val{i}"));
+    }
+
+    // Errors as etcd gives them.
+    let o = ctl(&all, &["member", "remove", "1234"]);
+    assert!(
+        text(&o).contains("etcdserver: member not found"),
+        "{}",
+        text(&o)
+    );
+    let o = ctl(&all, &["member", "promote", &format!("{:x}", ids[0])]);
+    assert!(
+        text(&o).contains("etcdserver: can only promote a learner member"),
+        "{}",
+        text(&o)
+    );
+    let o = ctl(&all, &["move-leader", "1234"]);
+    assert!(
+        text(&o).contains("etcdserver: bad leader transferee"),
+        "{}",
+        text(&o)
+    );
+    let o = wait_for("member add refused for a taken peer URL", || {
+        let o = ctl(
+            &all,
+            &[
+                "member",
+                "add",
+                "dup",
+                &format!("--peer-urls={}", ms[0].peer),
+            ],
+        );
+        // etcd answers "unhealthy cluster" until its peers were connected for 5 s.
+        (!text(&o).contains("unhealthy cluster")).then_some(o)
+    });
+    assert!(
+        text(&o).contains("etcdserver: Peer URLs already exists"),
+        "{}",
+        text(&o)
+    );
+
+    // kill -9 the leader: a new leader is elected and writes continue.
+    let li = ms
+        .iter()
+        .position(|m| {
+            ferrite::membership::member_id(std::slice::from_ref(&m.peer), TOKEN, None) == leader
+        })
+        .expect("leader is a member");
+    ms[li].kill9();
+    let rest: Vec<&str> = (0..3).filter(|i| *i != li).map(|i| ep_refs[i]).collect();
+    let new_leader = wait_for("a new leader", || {
+        agreed_leader(&rest).filter(|l| *l != leader)
+    });
+    assert_ne!(new_leader, leader);
+    put_retry(rest[0], "after-failover", "yes");
+    assert_eq!(
+        get(rest[1], "after-failover", false).as_deref(),
+        Some("yes")
+    );
+
+    // The killed member restarts (flags ignored, data kept) and catches up.
+    ms[li].start(target, &initial, "new");
+    wait_for("the restarted member caught up", || {
+        (get(ep_refs[li], "after-failover", false).as_deref() == Some("yes")).then_some(())
+    });
+
+    // A learner joins with state=existing and catches up (from a snapshot: the log was
+    // compacted every SNAPSHOT_COUNT entries).
+    let mut n4 = Member::new(&dir, "n4");
+    let o = wait_for("member add --learner", || {
+        let o = ctl(
+            &all,
+            &[
+                "member",
+                "add",
+                "n4",
+                &format!("--peer-urls={}", n4.peer),
+                "--learner",
+            ],
+        );
+        o.status.success().then_some(o)
+    });
+    let added = text(&o);
+    assert!(
+        added.contains("ETCD_INITIAL_CLUSTER_STATE=\"existing\""),
+        "{added}"
+    );
+    let list = member_list(&eps[0]);
+    let row = list
+        .iter()
+        .find(|r| r.2 == vec![n4.peer.clone()])
+        .expect("the learner is listed");
+    let n4_id = row.0;
+    assert!(row.4, "listed as a learner");
+    assert!(row.1.is_empty() && row.3.is_empty(), "unstarted: {row:?}");
+    let initial4 = format!("{initial},n4={}", n4.peer);
+    n4.start(target, &initial4, "existing");
+    wait_for("the learner caught up", || {
+        (get(&n4.client, "key079", true).as_deref() == Some("val79")
+            && get(&n4.client, "after-failover", true).as_deref() == Some("yes"))
+        .then_some(())
+    });
+    // A learner serves serializable reads only (etcd: "rpc not supported for learner").
+    wait_for("member promote", || {
+        let o = ctl(&all, &["member", "promote", &format!("{n4_id:x}")]);
+        if o.status.success() {
+            return Some(());
+        }
+        let t = text(&o);
+        assert!(
+            t.contains("in sync with leader") || t.contains("timed out") || t.contains("unhealthy"),
+            "{t}"
+        );
+        None
+    });
+    let list = member_list(&eps[0]);
+    assert_eq!(list.len(), 4);
+    assert!(list.iter().all(|r| !r.4), "no learner left: {list:?}");
+    wait_for("n4 published", || {
+        member_list(&eps[0])
+            .iter()
+            .any(|r| r.0 == n4_id && r.1 == "n4" && r.3 == vec![n4.client.clone()])
+            .then_some(())
+    });
+
+    // move-leader to n4 (etcdctl finds the leader among the endpoints).
+    let all4 = format!("{all},{}", n4.client);
+    let o = ctl(&all4, &["move-leader", &format!("{n4_id:x}")]);
+    assert!(o.status.success(), "move-leader: {}", text(&o));
+    let mut eps4: Vec<&str> = ep_refs.clone();
+    eps4.push(&n4.client);
+    wait_for("n4 leads", || {
+        (agreed_leader(&eps4) == Some(n4_id)).then_some(())
+    });
+    // etcdctl itself refuses when none of its endpoints is the leader.
+    let o = ctl(&eps[li], &["move-leader", &format!("{:x}", ids[0])]);
+    assert!(
+        text(&o).contains("no leader endpoint given"),
+        "{}",
+        text(&o)
+    );
+
+    // Remove a follower: it stops serving (etcd exits).
+    let victim = (0..3).find(|i| *i != li).expect("another member");
+    let victim_id =
+        ferrite::membership::member_id(std::slice::from_ref(&ms[victim].peer), TOKEN, None);
+    let o = ctl(&n4.client, &["member", "remove", &format!("{victim_id:x}")]);
+    assert!(o.status.success(), "member remove: {}", text(&o));
+    wait_for("the removed member exits", || {
+        ms[victim].exited().then_some(())
+    });
+    let list = member_list(&n4.client);
+    assert_eq!(list.len(), 3);
+    assert!(list.iter().all(|r| r.0 != victim_id));
+
+    // endpoint status / health --cluster reach every remaining member.
+    let o = ctl(&n4.client, &["endpoint", "health", "--cluster"]);
+    assert!(
+        o.status.success(),
+        "endpoint health --cluster: {}",
+        text(&o)
+    );
+    assert_eq!(text(&o).matches("is healthy").count(), 3, "{}", text(&o));
+    let o = ctl(
+        &n4.client,
+        &["endpoint", "status", "--cluster", "-w", "json"],
+    );
+    let v: serde_json::Value =
+        serde_json::from_str(&ok_text(&o, "endpoint status --cluster")).expect("json");
+    assert_eq!(v.as_array().map(Vec::len), Some(3));
+    for s in v.as_array().expect("array") {
+        assert_eq!(s["Status"]["leader"].as_u64(), Some(n4_id));
+    }
+
+    // Every member's HashKV is equal at one revision.
+    put_retry(&n4.client, "final", "x");
+    let live: Vec<&str> = (0..3)
+        .filter(|i| *i != victim)
+        .map(|i| ep_refs[i])
+        .chain(std::iter::once(n4.client.as_str()))
+        .collect();
+    let rev = revision(live[0]);
+    for ep in &live {
+        wait_for("member applied the final write", || {
+            (get(ep, "final", false).as_deref() == Some("x")).then_some(())
+        });
+    }
+    let h0 = hashkv(live[0], rev);
+    for ep in &live[1..] {
+        assert_eq!(hashkv(ep, rev), h0, "HashKV at {rev} on {ep}");
+    }
+    drop(n4);
+}
