@@ -164,7 +164,7 @@ impl Maintenance for MaintenanceService {
     /// empty entry (the applied index is etcd's consistent index) — and is stable otherwise.
     /// HashKV covers the keys only. Computed on its own thread (it reads the whole store).
     async fn hash(&self, _: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
-        let store = self.shared.store.clone();
+        let store = self.shared.store.current();
         let (tx, rx) = futures_channel::oneshot::channel();
         let revision = self.shared.current_revision();
         std::thread::Builder::new()
