@@ -50,6 +50,7 @@ pub mod maintenance;
 pub mod membership;
 pub mod raft_core;
 pub mod server;
+pub mod snapshot_cmd;
 pub mod state;
 pub mod tls;
 pub mod transport;

@@ -6,6 +6,10 @@
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("snapshot") {
+        std::process::exit(ferrite::snapshot_cmd::run(&args[2..]));
+    }
     let config = ferrite::config::Config::from_args_and_env();
     if let Err(e) = ferrite::logging::init(&config) {
         eprintln!("ferrite: {e}");

@@ -69,6 +69,25 @@ impl MaintenanceService {
     }
 }
 
+/// A `Write` that only folds the bytes into a CRC-32C, remembering the value before the last
+/// write: the snapshot stream ends with its own CRC-32C (4 bytes, one write), and a CRC over
+/// data followed by its own CRC is a constant, so the hash is the CRC of everything before it.
+struct Crc32cWriter {
+    crc: u32,
+    before_last: u32,
+}
+
+impl std::io::Write for Crc32cWriter {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.before_last = self.crc;
+        self.crc = crc32c::crc32c_append(self.crc, data);
+        Ok(data.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 /// A `Write` that hands fixed-size chunks to the stream and hashes everything.
 struct ChunkWriter {
     buf: Vec<u8>,
@@ -139,11 +158,34 @@ impl Maintenance for MaintenanceService {
             header: Some(self.shared.header(self.shared.current_revision())),
         }))
     }
+    /// etcd's Hash covers the whole backend (every bucket), not only the keys: ours is the
+    /// CRC-32C (Castagnoli, as etcd's) of the store's snapshot stream — every key revision,
+    /// tombstone and metadata entry (leases, alarms, applied Raft index) of the latest commit.
+    /// It changes with every applied entry — so also when a restart's election applies its
+    /// empty entry (the applied index is etcd's consistent index) — and is stable otherwise.
+    /// HashKV covers the keys only. Computed on its own thread (it reads the whole store).
     async fn hash(&self, req: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
         crate::authz::check_admin(&self.shared, &crate::authz::Credentials::of(&req)).await?;
-        let (hash, _) = self.shared.store.hash_kv(0).map_err(mvcc_err)?;
+        let store = self.shared.store.current();
+        let (tx, rx) = futures_channel::oneshot::channel();
+        let revision = self.shared.current_revision();
+        std::thread::Builder::new()
+            .name("hash".into())
+            .spawn(move || {
+                let mut w = Crc32cWriter {
+                    crc: 0,
+                    before_last: 0,
+                };
+                let r = store.write_snapshot(&mut w).map(|()| w.before_last);
+                let _ = tx.send(r.map_err(|e| e.to_string()));
+            })
+            .map_err(|e| Status::new(Code::Internal, format!("spawning hash thread: {e}")))?;
+        let hash = rx
+            .await
+            .map_err(|_| Status::new(Code::Internal, "hash thread vanished"))?
+            .map_err(|e| Status::new(Code::Unknown, e))?;
         Ok(Response::new(HashResponse {
-            header: Some(self.shared.header(self.shared.current_revision())),
+            header: Some(self.shared.header(revision)),
             hash,
         }))
     }
