@@ -523,9 +523,18 @@ fn serve_metrics(
     Ok(Some(handle))
 }
 
-/// The metrics listener's router: `/metrics` and `/health` only.
-pub fn build_metrics_router(shared: &Arc<Shared>) -> Router {
-    let services = crate::http::Services::new(
+/// The service objects the HTTP front (gateway, metrics) calls, all over one `Shared`.
+fn gateway_services(
+    shared: &Arc<Shared>,
+) -> crate::http::Services<
+    crate::kv::KvService,
+    crate::watch::WatchService,
+    crate::lease::LeaseService,
+    crate::cluster::ClusterService,
+    crate::maintenance::MaintenanceService,
+    crate::auth_svc::AuthService,
+> {
+    crate::http::Services::new(
         Arc::new(crate::kv::KvService {
             shared: shared.clone(),
         }),
@@ -544,7 +553,12 @@ pub fn build_metrics_router(shared: &Arc<Shared>) -> Router {
         Arc::new(crate::auth_svc::AuthService {
             shared: shared.clone(),
         }),
-    );
+    )
+}
+
+/// The metrics listener's router: `/metrics` and `/health` only.
+pub fn build_metrics_router(shared: &Arc<Shared>) -> Router {
+    let services = gateway_services(shared);
     let gateway = std::rc::Rc::new(crate::http::Gateway {
         backend: services,
         request_bytes_max: shared.limits.request_bytes_max,
@@ -558,26 +572,7 @@ pub fn build_router(shared: &Arc<Shared>) -> Router {
     use ferrite_net::pb::v3electionpb::election_server::ElectionServer;
     use ferrite_net::pb::v3lockpb::lock_server::LockServer;
     let limit = grpc_decoding_limit_bytes(shared.limits.request_bytes_max);
-    let services = crate::http::Services::new(
-        Arc::new(crate::kv::KvService {
-            shared: shared.clone(),
-        }),
-        Arc::new(crate::watch::WatchService {
-            shared: shared.clone(),
-        }),
-        Arc::new(crate::lease::LeaseService {
-            shared: shared.clone(),
-        }),
-        Arc::new(crate::cluster::ClusterService {
-            shared: shared.clone(),
-        }),
-        Arc::new(crate::maintenance::MaintenanceService {
-            shared: shared.clone(),
-        }),
-        Arc::new(crate::auth_svc::AuthService {
-            shared: shared.clone(),
-        }),
-    );
+    let services = gateway_services(shared);
     let out = GRPC_RESPONSE_BYTES_MAX;
     let builder = Router::builder()
         .grpc(
