@@ -9,8 +9,10 @@
 #   KEYS=200000 bench/scripts/restart-rss.sh            # quicker
 #   SERVERS=ferrite KEYS=100000 KILL=1 bench/scripts/restart-rss.sh
 #
-# Ports 25500-25599 (the perf range). Bounded by TIME_LIMIT seconds (default 3600); every server
-# started is stopped by pid.
+# Ports PORT_BASE+1 and +2 (default 25501-25502; set PORT_BASE when others use those). Bounded:
+# the whole script is stopped after TIME_LIMIT seconds (default 3600; loading 1M keys takes
+# ~3-10 min per server on a 2-core machine), a restart that serves nothing within 600 s is
+# reported as "never"; every server started is stopped by pid (also on timeout or Ctrl-C).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$(pwd)
@@ -38,8 +40,9 @@ trap cleanup EXIT INT TERM
 ( exec >/dev/null 2>&1 </dev/null; sleep "$TIME_LIMIT"; kill -TERM $$ ) &
 WATCHDOG=$!
 
-CLIENT=127.0.0.1:25501
-PEER=127.0.0.1:25502
+PORT_BASE=${PORT_BASE:-25500}
+CLIENT=127.0.0.1:$((PORT_BASE + 1))
+PEER=127.0.0.1:$((PORT_BASE + 2))
 start() { # binary data-dir log
   "$1" --name=n0 --data-dir="$2" --listen-client-urls=http://$CLIENT \
     --advertise-client-urls=http://$CLIENT --listen-peer-urls=http://$PEER \

@@ -32,7 +32,7 @@ fi
 ETCD=${ETCD:-$(command -v etcd)}
 
 echo "== building ferrite-bench and ferrite (release)"
-cargo build --release -p ferrite-bench --bin ferrite-bench
+cargo build --release -p ferrite-bench --bins   # ferrite-bench and the grpc-echo baseline
 if ! cargo build --release -p ferrite --bin ferrite; then
   echo "!! ferrite does not build: comparing against etcd only"
 fi

@@ -227,3 +227,72 @@ pub fn etcd_flags(
         "--log-level=warn".into(),
     ]
 }
+
+/// The `grpc-echo` baseline server (bench/src/bin/grpc-echo.rs) on a free loopback port; killed
+/// by pid when dropped.
+pub struct Echo {
+    pub endpoint: String,
+    child: Child,
+}
+
+impl Echo {
+    /// Starts `binary` and waits until a Put is answered.
+    pub async fn start(binary: &Path, pidfile: Option<&Path>) -> Result<Echo, String> {
+        let port = free_port().map_err(|e| e.to_string())?;
+        let endpoint = format!("http://127.0.0.1:{port}");
+        let child = Command::new(binary)
+            .args(["--listen", &endpoint])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("starting {}: {e}", binary.display()))?;
+        if let Some(pf) = pidfile {
+            if let Ok(mut f) = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(pf)
+            {
+                let _ = writeln!(f, "{}", child.id());
+            }
+        }
+        let mut echo = Echo { endpoint, child };
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            if let Ok(Some(status)) = echo.child.try_wait() {
+                return Err(format!("{} exited ({status})", binary.display()));
+            }
+            if Instant::now() >= deadline {
+                return Err(format!(
+                    "{} not serving after {READY_TIMEOUT:?}",
+                    binary.display()
+                ));
+            }
+            if let Ok(Ok(c)) = tokio::time::timeout(
+                Duration::from_secs(2),
+                crate::workload::connect(std::slice::from_ref(&echo.endpoint)),
+            )
+            .await
+            {
+                let mut kv = c.kv_client();
+                if let Ok(Ok(_)) =
+                    tokio::time::timeout(Duration::from_secs(2), kv.put("ready", "", None)).await
+                {
+                    return Ok(echo);
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Echo {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

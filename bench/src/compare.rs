@@ -1,7 +1,8 @@
 //! The side-by-side runner: the same workloads against etcd and ferrite, alternating A/B/A/B with a
 //! fresh cluster for every run, medians per workload, the ferrite/etcd ratio, RSS and data size.
 
-use crate::cluster::{Cluster, Kind, Spec};
+use crate::cluster::{Cluster, Echo, Kind, Spec};
+use crate::floor::{self, FloorSample};
 use crate::stats::Report;
 use crate::workload::{self, Config, Workload};
 use std::path::PathBuf;
@@ -66,7 +67,15 @@ pub struct CompareConfig {
     /// Where the JSON of every run is written (one file).
     pub json_out: Option<PathBuf>,
     pub command_line: String,
+    /// The `grpc-echo` binary: the put presets also run against it, every round (baseline of
+    /// the targets). None: no echo rows.
+    pub echo: Option<PathBuf>,
+    /// fsync-floor probe operations per round of `put-1-client` (0: no probe).
+    pub floor_iterations: usize,
 }
+
+/// Presets that also run against the echo server (it answers Put; it stores nothing).
+pub const ECHO_PRESETS: [&str; 2] = ["put-1-client", "put-100-clients"];
 
 #[derive(Default, Clone, serde::Serialize)]
 pub struct Sample {
@@ -87,6 +96,10 @@ pub struct Row {
     pub etcd: Vec<Sample>,
     pub ferrite: Vec<Sample>,
     pub ferrite_skipped: Option<String>,
+    /// The same preset against `grpc-echo`, per round (put presets only).
+    pub echo: Vec<Sample>,
+    /// The fsync floor probed in each round (`put-1-client` only).
+    pub floor: Vec<FloorSample>,
 }
 
 fn median(mut v: Vec<f64>) -> Option<f64> {
@@ -100,6 +113,52 @@ fn median(mut v: Vec<f64>) -> Option<f64> {
     } else {
         (v[n / 2 - 1] + v[n / 2]) / 2.0
     })
+}
+
+async fn echo_run(
+    binary: &std::path::Path,
+    pidfile: Option<&std::path::Path>,
+    preset: &Preset,
+) -> Result<(Sample, Report), String> {
+    let echo = Echo::start(binary, pidfile).await?;
+    let mut cfg = preset.config.clone();
+    cfg.endpoints = vec![echo.endpoint.clone()];
+    cfg.server_pids = vec![echo.pid()];
+    cfg.no_prepare = true;
+    let report = workload::run(cfg).await?;
+    let p = report.primary_stats().cloned();
+    let s = Sample {
+        ops_per_sec: p.as_ref().map(|p| p.ops_per_sec).unwrap_or(0.0),
+        p50_us: p.as_ref().map(|p| p.p50_us).unwrap_or(0.0),
+        p99_us: p.as_ref().map(|p| p.p99_us).unwrap_or(0.0),
+        errors: report.total_errors,
+        violations: report.violations.len(),
+        rss_bytes: crate::procfs::rss_bytes(echo.pid()).unwrap_or(0),
+        data_bytes: 0,
+        cpu_us_per_op: report.server_cpu_us_per_op,
+    };
+    drop(echo);
+    Ok((s, report))
+}
+
+async fn probe_floor(cc: &CompareConfig, round: usize, row: &mut Row) {
+    let (dir, n) = (cc.work_dir.clone(), cc.floor_iterations);
+    match tokio::task::spawn_blocking(move || floor::probe(&dir, n))
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|r| r)
+    {
+        Ok(f) => {
+            eprintln!(
+                "== fsync floor, round {}: p50 {:.0} µs p99 {:.0} µs",
+                round + 1,
+                f.p50_us,
+                f.p99_us
+            );
+            row.floor.push(f);
+        }
+        Err(e) => eprintln!("   fsync floor probe failed: {e}"),
+    }
 }
 
 async fn one_run(spec: &Spec, preset: &Preset) -> Result<(Sample, Report), String> {
@@ -146,8 +205,13 @@ pub async fn run(cc: CompareConfig) -> Result<String, String> {
                 etcd: vec![],
                 ferrite: vec![],
                 ferrite_skipped: None,
+                echo: vec![],
+                floor: vec![],
             };
             for round in 0..cc.rounds {
+                if preset.name == "put-1-client" && cc.floor_iterations > 0 {
+                    probe_floor(&cc, round, &mut row).await;
+                }
                 eprintln!(
                     "== {nodes} node(s), {}, round {}: etcd",
                     preset.name,
@@ -190,6 +254,25 @@ pub async fn run(cc: CompareConfig) -> Result<String, String> {
                             ferrite_skip = Some(e.lines().next().unwrap_or("").to_string());
                         }
                     }
+                }
+                if let (Some(bin), true) = (&cc.echo, ECHO_PRESETS.contains(&preset.name)) {
+                    eprintln!("== {}, round {}: grpc-echo", preset.name, round + 1);
+                    match echo_run(bin, cc.pidfile.as_deref(), preset).await {
+                        Ok((s, rep)) => {
+                            eprintln!(
+                                "   {:.0} ops/s p50 {:.3} ms, {} errors",
+                                s.ops_per_sec,
+                                s.p50_us / 1000.0,
+                                s.errors
+                            );
+                            row.echo.push(s);
+                            reports.push(serde_json::json!({"nodes": nodes, "server": "grpc-echo", "preset": preset.name, "report": rep}));
+                        }
+                        Err(e) => eprintln!("   grpc-echo failed: {e}"),
+                    }
+                }
+                if preset.name == "put-1-client" && cc.floor_iterations > 0 {
+                    probe_floor(&cc, round, &mut row).await;
                 }
             }
             row.ferrite_skipped = ferrite_skip.clone();
@@ -324,6 +407,128 @@ fn markdown(cc: &CompareConfig, rows: &[Row]) -> String {
     }
     for line in skipped {
         s.push_str(&format!("\nferrite skipped, {line}\n"));
+    }
+    s.push_str(&baselines_markdown(rows));
+    s
+}
+
+/// The baselines (grpc-echo, fsync floor) and issue 5's targets, for the 1-node rows.
+fn baselines_markdown(rows: &[Row]) -> String {
+    let find = |name: &str| rows.iter().find(|r| r.nodes == 1 && r.preset == name);
+    let mut s = String::new();
+    let echo_rows: Vec<&Row> = rows.iter().filter(|r| !r.echo.is_empty()).collect();
+    let floors: Vec<FloorSample> = rows.iter().flat_map(|r| r.floor.clone()).collect();
+    if echo_rows.is_empty() && floors.is_empty() {
+        return s;
+    }
+    let m = |v: &[Sample], f: &dyn Fn(&Sample) -> f64| median(v.iter().map(f).collect());
+    let mc = |v: &[Sample]| median(v.iter().filter_map(|s| s.cpu_us_per_op).collect());
+    s.push_str(
+        "\nBaselines in the same run (grpc-echo: `bench/src/bin/grpc-echo.rs`, ferrite's transport \
+         answering at once, same client and preset; fsync floor: 4 KiB overwrite of a preallocated \
+         zero-filled file + fdatasync in the work dir, probed before and after each put-1-client \
+         round):\n\n",
+    );
+    s.push_str("| baseline | ops/s | p50 ms | p99 ms | server cpu µs/op | rounds |\n|---|---|---|---|---|---|\n");
+    for r in &echo_rows {
+        s.push_str(&format!(
+            "| grpc-echo {} | {} | {} | {} | {} | {} |\n",
+            r.preset,
+            fmt_opt(m(&r.echo, &|s| s.ops_per_sec), 1.0, 0),
+            fmt_opt(m(&r.echo, &|s| s.p50_us), 1000.0, 3),
+            fmt_opt(m(&r.echo, &|s| s.p99_us), 1000.0, 3),
+            fmt_opt(mc(&r.echo), 1.0, 1),
+            r.echo.len()
+        ));
+    }
+    let floor_p50 = median(floors.iter().map(|f| f.p50_us).collect());
+    if !floors.is_empty() {
+        s.push_str(&format!(
+            "| fsync floor ({} ops per probe) | {} | {} | {} | – | {} probes |\n",
+            floors[0].iterations,
+            fmt_opt(
+                median(floors.iter().map(|f| f.ops_per_sec).collect()),
+                1.0,
+                0
+            ),
+            fmt_opt(floor_p50, 1000.0, 3),
+            fmt_opt(median(floors.iter().map(|f| f.p99_us).collect()), 1000.0, 3),
+            floors.len()
+        ));
+    }
+    s.push_str("\nIssue 5's targets, 1 node, from the medians above:\n\n| target | measured | goal | met |\n|---|---|---|---|\n");
+    let verdict = |v: Option<f64>, goal: f64, at_least: bool| match v {
+        Some(v) if (at_least && v >= goal) || (!at_least && v <= goal) => "yes",
+        Some(_) => "no",
+        None => "–",
+    };
+    let ops = |r: Option<&Row>, echo: bool, ferrite: bool| {
+        r.and_then(|r| {
+            let v = if echo {
+                &r.echo
+            } else if ferrite {
+                &r.ferrite
+            } else {
+                &r.etcd
+            };
+            m(v, &|s| s.ops_per_sec)
+        })
+    };
+    let div = |a: Option<f64>, b: Option<f64>| match (a, b) {
+        (Some(a), Some(b)) if b > 0.0 => Some(a / b),
+        _ => None,
+    };
+    let mut line = |what: &str, v: Option<f64>, goal: f64, at_least: bool| {
+        s.push_str(&format!(
+            "| {what} | {} | {} {goal} | {} |\n",
+            fmt_opt(v, 1.0, 2),
+            if at_least { "≥" } else { "≤" },
+            verdict(v, goal, at_least)
+        ));
+    };
+    let put100 = find("put-100-clients");
+    line(
+        "put-100: ferrite ÷ etcd ops/s",
+        div(ops(put100, false, true), ops(put100, false, false)),
+        8.0,
+        true,
+    );
+    line(
+        "put-100: ferrite ÷ grpc-echo ops/s",
+        div(ops(put100, false, true), ops(put100, true, false)),
+        0.5,
+        true,
+    );
+    let put1 = find("put-1-client");
+    let f_p50 = put1.and_then(|r| m(&r.ferrite, &|s| s.p50_us));
+    let e_p50 = put1.and_then(|r| m(&r.echo, &|s| s.p50_us));
+    let floor_sum = match (floor_p50, e_p50) {
+        (Some(a), Some(b)) => Some(a + b),
+        _ => None,
+    };
+    line(
+        &format!(
+            "put-1 p50 ÷ (fsync p50 + echo p50) = {} ÷ ({} + {}) ms",
+            fmt_opt(f_p50, 1000.0, 3),
+            fmt_opt(floor_p50, 1000.0, 3),
+            fmt_opt(e_p50, 1000.0, 3)
+        ),
+        div(f_p50, floor_sum),
+        1.5,
+        false,
+    );
+    for (name, what, goal) in [
+        ("range-lin-100", "range-lin-100: ferrite ÷ etcd ops/s", 5.0),
+        ("range-ser-100", "range-ser-100: ferrite ÷ etcd ops/s", 5.0),
+        ("txn-cas-100", "txn-cas-100: ferrite ÷ etcd ops/s", 8.0),
+    ] {
+        let r = find(name);
+        line(
+            what,
+            div(ops(r, false, true), ops(r, false, false)),
+            goal,
+            true,
+        );
     }
     s
 }

@@ -9,6 +9,8 @@
 //!   message, server CPU per operation and RSS (from /proc, given the server's pid).
 //! - [`cluster`] starts etcd or ferrite with etcd's flags on loopback (1 or 3 members), waits until
 //!   it serves, and kills it by pid when dropped.
+//! - [`floor`] probes the fsync floor (4 KiB overwrite + fdatasync) and `grpc-echo` (src/bin) is a
+//!   trivial gRPC server on ferrite's own transport: the baselines the targets are stated against.
 //! - [`compare`] runs the same workloads alternately against both (A/B/A/B), prints medians and the
 //!   ferrite/etcd ratio, and appends a Markdown section to docs/benchmarks.md.
 //!
@@ -25,6 +27,7 @@
 
 pub mod cluster;
 pub mod compare;
+pub mod floor;
 pub mod procfs;
 pub mod stats;
 pub mod workload;

@@ -106,6 +106,15 @@ struct SbsArgs {
     append_to: Option<PathBuf>,
     #[arg(long)]
     json: Option<PathBuf>,
+    /// The grpc-echo baseline binary (default: `grpc-echo` next to this program, if present).
+    #[arg(long)]
+    echo: Option<PathBuf>,
+    /// Do not run the grpc-echo baseline.
+    #[arg(long)]
+    no_echo: bool,
+    /// fsync-floor probe operations, before and after each round of put-1-client (0: none).
+    #[arg(long, default_value_t = 1000)]
+    floor_iterations: usize,
 }
 
 fn main() {
@@ -189,7 +198,20 @@ async fn side_by_side(a: SbsArgs) -> Result<i32, String> {
         }
         presets.retain(|p| a.only.iter().any(|o| o == p.name));
     }
+    let echo = if a.no_echo {
+        None
+    } else {
+        a.echo.clone().or_else(|| {
+            let p = std::env::current_exe().ok()?.with_file_name("grpc-echo");
+            p.exists().then_some(p)
+        })
+    };
+    if echo.is_none() && !a.no_echo {
+        eprintln!("ferrite-bench: no grpc-echo binary next to this program: no echo baseline");
+    }
     let md = compare::run(CompareConfig {
+        echo,
+        floor_iterations: a.floor_iterations,
         etcd: a.etcd,
         ferrite: a.ferrite,
         node_counts: a.nodes,

@@ -2,9 +2,12 @@
 //! call at once with an empty response carrying a header (no storage, no Raft). Measures the
 //! transport alone; the server's targets are stated relative to it.
 //!
+//! `ferrite-bench side-by-side` starts it (next to itself, `--echo`) and runs the put presets
+//! against it in every round, so the ratios the targets name come out of one run.
+//!
 //! ```text
-//! cargo run --release -p ferrite-net --example grpc_echo -- \
-//!     --listen http://127.0.0.1:2379 --cores 2 [--via-local] [--spin-us 0]
+//! cargo build --release -p ferrite-bench
+//! target/release/grpc-echo --listen http://127.0.0.1:2379 --cores 2 [--via-local] [--spin-us 0]
 //! # then, in another shell, either load generator:
 //! cargo run --release -p ferrite-net --example grpc_load -- --endpoint http://127.0.0.1:2379 \
 //!     --rpc put --clients 100 --connections 4 --seconds 10
@@ -87,7 +90,7 @@ impl Kv for EchoKv {
 
 fn usage() -> ! {
     eprintln!(
-        "usage: grpc_echo [--listen URL[,URL...]] [--cores N] [--pin] [--via-local] [--spin-us N] \
+        "usage: grpc-echo [--listen URL[,URL...]] [--cores N] [--pin] [--via-local] [--spin-us N] \
          [--tokio]"
     );
     std::process::exit(2)
@@ -152,7 +155,7 @@ fn main() {
         std::process::exit(1)
     });
     eprintln!(
-        "grpc_echo serving on {:?} with {cores} cores (via_local={via_local})",
+        "grpc-echo serving on {:?} with {cores} cores (via_local={via_local})",
         server.local_addrs()
     );
     server.join();
@@ -166,7 +169,7 @@ fn serve_on_tokio(listen: &[Listen], cores: usize) {
         .enable_all()
         .build()
         .unwrap();
-    eprintln!("grpc_echo (tonic on tokio) serving on {addr} with {cores} threads");
+    eprintln!("grpc-echo (tonic on tokio) serving on {addr} with {cores} threads");
     rt.block_on(async move {
         tonic::transport::Server::builder()
             .tcp_nodelay(true)
