@@ -695,8 +695,7 @@ impl RaftCore {
                     }
                     if let Some(last) = rd.entries.last() {
                         self.durable_index = last.index;
-                        self.last_sync =
-                            Duration::from_nanos(LAST_SYNC_NANOS.with(|c| c.get()));
+                        self.last_sync = Duration::from_nanos(LAST_SYNC_NANOS.with(|c| c.get()));
                     }
                     self.transport.send(std::mem::take(&mut rd.messages));
                     let rest = std::mem::take(&mut rd.committed_entries);
