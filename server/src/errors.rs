@@ -33,6 +33,8 @@ pub enum EtcdError {
     LearnerNotReady,
     NotLearner,
     BadLeaderTransferee,
+    /// A learner refusing a client RPC (etcd 3.4's learner interceptor).
+    NotSupportedForLearner,
     Unhealthy,
     Stopped,
     Timeout,
@@ -75,6 +77,10 @@ impl EtcdError {
                 (Code::FailedPrecondition, "etcdserver: lease already exists")
             }
             EtcdError::LeaseTtlTooLarge => (Code::OutOfRange, "etcdserver: too large lease TTL"),
+            EtcdError::NotSupportedForLearner => (
+                Code::Unavailable,
+                "etcdserver: rpc not supported for learner",
+            ),
             EtcdError::MemberNotFound => (Code::NotFound, "etcdserver: member not found"),
             EtcdError::RequestTooLarge => {
                 (Code::InvalidArgument, "etcdserver: request is too large")
@@ -161,6 +167,7 @@ impl EtcdError {
             EtcdError::BadLeaderTransferee => 30,
             EtcdError::Unhealthy => 31,
             EtcdError::Auth(_) => 32,
+            EtcdError::NotSupportedForLearner => 33,
         }
     }
 }

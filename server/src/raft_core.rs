@@ -1282,17 +1282,15 @@ impl RaftCore {
                 self.transport.set_peer(m.id, m.peer_urls.clone());
             }
         }
-        *self
-            .shared
-            .membership
-            .lock()
-            .unwrap_or_else(|p| p.into_inner()) = membership;
+        self.shared.set_membership(membership);
         self.applied = self.applied.max(applied);
         self.last_snapshot_index = snap.meta.index;
         self.shared
             .applied_index
             .store(self.applied, Ordering::Release);
         self.shared.revision_hint.store(revision, Ordering::Release);
+        // Watchers on this member never saw the revisions the image skipped.
+        self.shared.hub.publish_reset(revision);
         tracing::info!(
             "local-member-id" = format!("{me:x}"),
             "snapshot-index" = snap.meta.index,
@@ -1432,11 +1430,7 @@ impl RaftCore {
         self.shared.nospace.store(nospace, Ordering::Release);
         if let Some(m) = membership {
             self.writer.put_meta(MEMBERSHIP_META_KEY, &m.encode());
-            *self
-                .shared
-                .membership
-                .lock()
-                .unwrap_or_else(|p| p.into_inner()) = m;
+            self.shared.set_membership(m);
         }
         self.writer
             .put_meta(APPLIED_INDEX_META_KEY, &last_index.to_le_bytes());
@@ -1461,7 +1455,11 @@ impl RaftCore {
             .store(self.applied, Ordering::Release);
         let revision = self.shared.store.read().revision();
         self.shared.revision_hint.store(revision, Ordering::Release);
-        self.shared.hub.publish(HubBatch { revision, events });
+        self.shared.hub.publish(HubBatch {
+            revision,
+            events,
+            reset: false,
+        });
         for (w, r) in answers {
             let _ = w.send(r);
         }

@@ -373,6 +373,7 @@ pub fn run(config: Config) -> Result<(), String> {
         revision_hint: AtomicI64::new(0),
         progress_interval: config.experimental.watch_progress_notify_interval,
         auth,
+        learner: AtomicBool::new(membership.members.get(&mid).is_some_and(|m| m.is_learner)),
         membership: Mutex::new(membership),
         cluster_token: config.initial_cluster_token.clone(),
         published: AtomicBool::new(false),
@@ -556,12 +557,25 @@ fn gateway_services(
     )
 }
 
+/// Refuses what a learner does not serve (by gRPC or gateway path; see
+/// `Shared::learner_refuses`).
+fn learner_guard(shared: &Arc<Shared>) -> ferrite_net::GrpcGuard {
+    let shared = shared.clone();
+    std::rc::Rc::new(move |path: &str| {
+        shared.learner_refuses(path).then(|| {
+            let s = crate::errors::EtcdError::NotSupportedForLearner.status();
+            (s.code(), s.message().to_string())
+        })
+    })
+}
+
 /// The metrics listener's router: `/metrics` and `/health` only.
 pub fn build_metrics_router(shared: &Arc<Shared>) -> Router {
     let services = gateway_services(shared);
     let gateway = std::rc::Rc::new(crate::http::Gateway {
         backend: services,
         request_bytes_max: shared.limits.request_bytes_max,
+        guard: Some(learner_guard(shared)),
     });
     crate::http::add_metrics_routes(Router::builder(), gateway).build()
 }
@@ -574,7 +588,9 @@ pub fn build_router(shared: &Arc<Shared>) -> Router {
     let limit = grpc_decoding_limit_bytes(shared.limits.request_bytes_max);
     let services = gateway_services(shared);
     let out = GRPC_RESPONSE_BYTES_MAX;
+    let guard = learner_guard(shared);
     let builder = Router::builder()
+        .grpc_guard(move |path| guard(path))
         .grpc(
             KvServer::from_arc(services.kv.clone())
                 .max_decoding_message_size(limit)
@@ -618,6 +634,7 @@ pub fn build_router(shared: &Arc<Shared>) -> Router {
     let gateway = std::rc::Rc::new(crate::http::Gateway {
         backend: services,
         request_bytes_max: shared.limits.request_bytes_max,
+        guard: Some(learner_guard(shared)),
     });
     crate::http::add_routes(builder, gateway).build()
 }

@@ -81,8 +81,6 @@ async fn one_member_kill9_restart_and_pause() {
 /// Three members: kill -9 of the leader and of a follower, SIGSTOP, a partition, member add and
 /// remove, under load.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "ferrite clusters not landed: ferrite does not bootstrap a multi-member \
-            --initial-cluster yet; run against etcd with FERRITE_TEST_TARGET=etcd"]
 async fn three_members_all_faults() {
     let mut cfg = RunConfig::new(target(), 3, seed(31));
     cfg.duration = Duration::from_secs(12);
@@ -91,8 +89,6 @@ async fn three_members_all_faults() {
 
 /// Five members, the same fault kinds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "ferrite clusters not landed: ferrite does not bootstrap a multi-member \
-            --initial-cluster yet; run against etcd with FERRITE_TEST_TARGET=etcd"]
 async fn five_members_all_faults() {
     let mut cfg = RunConfig::new(target(), 5, seed(51));
     cfg.duration = Duration::from_secs(12);
