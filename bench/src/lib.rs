@@ -25,6 +25,7 @@
 
 pub mod cluster;
 pub mod compare;
+pub mod failover;
 pub mod procfs;
 pub mod stats;
 pub mod workload;

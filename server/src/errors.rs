@@ -103,7 +103,9 @@ impl EtcdError {
                 Code::FailedPrecondition,
                 "etcdserver: member ID already exist",
             ),
-            EtcdError::IdRemoved => (Code::FailedPrecondition, "etcdserver: member ID removed"),
+            // etcd's toGRPCErrorMap: membership.ErrIDRemoved -> ErrGRPCMemberNotFound (a retried
+            // MemberRemove whose first attempt was applied gets "member not found").
+            EtcdError::IdRemoved => (Code::NotFound, "etcdserver: member not found"),
             EtcdError::NotEnoughStartedMembers => (
                 Code::FailedPrecondition,
                 "etcdserver: re-configuration failed due to not enough started members",
