@@ -591,6 +591,7 @@ pub fn build_router(shared: &Arc<Shared>) -> Router {
     let guard = learner_guard(shared);
     let builder = Router::builder()
         .grpc_guard(move |path| guard(path))
+        .grpc_message_bytes_max(limit)
         .grpc(
             KvServer::from_arc(services.kv.clone())
                 .max_decoding_message_size(limit)
