@@ -43,7 +43,13 @@ fn make_leaf(
     server: bool,
 ) -> Leaf {
     let usage = if server { Usage::Server } else { Usage::Client };
-    ca.leaf(cn, sans, serial, matches!(validity, Validity::Expired), usage)
+    ca.leaf(
+        cn,
+        sans,
+        serial,
+        matches!(validity, Validity::Expired),
+        usage,
+    )
 }
 
 fn make_crl(ca: &Ca, revoked_serials: &[u64]) -> String {
@@ -427,9 +433,10 @@ fn configuration_errors_name_the_flag_or_file() {
     );
     // Key that does not match the certificate.
     let mut opts = p.server_opts();
-    opts.key_file = p
-        .files
-        .write("other.key", &rcgen::KeyPair::generate().unwrap().serialize_pem());
+    opts.key_file = p.files.write(
+        "other.key",
+        &rcgen::KeyPair::generate().unwrap().serialize_pem(),
+    );
     assert!(server_config(&opts).is_err());
 }
 

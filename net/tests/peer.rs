@@ -430,10 +430,12 @@ fn mutual_tls(
 ) -> (Arc<rustls::ServerConfig>, Arc<rustls::ClientConfig>) {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let (certs, key) = signer.leaf(cn);
-    let verifier =
-        rustls::server::WebPkiClientVerifier::builder_with_provider(trusted.roots(), provider.clone())
-            .build()
-            .unwrap();
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        trusted.roots(),
+        provider.clone(),
+    )
+    .build()
+    .unwrap();
     let server = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .unwrap()
@@ -453,12 +455,13 @@ fn mutual_tls(
 fn mutual_tls_refuses_a_peer_signed_by_another_ca() {
     let ca = TestCa::new("cluster-ca");
     let other = TestCa::new("other-ca");
-    let node = |id: u64, (server, client): (Arc<rustls::ServerConfig>, Arc<rustls::ClientConfig>)| {
-        let mut o = NodeOpts::new(0x6d74);
-        o.server_tls = Some(server);
-        o.client_tls = Some(client);
-        Node::start(id, o)
-    };
+    let node =
+        |id: u64, (server, client): (Arc<rustls::ServerConfig>, Arc<rustls::ClientConfig>)| {
+            let mut o = NodeOpts::new(0x6d74);
+            o.server_tls = Some(server);
+            o.client_tls = Some(client);
+            Node::start(id, o)
+        };
     let a = node(1, mutual_tls(&ca, &ca, "m1"));
     let b = node(2, mutual_tls(&ca, &ca, "m2"));
     // Trusts the cluster's CA (so it would accept the members' server certificates) but

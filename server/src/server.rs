@@ -459,8 +459,9 @@ pub fn run(config: Config) -> Result<(), String> {
                     .unwrap_or_else(|p| p.into_inner())
                     .take()
                     .expect("core 0 starts once");
-                let (transport, peer_rx) = crate::transport::start_peer_net(&shared, &peer_listen, peer_tls)
-                    .map_err(|e| -> ferrite_net::BoxError { e.into() })?;
+                let (transport, peer_rx) =
+                    crate::transport::start_peer_net(&shared, &peer_listen, peer_tls)
+                        .map_err(|e| -> ferrite_net::BoxError { e.into() })?;
                 let raft = raft_core::start(shared.clone(), &wal_dir, opts, transport)
                     .await
                     .map_err(|e| -> ferrite_net::BoxError { e.into() })?;

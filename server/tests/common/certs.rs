@@ -74,8 +74,7 @@ impl Ca {
     pub fn leaf(&self, cn: &str, sans: &[&str], serial: u64, expired: bool, usage: Usage) -> Leaf {
         let key = KeyPair::generate().unwrap();
         let mut p =
-            CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>())
-                .unwrap();
+            CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
         p.distinguished_name.push(DnType::CommonName, cn);
         p.serial_number = Some(SerialNumber::from(serial));
         let now = OffsetDateTime::now_utc();
@@ -115,8 +114,14 @@ impl Ca {
         serial: u64,
         expired: bool,
     ) -> (String, String) {
-        self.leaf(cn, &["127.0.0.1", "localhost"], serial, expired, Usage::Both)
-            .write(dir, name)
+        self.leaf(
+            cn,
+            &["127.0.0.1", "localhost"],
+            serial,
+            expired,
+            Usage::Both,
+        )
+        .write(dir, name)
     }
 
     /// A CRL revoking `revoked` serials, as PEM.
