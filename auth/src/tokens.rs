@@ -82,9 +82,17 @@ pub fn decompose_token_options(
     Ok((token_type, map))
 }
 
-/// Go's `time.ParseDuration` (units ns, us, µs, ms, s, m, h; decimals; "0" alone).
+/// Go's `time.ParseDuration` (units ns, us, µs, ms, s, m, h; decimals; "0" alone), for token
+/// options (`ttl=5m`).
 pub fn parse_go_duration(s: &str) -> Result<Duration, TokenConfigError> {
-    let bad = || TokenConfigError::Invalid(format!("time: invalid duration {s:?}"));
+    go_duration(s).map_err(TokenConfigError::Invalid)
+}
+
+/// Go's `time.ParseDuration` with Go's error strings ("time: invalid duration \"x\"",
+/// "time: missing unit in duration ...", "time: unknown unit ..."). The one implementation in
+/// the workspace: the server's duration flags use it too.
+pub fn go_duration(s: &str) -> Result<Duration, String> {
+    let bad = || format!("time: invalid duration \"{s}\"");
     if s == "0" {
         return Ok(Duration::ZERO);
     }
@@ -100,22 +108,27 @@ pub fn parse_go_duration(s: &str) -> Result<Duration, TokenConfigError> {
         if num_len == 0 {
             return Err(bad());
         }
-        let value: f64 = rest[..num_len].parse().map_err(|_| bad())?;
+        let number: f64 = rest[..num_len].parse().map_err(|_| bad())?;
         rest = &rest[num_len..];
         let unit_len = rest
             .find(|c: char| c.is_ascii_digit() || c == '.')
             .unwrap_or(rest.len());
-        let scale = match &rest[..unit_len] {
+        let unit_ns = match &rest[..unit_len] {
             "ns" => 1.0,
             "us" | "µs" | "μs" => 1e3,
             "ms" => 1e6,
             "s" => 1e9,
             "m" => 60e9,
             "h" => 3600e9,
-            _ => return Err(bad()),
+            "" => return Err(format!("time: missing unit in duration \"{s}\"")),
+            other => {
+                return Err(format!(
+                    "time: unknown unit \"{other}\" in duration \"{s}\""
+                ))
+            }
         };
         rest = &rest[unit_len..];
-        total_ns += value * scale;
+        total_ns += number * unit_ns;
     }
     if !total_ns.is_finite() || total_ns > u64::MAX as f64 {
         return Err(bad());

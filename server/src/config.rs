@@ -1291,51 +1291,8 @@ pub fn parse_u64(s: &str) -> Result<u64, String> {
     u64::from_str_radix(&digits, radix).map_err(|_| "parse error".to_string())
 }
 
-/// Go's time.ParseDuration: `300ms`, `1.5h`, `2h45m`, `0`.
-pub fn parse_go_duration(s: &str) -> Result<Duration, String> {
-    let bad = || format!("time: invalid duration \"{s}\"");
-    if s == "0" {
-        return Ok(Duration::ZERO);
-    }
-    if s.is_empty() || s.starts_with('-') {
-        return Err(bad());
-    }
-    let mut rest = s.strip_prefix('+').unwrap_or(s);
-    let mut total_ns: f64 = 0.0;
-    while !rest.is_empty() {
-        let num_len = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .unwrap_or(rest.len());
-        if num_len == 0 {
-            return Err(bad());
-        }
-        let number: f64 = rest[..num_len].parse().map_err(|_| bad())?;
-        rest = &rest[num_len..];
-        let unit_len = rest
-            .find(|c: char| c.is_ascii_digit() || c == '.')
-            .unwrap_or(rest.len());
-        let unit_ns = match &rest[..unit_len] {
-            "ns" => 1.0,
-            "us" | "µs" | "μs" => 1e3,
-            "ms" => 1e6,
-            "s" => 1e9,
-            "m" => 60e9,
-            "h" => 3600e9,
-            "" => return Err(format!("time: missing unit in duration \"{s}\"")),
-            other => {
-                return Err(format!(
-                    "time: unknown unit \"{other}\" in duration \"{s}\""
-                ))
-            }
-        };
-        rest = &rest[unit_len..];
-        total_ns += number * unit_ns;
-    }
-    if total_ns > u64::MAX as f64 {
-        return Err(bad());
-    }
-    Ok(Duration::from_nanos(total_ns as u64))
-}
+/// Go's time.ParseDuration: `300ms`, `1.5h`, `2h45m`, `0` (shared with the token options).
+pub use ferrite_auth::tokens::go_duration as parse_go_duration;
 
 /// One URL as etcd's `types.NewURLs` checks it.
 pub fn parse_url(input: &str) -> Result<Url, String> {

@@ -287,6 +287,7 @@ pub async fn start(
         durable_index: last_index,
         force_snapshot: false,
         publish_waiter: None,
+        publish_applied: false,
         publish_retry_at: Instant::now(),
         member_answers: Vec::new(),
         leaderless_since: None,
@@ -505,6 +506,10 @@ pub struct RaftCore {
     force_snapshot: bool,
     /// Waiter id of this member's pending publish.
     publish_waiter: Option<u64>,
+    /// This member's publish entry was applied in the batch being applied: `shared.published`
+    /// is raised only after that batch's store commit, so a client served from then on sees
+    /// the publish in every read (Maintenance.Hash included).
+    publish_applied: bool,
     publish_retry_at: Instant,
     leaderless_since: Option<Instant>,
     removal_check_at: Instant,
@@ -1453,6 +1458,9 @@ impl RaftCore {
         crate::metrics::metrics()
             .backend_commit_seconds
             .observe_duration(commit_started.elapsed());
+        if std::mem::take(&mut self.publish_applied) {
+            self.shared.published.store(true, Ordering::Release);
+        }
         for rev in compactions {
             if let Err(e) = self.shared.store.compact(rev) {
                 tracing::warn!(revision = rev, error = %e, "compaction failed");
@@ -1557,7 +1565,7 @@ impl RaftCore {
                         existing.name = upd.name.clone();
                         existing.client_urls = upd.client_urls.clone();
                         if upd.id == me {
-                            self.shared.published.store(true, Ordering::Release);
+                            self.publish_applied = true;
                         }
                     }
                     MEMBER_ATTR_PEER_URLS => {
