@@ -433,6 +433,41 @@ fn jwt_reuse_after_auth_changes() {
     token_reuse_after_auth_changes(true);
 }
 
+/// Tokens past their lifetime are refused with "invalid auth token": a simple token unused for
+/// longer than `--auth-token-ttl` seconds (each use extends it), and a JWT past its `ttl`.
+/// Bounded: two servers, each waits 3 s for a 1 s lifetime to pass.
+#[test]
+fn expired_tokens_are_invalid() {
+    let keys = common::TempDir::new("jwt-ttl-keys");
+    let key = rcgen::KeyPair::generate().unwrap();
+    let (pubf, privf) = (keys.path().join("pub.pem"), keys.path().join("priv.pem"));
+    std::fs::write(&pubf, key.public_key_pem()).unwrap();
+    std::fs::write(&privf, key.serialize_pem()).unwrap();
+    let jwt = format!(
+        "--auth-token=jwt,pub-key={},priv-key={},sign-method=ES256,ttl=1s",
+        pubf.display(),
+        privf.display()
+    );
+    for flags in [vec!["--auth-token-ttl=1"], vec![jwt.as_str()]] {
+        let s = Server::start_target(Target::from_env(), &flags);
+        setup_users(&s);
+        ok(&s, None, &["auth", "enable"]);
+        let t = gateway_token(&s, "alice", "alicepw");
+        let put = gateway_put(&s, &t, KEY_A1);
+        assert!(put.contains(r#""header""#), "{flags:?} fresh token: {put}");
+        std::thread::sleep(Duration::from_secs(3));
+        let put = gateway_put(&s, &t, KEY_A1);
+        assert!(
+            put.contains(INVALID_TOKEN),
+            "{flags:?} expired token: {put}"
+        );
+        // A new token works again.
+        let t = gateway_token(&s, "alice", "alicepw");
+        let put = gateway_put(&s, &t, KEY_A1);
+        assert!(put.contains(r#""header""#), "{flags:?} new token: {put}");
+    }
+}
+
 /// The same etcdctl command sequence against etcd 3.4 and ferrite.
 #[test]
 fn differential_against_etcd() {
