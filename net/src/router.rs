@@ -120,6 +120,107 @@ pub fn grpc_error_response(code: tonic::Code, message: &str) -> Response<BoxBody
     resp
 }
 
+/// Rewrites the status of a trailers-only gRPC response (the form every error before the
+/// handler runs takes: unknown method, undecodable request) from tonic's wording to grpc-go's,
+/// which is what etcd's clients see from etcd:
+///
+/// | tonic | grpc-go (etcd) |
+/// |---|---|
+/// | UNIMPLEMENTED, no message | UNIMPLEMENTED "unknown method M for service S" |
+/// | INTERNAL "failed to decode Protobuf message: D" | INTERNAL "grpc: error unmarshalling request: D" |
+/// | INTERNAL "Unexpected EOF decoding stream." | UNKNOWN "unexpected EOF" |
+/// | INTERNAL "...compressed-flag but no grpc-encoding..." | INTERNAL "grpc: compressed flag set with identity or empty encoding" |
+/// | OUT_OF_RANGE "...decoded message length too large: found N bytes, the limit is: M bytes" | RESOURCE_EXHAUSTED "grpc: received message larger than max (N vs. M)" |
+///
+/// The decoder's detail `D` stays prost's (Go's proto library words it differently).
+/// Statuses the handlers return, and errors in a stream's trailers, are left alone.
+pub fn as_grpc_go_status(path: &str, headers: &mut http::HeaderMap) {
+    let Some(code) = headers
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<i32>().ok())
+    else {
+        return;
+    };
+    let message = headers
+        .get("grpc-message")
+        .and_then(|v| v.to_str().ok())
+        .map(percent_decode)
+        .unwrap_or_default();
+    let unimplemented = tonic::Code::Unimplemented as i32;
+    let internal = tonic::Code::Internal as i32;
+    let rewritten = if code == unimplemented && message.is_empty() {
+        let mut parts = path.trim_start_matches('/').splitn(2, '/');
+        let service = parts.next().unwrap_or("");
+        let method = parts.next().unwrap_or("");
+        Some((
+            tonic::Code::Unimplemented,
+            format!("unknown method {method} for service {service}"),
+        ))
+    } else if let Some(detail) = message
+        .strip_prefix("failed to decode Protobuf message: ")
+        .filter(|_| code == internal)
+    {
+        Some((
+            tonic::Code::Internal,
+            format!("grpc: error unmarshalling request: {detail}"),
+        ))
+    } else if code == internal && message == "Unexpected EOF decoding stream." {
+        Some((tonic::Code::Unknown, "unexpected EOF".to_string()))
+    } else if code == internal && message.contains("compressed-flag but no grpc-encoding") {
+        Some((
+            tonic::Code::Internal,
+            "grpc: compressed flag set with identity or empty encoding".to_string(),
+        ))
+    } else if code == tonic::Code::OutOfRange as i32 {
+        decoded_too_large(&message).map(|(found, limit)| {
+            (
+                tonic::Code::ResourceExhausted,
+                format!("grpc: received message larger than max ({found} vs. {limit})"),
+            )
+        })
+    } else {
+        None
+    };
+    if let Some((code, message)) = rewritten {
+        let fresh = grpc_error_response(code, &message);
+        for name in ["grpc-status", "grpc-message"] {
+            headers.remove(name);
+            if let Some(v) = fresh.headers().get(name) {
+                headers.insert(name, v.clone());
+            }
+        }
+    }
+}
+
+/// `(found, limit)` of tonic's "decoded message length too large: found N bytes, the limit
+/// is: M bytes".
+fn decoded_too_large(message: &str) -> Option<(u64, u64)> {
+    let rest = message.split("found ").nth(1)?;
+    let (found, rest) = rest.split_once(" bytes, the limit is: ")?;
+    let limit = rest.strip_suffix(" bytes")?;
+    Some((found.parse().ok()?, limit.parse().ok()?))
+}
+
+/// grpc-message is percent-encoded (gRPC's HTTP/2 protocol spec).
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
+                out.push(v);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 /// Whether a request is gRPC (by content type).
 pub fn is_grpc(req: &Request<Incoming>) -> bool {
     req.headers()
@@ -218,13 +319,17 @@ impl RouterBuilder {
         B: http_body::Body<Data = Bytes> + 'static,
         B::Error: Into<BoxError>,
     {
-        let handler: GrpcHandler = Rc::new(move |req| {
+        let handler: GrpcHandler = Rc::new(move |req: Request<GrpcRequestBody>| {
+            let path = req.uri().path().to_string();
             // tonic's generated servers are always ready; a clone per call is the tower idiom.
             let mut svc = service.clone();
             let fut = svc.call(req);
             Box::pin(async move {
                 match fut.await {
-                    Ok(resp) => resp.map(box_body),
+                    Ok(mut resp) => {
+                        as_grpc_go_status(&path, resp.headers_mut());
+                        resp.map(box_body)
+                    }
                     Err(never) => match never {},
                 }
             })

@@ -598,6 +598,7 @@ pub fn build_router(shared: &Arc<Shared>) -> Router {
     let services = gateway_services(shared);
     let out = GRPC_RESPONSE_BYTES_MAX;
     let builder = Router::builder()
+        .grpc_message_bytes_max(limit)
         .grpc(
             KvServer::from_arc(services.kv.clone())
                 .max_decoding_message_size(limit)
