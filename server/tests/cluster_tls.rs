@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::certs::Ca;
+use common::certs::{Ca, Usage};
 use common::{free_port, ok_text, run_bounded, Target, TempDir};
 
 /// Bound on one etcdctl call.
@@ -609,4 +609,90 @@ fn peer_auto_tls_cluster() {
         !matches!(code, Some(7) | Some(35)),
         "TLS handshake with the peer port failed: curl exit {code:?}"
     );
+}
+
+/// `--peer-cert-allowed-hostname`: a member whose peer certificate is valid for the allowed
+/// hostname joins (as a learner); one whose certificate (same CA, same CN) names another host
+/// is refused, with the reason in the log.
+#[test]
+fn peer_cert_allowed_hostname() {
+    let target = Target::from_env();
+    let tmp = TempDir::new(&format!("cluster-hostname-{}", target.name()));
+    let d = tmp.path();
+    let ca = Ca::new("ferrite hostname ca");
+    let ca_file = ca.write(d, "ca");
+    let good: Vec<Cred> = (1..=2)
+        .map(|i| Cred::new(ca.loopback_leaf(d, &format!("h{i}"), MEMBER_CN, i, false)))
+        .collect();
+    let (c, k) = ca
+        .leaf(MEMBER_CN, &["other.example"], 9, false, Usage::Both)
+        .write(d, "elsewhere");
+    let elsewhere = Cred { cert: c, key: k };
+    let tls = |cred: &Cred| {
+        vec![
+            format!("--peer-cert-file={}", cred.cert),
+            format!("--peer-key-file={}", cred.key),
+            format!("--peer-trusted-ca-file={ca_file}"),
+            "--peer-client-cert-auth".to_string(),
+            "--peer-cert-allowed-hostname=localhost".to_string(),
+        ]
+    };
+    let mut h1 = Member::with_client_scheme(d, "h1", false, "http");
+    let mut h2 = Member::with_client_scheme(d, "h2", false, "http");
+    let mut h3 = Member::with_client_scheme(d, "h3", false, "http");
+    let plain = |ep: &str, args: &[&str]| {
+        let mut cmd = Command::new("etcdctl");
+        cmd.env("ETCDCTL_API", "3")
+            .arg(format!("--endpoints={ep}"))
+            .arg("--command-timeout=10s")
+            .args(args);
+        run_bounded(cmd, None, CTL_TIMEOUT)
+    };
+    h1.start_with(target, &format!("h1={}", h1.peer), "new", &tls(&good[0]));
+    wait_for("h1 serving", || {
+        plain(&h1.client, &["put", "k", "v"])
+            .status
+            .success()
+            .then_some(())
+    });
+    let peer2 = format!("--peer-urls={}", h2.peer);
+    wait_for("member add h2", || {
+        let o = plain(&h1.client, &["member", "add", "h2", &peer2, "--learner"]);
+        o.status.success().then_some(())
+    });
+    h2.start_with(
+        target,
+        &format!("h1={},h2={}", h1.peer, h2.peer),
+        "existing",
+        &tls(&good[1]),
+    );
+    // h2 joined: it published its name through Raft.
+    wait_for("h2 published", || {
+        let o = plain(&h1.client, &["member", "list", "-w", "json"]);
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).ok()?;
+        v["members"]
+            .as_array()?
+            .iter()
+            .any(|m| m["name"] == "h2")
+            .then_some(())
+    });
+    h3.start_with(
+        target,
+        &format!("h1={},h3={}", h1.peer, h3.peer),
+        "existing",
+        &tls(&elsewhere),
+    );
+    assert!(
+        h3.exits_with_failure(EXIT_MAX),
+        "h3 (certificate for another host) did not fail"
+    );
+    let log = h1.log_text();
+    assert!(log.contains("rejected connection"), "no refusal logged");
+    let why = match target {
+        Target::Ferrite => "is not valid for the allowed hostname \\\"localhost\\\"",
+        Target::Etcd => "client certificate authentication failed",
+    };
+    assert!(log.contains(why), "refusal reason {why:?} not logged");
+    let o = plain(&h1.client, &["put", "k", "v2"]);
+    ok_text(&o, "put after the refusal");
 }
