@@ -89,6 +89,9 @@ pub struct CoreOptions {
     pub election_ticks: u32,
     pub snapshot_count: u64,
     pub pre_vote: bool,
+    /// The peer client TLS configuration (for the removal check's cluster-info request to
+    /// `https://` peer URLs).
+    pub peer_client_tls: Option<std::sync::Arc<ferrite_auth::rustls::ClientConfig>>,
 }
 
 pub fn wal_record_of(e: &Entry) -> WalRecord {
@@ -1102,6 +1105,7 @@ impl RaftCore {
             crate::transport::spawn_removal_check(
                 me,
                 urls,
+                self.opts.peer_client_tls.clone(),
                 self.opts.tick * self.opts.election_ticks,
             );
         }
