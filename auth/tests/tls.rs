@@ -16,37 +16,12 @@ use ferrite_auth::tls::{
     auto_tls, cipher_suites, client_config, peer_common_name, server_config, AllowedPeer,
     ClientTlsOptions, ServerTlsOptions, AUTO_TLS_VALIDITY,
 };
-use rcgen::{
-    BasicConstraints, CertificateParams, CertificateRevocationListParams, DnType,
-    ExtendedKeyUsagePurpose, IsCa, KeyIdMethod, KeyPair, KeyUsagePurpose, RevokedCertParams,
-    SerialNumber,
-};
 use rustls::pki_types::ServerName;
-use time::OffsetDateTime;
 
-struct Ca {
-    cert: rcgen::Certificate,
-    key: KeyPair,
-}
-
-fn make_ca(name: &str) -> Ca {
-    let key = KeyPair::generate().unwrap();
-    let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
-    p.distinguished_name.push(DnType::CommonName, name);
-    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    p.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    let cert = p.self_signed(&key).unwrap();
-    Ca { cert, key }
-}
-
-struct Leaf {
-    cert_pem: String,
-    key_pem: String,
-}
+// The certificate helpers are the server tests' (one copy in the workspace).
+#[path = "../../server/tests/common/certs.rs"]
+mod certs;
+use certs::{Ca, Leaf, Usage};
 
 #[derive(Clone, Copy)]
 enum Validity {
@@ -54,6 +29,11 @@ enum Validity {
     Expired,
 }
 
+fn make_ca(name: &str) -> Ca {
+    Ca::new(name)
+}
+
+/// A leaf for server auth (`server`) or client auth.
 fn make_leaf(
     ca: &Ca,
     cn: &str,
@@ -62,54 +42,18 @@ fn make_leaf(
     validity: Validity,
     server: bool,
 ) -> Leaf {
-    let key = KeyPair::generate().unwrap();
-    let mut p =
-        CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
-    p.distinguished_name.push(DnType::CommonName, cn);
-    p.serial_number = Some(SerialNumber::from(serial));
-    let now = OffsetDateTime::now_utc();
-    match validity {
-        Validity::Good => {
-            p.not_before = now - time::Duration::days(1);
-            p.not_after = now + time::Duration::days(30);
-        }
-        Validity::Expired => {
-            p.not_before = now - time::Duration::days(30);
-            p.not_after = now - time::Duration::days(1);
-        }
-    }
-    p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    p.extended_key_usages = vec![if server {
-        ExtendedKeyUsagePurpose::ServerAuth
-    } else {
-        ExtendedKeyUsagePurpose::ClientAuth
-    }];
-    let cert = p.signed_by(&key, &ca.cert, &ca.key).unwrap();
-    Leaf {
-        cert_pem: cert.pem(),
-        key_pem: key.serialize_pem(),
-    }
+    let usage = if server { Usage::Server } else { Usage::Client };
+    ca.leaf(
+        cn,
+        sans,
+        serial,
+        matches!(validity, Validity::Expired),
+        usage,
+    )
 }
 
 fn make_crl(ca: &Ca, revoked_serials: &[u64]) -> String {
-    let now = OffsetDateTime::now_utc();
-    let params = CertificateRevocationListParams {
-        this_update: now - time::Duration::hours(1),
-        next_update: now + time::Duration::days(7),
-        crl_number: SerialNumber::from(1u64),
-        issuing_distribution_point: None,
-        revoked_certs: revoked_serials
-            .iter()
-            .map(|s| RevokedCertParams {
-                serial_number: SerialNumber::from(*s),
-                revocation_time: now - time::Duration::hours(1),
-                reason_code: Some(rcgen::RevocationReason::KeyCompromise),
-                invalidity_date: None,
-            })
-            .collect(),
-        key_identifier_method: KeyIdMethod::Sha256,
-    };
-    params.signed_by(&ca.cert, &ca.key).unwrap().pem().unwrap()
+    ca.crl_pem(revoked_serials)
 }
 
 struct Files {
@@ -489,9 +433,10 @@ fn configuration_errors_name_the_flag_or_file() {
     );
     // Key that does not match the certificate.
     let mut opts = p.server_opts();
-    opts.key_file = p
-        .files
-        .write("other.key", &KeyPair::generate().unwrap().serialize_pem());
+    opts.key_file = p.files.write(
+        "other.key",
+        &rcgen::KeyPair::generate().unwrap().serialize_pem(),
+    );
     assert!(server_config(&opts).is_err());
 }
 

@@ -186,6 +186,14 @@ impl Cluster {
             .sum()
     }
 
+    /// kill -9 of member `i` (by pid), reaped at once.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(c) = self.children.get_mut(i) {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
     /// Kills every member by pid and waits for it; removes the data directory.
     pub fn stop(&mut self) {
         for c in &mut self.children {

@@ -27,6 +27,7 @@
 
 pub mod cluster;
 pub mod compare;
+pub mod failover;
 pub mod floor;
 pub mod procfs;
 pub mod stats;

@@ -27,6 +27,27 @@ enum Cmd {
     Run(RunArgs),
     /// Start etcd and ferrite (fresh, on loopback) and run the same workloads on both, A/B/A/B.
     SideBySide(SbsArgs),
+    /// Leader failover time (kill -9 of the leader to the first acknowledged write), etcd and
+    /// ferrite alternating, a fresh cluster per trial.
+    Failover(FailoverArgs),
+}
+
+#[derive(clap::Args)]
+struct FailoverArgs {
+    #[arg(long, default_value = "/usr/bin/etcd")]
+    etcd: PathBuf,
+    /// The ferrite binary (omit to measure etcd only).
+    #[arg(long)]
+    ferrite: Option<PathBuf>,
+    #[arg(long, default_value_t = 3)]
+    nodes: usize,
+    /// Trials per server.
+    #[arg(long, default_value_t = 10)]
+    trials: usize,
+    #[arg(long, default_value = "/tmp")]
+    work_dir: PathBuf,
+    #[arg(long)]
+    pidfile: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -130,6 +151,7 @@ fn main() {
             match cli.cmd {
                 Cmd::Run(a) => run_one(a).await,
                 Cmd::SideBySide(a) => side_by_side(a).await,
+                Cmd::Failover(a) => failover(a).await,
             }
         };
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
@@ -147,6 +169,54 @@ fn main() {
     // Do not wait for stuck client tasks.
     rt.shutdown_timeout(Duration::from_secs(1));
     std::process::exit(code);
+}
+
+async fn failover(a: FailoverArgs) -> Result<i32, String> {
+    use ferrite_bench::cluster::Kind;
+    use ferrite_bench::failover::{self, FailoverConfig, Trial};
+    let mut servers = vec![(Kind::Etcd, a.etcd.clone())];
+    if let Some(f) = &a.ferrite {
+        servers.push((Kind::Ferrite, f.clone()));
+    }
+    let mut results: Vec<(Kind, Vec<Trial>)> =
+        servers.iter().map(|(k, _)| (*k, Vec::new())).collect();
+    // Alternate one trial at a time so both see the same machine load.
+    for _ in 0..a.trials {
+        for (i, (kind, bin)) in servers.iter().enumerate() {
+            let cfg = FailoverConfig {
+                kind: *kind,
+                binary: bin.clone(),
+                nodes: a.nodes,
+                trials: 1,
+                work_dir: a.work_dir.clone(),
+                pidfile: a.pidfile.clone(),
+            };
+            results[i].1.extend(failover::run(&cfg).await);
+        }
+    }
+    println!("| server | members | trials ok | median ms | min ms | max ms | every trial (ms) |");
+    println!("|---|---|---|---|---|---|---|");
+    for (kind, trials) in &results {
+        let ok = trials.iter().filter(|t| t.is_ok()).count();
+        let all: Vec<String> = trials
+            .iter()
+            .map(|t| match t {
+                Ok(d) => format!("{:.0}", d.as_secs_f64() * 1000.0),
+                Err(_) => "fail".into(),
+            })
+            .collect();
+        let (med, min, max) = failover::summary(trials)
+            .map(|(a, b, c)| (format!("{a:.0}"), format!("{b:.0}"), format!("{c:.0}")))
+            .unwrap_or_else(|| ("–".into(), "–".into(), "–".into()));
+        println!(
+            "| {} | {} | {ok}/{} | {med} | {min} | {max} | {} |",
+            kind.name(),
+            a.nodes,
+            trials.len(),
+            all.join(" ")
+        );
+    }
+    Ok(0)
 }
 
 async fn run_one(a: RunArgs) -> Result<i32, String> {

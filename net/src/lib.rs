@@ -91,7 +91,7 @@ pub mod server;
 pub use local::{run_local, CoreLocal, LocalCall, LocalTaskCanceled};
 pub use router::{
     box_body, full_body, grpc_error_response, is_grpc, read_body_limited, text_response, BodyError,
-    BoxBody, BoxError, LocalBoxFuture, Router, RouterBuilder,
+    BoxBody, BoxError, GrpcGuard, LocalBoxFuture, Router, RouterBuilder,
 };
 pub use server::{
     serve, BoxStream, ByteStream, CoreInfo, Listen, ServeConfig, ServeError, ServerHandle,

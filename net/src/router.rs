@@ -228,8 +228,13 @@ pub fn is_grpc(req: &Request<Incoming>) -> bool {
         .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
 }
 
+/// Decides, from its path (`/etcdserverpb.KV/Put`), whether a gRPC call is refused before it
+/// reaches its service: `Some((code, message))` refuses it.
+pub type GrpcGuard = Rc<dyn Fn(&str) -> Option<(tonic::Code, String)>>;
+
 struct Routes {
     grpc: HashMap<String, GrpcHandler>,
+    grpc_guard: Option<GrpcGuard>,
     grpc_message_bytes_max: Option<usize>,
     exact: HashMap<String, Handler>,
     prefixes: Vec<(String, Handler)>,
@@ -260,6 +265,7 @@ impl Router {
         RouterBuilder {
             routes: Routes {
                 grpc: HashMap::new(),
+                grpc_guard: None,
                 grpc_message_bytes_max: None,
                 exact: HashMap::new(),
                 prefixes: Vec::new(),
@@ -272,10 +278,14 @@ impl Router {
     pub fn route(&self, req: Request<Incoming>) -> LocalBoxFuture<Response<BoxBody>> {
         let routes = &self.routes;
         if is_grpc(&req) {
-            let service = req.uri().path().trim_start_matches('/');
+            let path = req.uri().path();
+            let service = path.trim_start_matches('/');
             let service = service.split('/').next().unwrap_or("");
             return match routes.grpc.get(service) {
                 Some(h) => {
+                    if let Some((code, msg)) = routes.grpc_guard.as_ref().and_then(|g| g(path)) {
+                        return Box::pin(async move { grpc_error_response(code, &msg) });
+                    }
                     let limit = routes.grpc_message_bytes_max;
                     h(req.map(|body| GrpcRequestBody::new(body, limit)))
                 }
@@ -348,6 +358,16 @@ impl RouterBuilder {
     /// service's `max_decoding_message_size` (tonic's own check answers OUT_OF_RANGE).
     pub fn grpc_message_bytes_max(mut self, bytes_max: usize) -> Self {
         self.routes.grpc_message_bytes_max = Some(bytes_max);
+        self
+    }
+
+    /// Every gRPC call to a registered service is first shown to `guard` (by its path), which
+    /// may refuse it with a status (as a grpc-go interceptor does).
+    pub fn grpc_guard(
+        mut self,
+        guard: impl Fn(&str) -> Option<(tonic::Code, String)> + 'static,
+    ) -> Self {
+        self.routes.grpc_guard = Some(Rc::new(guard));
         self
     }
 

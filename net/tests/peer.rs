@@ -378,6 +378,136 @@ fn tls_round_trip() {
     c.stop();
 }
 
+/// A CA and a leaf it signs (for server and client auth), as rustls types.
+struct TestCa {
+    cert: rcgen::Certificate,
+    key: rcgen::KeyPair,
+}
+
+impl TestCa {
+    fn new(name: &str) -> TestCa {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.distinguished_name.push(rcgen::DnType::CommonName, name);
+        p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let cert = p.self_signed(&key).unwrap();
+        TestCa { cert, key }
+    }
+
+    fn leaf(
+        &self,
+        cn: &str,
+    ) -> (
+        Vec<rustls_pki_types::CertificateDer<'static>>,
+        rustls_pki_types::PrivateKeyDer<'static>,
+    ) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut p = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap();
+        p.distinguished_name.push(rcgen::DnType::CommonName, cn);
+        let cert = p.signed_by(&key, &self.cert, &self.key).unwrap();
+        (
+            vec![cert.der().clone()],
+            rustls_pki_types::PrivateKeyDer::Pkcs8(rustls_pki_types::PrivatePkcs8KeyDer::from(
+                key.serialize_der(),
+            )),
+        )
+    }
+
+    fn roots(&self) -> Arc<rustls::RootCertStore> {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(self.cert.der().clone()).unwrap();
+        Arc::new(roots)
+    }
+}
+
+/// Mutual TLS as `--peer-client-cert-auth` with `--peer-trusted-ca-file` sets it up: the
+/// listener requires a client certificate signed by `trusted`; the dialer presents a leaf of
+/// `signer` and verifies servers against `trusted`.
+fn mutual_tls(
+    trusted: &TestCa,
+    signer: &TestCa,
+    cn: &str,
+) -> (Arc<rustls::ServerConfig>, Arc<rustls::ClientConfig>) {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let (certs, key) = signer.leaf(cn);
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        trusted.roots(),
+        provider.clone(),
+    )
+    .build()
+    .unwrap();
+    let server = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(certs.clone(), key.clone_key())
+        .unwrap();
+    let client = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(trusted.roots())
+        .with_client_auth_cert(certs, key)
+        .unwrap();
+    (Arc::new(server), Arc::new(client))
+}
+
+#[test]
+fn mutual_tls_refuses_a_peer_signed_by_another_ca() {
+    let ca = TestCa::new("cluster-ca");
+    let other = TestCa::new("other-ca");
+    let node =
+        |id: u64, (server, client): (Arc<rustls::ServerConfig>, Arc<rustls::ClientConfig>)| {
+            let mut o = NodeOpts::new(0x6d74);
+            o.server_tls = Some(server);
+            o.client_tls = Some(client);
+            Node::start(id, o)
+        };
+    let a = node(1, mutual_tls(&ca, &ca, "m1"));
+    let b = node(2, mutual_tls(&ca, &ca, "m2"));
+    // Trusts the cluster's CA (so it would accept the members' server certificates) but
+    // presents a client certificate of another CA.
+    let c = node(3, mutual_tls(&ca, &other, "m3"));
+    let https = |n: &Node| format!("https://{}", n.addr);
+    a.set_peer(2, vec![https(&b)]);
+    b.set_peer(1, vec![https(&a)]);
+    c.set_peer(2, vec![https(&b)]);
+    probe_until_delivered(&a, &b, 0);
+    probe_until_delivered(&b, &a, 0);
+    c.send(vec![probe(3, 2, 77)]);
+    c.wait_unreachable(2);
+    // The members keep talking; nothing from the refused dialer arrives.
+    let seq = probe_until_delivered(&a, &b, 1000);
+    assert!(seq >= 1000);
+    while let Ok(m) = b.inbox.recv_timeout(Duration::from_millis(300)) {
+        assert_ne!(m.from, 3, "a message from the refused peer was delivered");
+    }
+    // Cluster info over mutual TLS: the member's client config gets an answer, the foreign
+    // one does not.
+    let (_, good) = mutual_tls(&ca, &ca, "m9");
+    let (_, bad) = mutual_tls(&ca, &other, "m9");
+    let urls = vec![https(&a)];
+    let got = std::thread::spawn(move || {
+        glommio::LocalExecutorBuilder::default()
+            .io_memory(1 << 20)
+            .make()
+            .unwrap()
+            .run(async move {
+                let t = Duration::from_secs(10);
+                (
+                    fetch_cluster_info(&urls, Some(good), t).await.is_ok(),
+                    fetch_cluster_info(&urls, Some(bad), t).await.is_err(),
+                )
+            })
+    })
+    .join()
+    .unwrap();
+    assert!(got.0, "cluster info with the cluster's certificate");
+    assert!(got.1, "cluster info with a foreign certificate is refused");
+    a.stop();
+    b.stop();
+    c.stop();
+}
+
 #[test]
 fn fetch_cluster_info_from_a_running_member() {
     let info = ClusterInfo {

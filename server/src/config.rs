@@ -945,7 +945,12 @@ impl Config {
         let client_tls = (!tls.cert_file.is_empty() && !tls.key_file.is_empty()) || tls.auto_tls;
         let peer_tls =
             (!tls.peer_cert_file.is_empty() && !tls.peer_key_file.is_empty()) || tls.peer_auto_tls;
-        for u in &flags.listen_client_urls.0 {
+        for u in flags
+            .listen_client_urls
+            .0
+            .iter()
+            .chain(flags.listen_metrics_urls.0.iter())
+        {
             if u.scheme == "https" && !client_tls {
                 return verify(format!(
                     "TLS key/cert (--cert-file, --key-file) must be provided for client url {u} with HTTPS scheme"
@@ -975,9 +980,7 @@ impl Config {
             ),
             ("--listen-metrics-urls", &flags.listen_metrics_urls),
         ] {
-            if let Some(u) = urls.0.iter().find(|u| {
-                u.scheme == "unixs" || (u.scheme == "https" && flag == "--listen-metrics-urls")
-            }) {
+            if let Some(u) = urls.0.iter().find(|u| u.scheme == "unixs") {
                 return verify(format!(
                     "TLS on {flag} is not implemented in ferrite ({u}); serve TLS on the client \
                      port (https:// in --listen-client-urls)"

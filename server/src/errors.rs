@@ -33,6 +33,8 @@ pub enum EtcdError {
     LearnerNotReady,
     NotLearner,
     BadLeaderTransferee,
+    /// A learner refusing a client RPC (etcd 3.4's learner interceptor).
+    NotSupportedForLearner,
     Unhealthy,
     Stopped,
     Timeout,
@@ -75,6 +77,10 @@ impl EtcdError {
                 (Code::FailedPrecondition, "etcdserver: lease already exists")
             }
             EtcdError::LeaseTtlTooLarge => (Code::OutOfRange, "etcdserver: too large lease TTL"),
+            EtcdError::NotSupportedForLearner => (
+                Code::Unavailable,
+                "etcdserver: rpc not supported for learner",
+            ),
             EtcdError::MemberNotFound => (Code::NotFound, "etcdserver: member not found"),
             EtcdError::RequestTooLarge => {
                 (Code::InvalidArgument, "etcdserver: request is too large")
@@ -97,7 +103,9 @@ impl EtcdError {
                 Code::FailedPrecondition,
                 "etcdserver: member ID already exist",
             ),
-            EtcdError::IdRemoved => (Code::FailedPrecondition, "etcdserver: member ID removed"),
+            // etcd's toGRPCErrorMap: membership.ErrIDRemoved -> ErrGRPCMemberNotFound (a retried
+            // MemberRemove whose first attempt was applied gets "member not found").
+            EtcdError::IdRemoved => (Code::NotFound, "etcdserver: member not found"),
             EtcdError::NotEnoughStartedMembers => (
                 Code::FailedPrecondition,
                 "etcdserver: re-configuration failed due to not enough started members",
@@ -161,6 +169,7 @@ impl EtcdError {
             EtcdError::BadLeaderTransferee => 30,
             EtcdError::Unhealthy => 31,
             EtcdError::Auth(_) => 32,
+            EtcdError::NotSupportedForLearner => 33,
         }
     }
 }

@@ -168,6 +168,9 @@ pub struct Gateway<B> {
     pub backend: B,
     /// `--max-request-bytes`: bodies up to this plus gRPC's overhead are read.
     pub request_bytes_max: usize,
+    /// Refuses a call by its gateway path before it reaches the service, as the gRPC
+    /// interceptors etcd's gateway goes through do (a learner's restrictions).
+    pub guard: Option<ferrite_net::GrpcGuard>,
 }
 
 /// Registers `/health`, `/livez`, `/readyz`, `/version`, `/metrics` and the `/v3/` gateway.
@@ -325,10 +328,12 @@ pub async fn check_health<B: Backend>(b: &B, excluded_alarms: &[String]) -> bool
     if status.get_ref().leader == 0 {
         return false;
     }
-    let read = b.kv().range(tonic::Request::new(RangeRequest {
+    let mut probe = tonic::Request::new(RangeRequest {
         key: Bytes::from_static(b"health"),
         ..Default::default()
-    }));
+    });
+    probe.extensions_mut().insert(crate::kv::InternalProbe);
+    let read = b.kv().range(probe);
     let timeout = glommio::timer::sleep(Duration::from_millis(HEALTH_READ_TIMEOUT_MS));
     let read = std::pin::pin!(read);
     let timeout = std::pin::pin!(timeout);
@@ -667,6 +672,9 @@ async fn v3_route<B: Backend>(g: &Gateway<B>, req: Request<Incoming>) -> Respons
     }
     if req.method() != Method::POST {
         return method_not_allowed("POST");
+    }
+    if let Some((code, msg)) = g.guard.as_ref().and_then(|guard| guard(&path)) {
+        return error_response(code, &msg);
     }
     let bytes_max = ferrite_net::grpc_decoding_limit_bytes(g.request_bytes_max);
     let b = &g.backend;

@@ -24,10 +24,12 @@
 //!
 //! Non-goals (for now): joint consensus (one membership change at a time, as etcd 3.4);
 //! streaming snapshot images from disk (an image is built in memory, bounded by
-//! `raft_core::SNAPSHOT_IMAGE_BYTES_MAX`); learners refusing client RPCs (etcd's "rpc not
-//! supported for learner"); watchers on a member that installs a snapshot see no events for
-//! the revisions the image skipped; more than `state::STORE_SWAPS_MAX - 1` snapshot installs
-//! per process.
+//! `raft_core::SNAPSHOT_IMAGE_BYTES_MAX`); more than `state::STORE_SWAPS_MAX - 1` snapshot
+//! installs per process.
+//!
+//! Learners refuse every client RPC but Status and serializable Range with etcd 3.4's
+//! "etcdserver: rpc not supported for learner" (`Shared::learner_refuses`). Watchers on a member
+//! that installs a snapshot image catch up from the new store (`watch_hub::HubBatch::reset`).
 
 pub mod config;
 pub mod election;

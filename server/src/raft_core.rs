@@ -101,6 +101,9 @@ pub struct CoreOptions {
     pub election_ticks: u32,
     pub snapshot_count: u64,
     pub pre_vote: bool,
+    /// The peer client TLS configuration (for the removal check's cluster-info request to
+    /// `https://` peer URLs).
+    pub peer_client_tls: Option<std::sync::Arc<ferrite_auth::rustls::ClientConfig>>,
 }
 
 pub fn wal_record_of(e: &Entry) -> WalRecord {
@@ -1161,6 +1164,7 @@ impl RaftCore {
             crate::transport::spawn_removal_check(
                 me,
                 urls,
+                self.opts.peer_client_tls.clone(),
                 self.opts.tick * self.opts.election_ticks,
             );
         }
@@ -1379,11 +1383,7 @@ impl RaftCore {
                 self.transport.set_peer(m.id, m.peer_urls.clone());
             }
         }
-        *self
-            .shared
-            .membership
-            .lock()
-            .unwrap_or_else(|p| p.into_inner()) = membership;
+        self.shared.set_membership(membership);
         self.applied = self.applied.max(applied);
         self.last_snapshot_index = snap.meta.index;
         self.requests_since_snapshot = 0;
@@ -1391,6 +1391,8 @@ impl RaftCore {
             .applied_index
             .store(self.applied, Ordering::Release);
         self.shared.revision_hint.store(revision, Ordering::Release);
+        // Watchers on this member never saw the revisions the image skipped.
+        self.shared.hub.publish_reset(revision);
         tracing::info!(
             "local-member-id" = format!("{me:x}"),
             "snapshot-index" = snap.meta.index,
@@ -1533,11 +1535,7 @@ impl RaftCore {
         self.shared.nospace.store(nospace, Ordering::Release);
         if let Some(m) = membership {
             self.writer.put_meta(MEMBERSHIP_META_KEY, &m.encode());
-            *self
-                .shared
-                .membership
-                .lock()
-                .unwrap_or_else(|p| p.into_inner()) = m;
+            self.shared.set_membership(m);
         }
         self.writer
             .put_meta(APPLIED_INDEX_META_KEY, &last_index.to_le_bytes());
@@ -1565,7 +1563,11 @@ impl RaftCore {
             .store(self.applied, Ordering::Release);
         let revision = self.shared.store.read().revision();
         self.shared.revision_hint.store(revision, Ordering::Release);
-        self.shared.hub.publish(HubBatch { revision, events });
+        self.shared.hub.publish(HubBatch {
+            revision,
+            events,
+            reset: false,
+        });
         self.answered_since_sync += answers.len();
         for (w, r) in answers {
             let _ = w.send(r);

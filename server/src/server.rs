@@ -49,6 +49,7 @@ fn decide_identity(
     config: &Config,
     store: &MvccStore,
     wal_has_data: bool,
+    peer_tls: Option<&crate::tls::PeerTls>,
 ) -> Result<(Identity, Membership, Bootstrap), String> {
     let member_dir = config.member_dir();
     let peer_urls: Vec<String> = config
@@ -70,7 +71,7 @@ fn decide_identity(
             Some(m) => m,
             None if !wal_has_data && config.initial_cluster_state == ClusterState::Existing => {
                 // Joined but nothing was stored yet: fetch again.
-                return join_identity(config, &peer_urls);
+                return join_identity(config, &peer_urls, peer_tls);
             }
             None => {
                 return Err(format!(
@@ -133,13 +134,14 @@ fn decide_identity(
             };
             Ok((id, m, Bootstrap::New))
         }
-        ClusterState::Existing => join_identity(config, &peer_urls),
+        ClusterState::Existing => join_identity(config, &peer_urls, peer_tls),
     }
 }
 
 fn join_identity(
     config: &Config,
     peer_urls: &[String],
+    peer_tls: Option<&crate::tls::PeerTls>,
 ) -> Result<(Identity, Membership, Bootstrap), String> {
     let others: Vec<String> = config
         .initial_cluster
@@ -154,7 +156,8 @@ fn join_identity(
                 .into(),
         );
     }
-    let info = crate::transport::fetch_cluster_info(&others, JOIN_FETCH_TIMEOUT)
+    let client_tls = peer_tls.map(|t| t.client.clone());
+    let info = crate::transport::fetch_cluster_info(&others, client_tls, JOIN_FETCH_TIMEOUT)
         .map_err(|e| format!("cannot fetch cluster info from peer urls: {e}"))?;
     let mut m = Membership {
         cluster_id: info.cluster_id,
@@ -264,6 +267,26 @@ fn open_auth(store: &MvccStore, config: &Config) -> Result<crate::authz::Auth, S
         .map_err(|e| format!("starting the bcrypt threads: {e}"))
 }
 
+/// One client (or metrics) listen URL; `https://` gets the TLS acceptor.
+fn listen_url(
+    url: &str,
+    tls: Option<&Arc<ferrite_auth::rustls::ServerConfig>>,
+) -> Result<Listen, String> {
+    match (url.strip_prefix("https://"), tls) {
+        (Some(rest), Some(cfg)) => {
+            let mut l = Listen::parse_url(&format!("http://{rest}"))
+                .map_err(|e| format!("listen URL {url}: {e}"))?;
+            l.url = url.to_string();
+            l.wrapper = Some(Arc::new(crate::tls::TlsWrapper::new(
+                cfg.clone(),
+                url.to_string(),
+            )));
+            Ok(l)
+        }
+        _ => Listen::parse_url(url).map_err(|e| format!("listen URL {url}: {e}")),
+    }
+}
+
 /// Runs the server until it stops. Errors are startup failures (bad data dir, bind failure).
 pub fn run(config: Config) -> Result<(), String> {
     let member_dir = config.member_dir();
@@ -293,7 +316,19 @@ pub fn run(config: Config) -> Result<(), String> {
     let wal_has_data = std::fs::read_dir(&wal_dir)
         .map(|mut d| d.next().is_some())
         .unwrap_or(false);
-    let (identity, mut membership, bootstrap) = decide_identity(&config, &store, wal_has_data)?;
+    // Built and validated before anything talks to a peer (bad files fail here): a joining
+    // member's cluster-info request already dials https:// peer URLs with it.
+    let peer_tls = crate::tls::peer_configs(&config)?;
+    if peer_tls.is_some() {
+        tracing::info!(
+            "peer-cert-allowed-cn" = %config.tls.peer_cert_allowed_cn,
+            "peer-cert-allowed-hostname" = %config.tls.peer_cert_allowed_hostname,
+            "peer-client-cert-auth" = config.tls.peer_client_cert_auth,
+            "peer TLS configured"
+        );
+    }
+    let (identity, mut membership, bootstrap) =
+        decide_identity(&config, &store, wal_has_data, peer_tls.as_ref())?;
     if config.force_new_cluster {
         // etcd's --force-new-cluster: this member alone, keeping its data. Raft's side (the
         // removal entries) is done by the Raft core at start.
@@ -379,32 +414,16 @@ pub fn run(config: Config) -> Result<(), String> {
         revision_hint: AtomicI64::new(0),
         progress_interval: config.experimental.watch_progress_notify_interval,
         auth,
+        learner: AtomicBool::new(membership.members.get(&mid).is_some_and(|m| m.is_learner)),
         membership: Mutex::new(membership),
         cluster_token: config.initial_cluster_token.clone(),
         published: AtomicBool::new(false),
     });
 
     let client_tls = crate::tls::client_server_config(&config)?;
-    if let Some(peer) = crate::tls::peer_configs(&config)? {
-        // Built and validated at start (bad files fail here); the peer transport takes them
-        // when members talk over the network.
-        tracing::info!("peer TLS configured");
-        drop(peer);
-    }
     let mut listen = Vec::new();
     for u in &config.listen_client_urls.0 {
-        let url = u.to_string();
-        let l = match (url.strip_prefix("https://"), &client_tls) {
-            (Some(rest), Some(cfg)) => {
-                let mut l = Listen::parse_url(&format!("http://{rest}"))
-                    .map_err(|e| format!("listen URL {u}: {e}"))?;
-                l.url = url.clone();
-                l.wrapper = Some(Arc::new(crate::tls::TlsWrapper::new(cfg.clone(), url)));
-                l
-            }
-            _ => Listen::parse_url(&url).map_err(|e| format!("listen URL {u}: {e}"))?,
-        };
-        listen.push(l);
+        listen.push(listen_url(&u.to_string(), client_tls.as_ref())?);
     }
     let serve_config = ServeConfig::new(listen, config.cores);
     let core_rx = Arc::new(Mutex::new(Some(core_rx)));
@@ -418,6 +437,7 @@ pub fn run(config: Config) -> Result<(), String> {
         election_ticks,
         snapshot_count: config.snapshot_count,
         pre_vote: config.pre_vote,
+        peer_client_tls: peer_tls.as_ref().map(|t| t.client.clone()),
     })));
     let factory_shared = shared.clone();
     let peer_listen: Vec<String> = config
@@ -436,6 +456,7 @@ pub fn run(config: Config) -> Result<(), String> {
         let core_opts = core_opts.clone();
         let wal_dir = wal_dir2.clone();
         let peer_listen = peer_listen.clone();
+        let peer_tls = peer_tls.clone();
         async move {
             if core.index == 0 {
                 let rx = core_rx
@@ -448,8 +469,9 @@ pub fn run(config: Config) -> Result<(), String> {
                     .unwrap_or_else(|p| p.into_inner())
                     .take()
                     .expect("core 0 starts once");
-                let (transport, peer_rx) = crate::transport::start_peer_net(&shared, &peer_listen)
-                    .map_err(|e| -> ferrite_net::BoxError { e.into() })?;
+                let (transport, peer_rx) =
+                    crate::transport::start_peer_net(&shared, &peer_listen, peer_tls)
+                        .map_err(|e| -> ferrite_net::BoxError { e.into() })?;
                 let raft = raft_core::start(shared.clone(), &wal_dir, opts, transport)
                     .await
                     .map_err(|e| -> ferrite_net::BoxError { e.into() })?;
@@ -471,7 +493,7 @@ pub fn run(config: Config) -> Result<(), String> {
         }
     })
     .map_err(|e| format!("serving: {e}"))?;
-    let metrics_handle = serve_metrics(&config, &shared)?;
+    let metrics_handle = serve_metrics(&config, &shared, client_tls.as_ref())?;
 
     crate::logging::log_local_member(
         member_initialized,
@@ -504,17 +526,19 @@ pub fn run(config: Config) -> Result<(), String> {
 
 /// `--listen-metrics-urls`: `/metrics` and `/health` on their own listener (one core), as
 /// etcd serves them.
+/// An `https://` metrics URL is served with the client port's TLS configuration, as etcd
+/// does.
 fn serve_metrics(
     config: &Config,
     shared: &Arc<Shared>,
+    client_tls: Option<&Arc<ferrite_auth::rustls::ServerConfig>>,
 ) -> Result<Option<ferrite_net::ServerHandle>, String> {
     if config.listen_metrics_urls.0.is_empty() {
         return Ok(None);
     }
     let mut listen = Vec::new();
     for u in &config.listen_metrics_urls.0 {
-        listen
-            .push(Listen::parse_url(&u.to_string()).map_err(|e| format!("metrics URL {u}: {e}"))?);
+        listen.push(listen_url(&u.to_string(), client_tls).map_err(|e| format!("metrics {e}"))?);
     }
     let shared = shared.clone();
     let handle = serve(ServeConfig::new(listen, 1), move |_core| {
@@ -564,12 +588,25 @@ fn gateway_services(
     )
 }
 
+/// Refuses what a learner does not serve (by gRPC or gateway path; see
+/// `Shared::learner_refuses`).
+fn learner_guard(shared: &Arc<Shared>) -> ferrite_net::GrpcGuard {
+    let shared = shared.clone();
+    std::rc::Rc::new(move |path: &str| {
+        shared.learner_refuses(path).then(|| {
+            let s = crate::errors::EtcdError::NotSupportedForLearner.status();
+            (s.code(), s.message().to_string())
+        })
+    })
+}
+
 /// The metrics listener's router: `/metrics` and `/health` only.
 pub fn build_metrics_router(shared: &Arc<Shared>) -> Router {
     let services = gateway_services(shared);
     let gateway = std::rc::Rc::new(crate::http::Gateway {
         backend: services,
         request_bytes_max: shared.limits.request_bytes_max,
+        guard: Some(learner_guard(shared)),
     });
     crate::http::add_metrics_routes(Router::builder(), gateway).build()
 }
@@ -582,7 +619,9 @@ pub fn build_router(shared: &Arc<Shared>) -> Router {
     let limit = grpc_decoding_limit_bytes(shared.limits.request_bytes_max);
     let services = gateway_services(shared);
     let out = GRPC_RESPONSE_BYTES_MAX;
+    let guard = learner_guard(shared);
     let builder = Router::builder()
+        .grpc_guard(move |path| guard(path))
         .grpc_message_bytes_max(limit)
         .grpc(
             KvServer::from_arc(services.kv.clone())
@@ -627,6 +666,7 @@ pub fn build_router(shared: &Arc<Shared>) -> Router {
     let gateway = std::rc::Rc::new(crate::http::Gateway {
         backend: services,
         request_bytes_max: shared.limits.request_bytes_max,
+        guard: Some(learner_guard(shared)),
     });
     crate::http::add_routes(builder, gateway).build()
 }

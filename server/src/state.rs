@@ -129,8 +129,12 @@ pub struct Shared {
     pub progress_interval: Duration,
     /// Users, roles, tokens and the bcrypt pool.
     pub auth: crate::authz::Auth,
-    /// The cluster membership as of the last applied entry (see `membership.rs`).
+    /// The cluster membership as of the last applied entry (see `membership.rs`). Replace it
+    /// with [`Shared::set_membership`] (which keeps `learner` in step).
     pub membership: Mutex<Membership>,
+    /// This member is a learner in the applied membership: client RPCs other than Status and
+    /// serializable Range are refused, as etcd 3.4 does (see [`Shared::learner_refuses`]).
+    pub learner: AtomicBool,
     /// `--initial-cluster-token`, for the ids of members added at runtime.
     pub cluster_token: String,
     /// Set once this member's name and client URLs are applied (etcd's `publish`).
@@ -233,6 +237,37 @@ impl Shared {
             .unbounded_send(CoreMsg::MoveLeader { target, reply: tx })
             .map_err(|_| EtcdError::Stopped)?;
         rx.await.unwrap_or(Err(EtcdError::Stopped))
+    }
+
+    /// Replaces the applied membership (Raft core only).
+    pub fn set_membership(&self, m: Membership) {
+        let learner = m
+            .members
+            .get(&self.member_id)
+            .is_some_and(|mm| mm.is_learner);
+        *self.membership.lock().unwrap_or_else(|p| p.into_inner()) = m;
+        self.learner.store(learner, Ordering::Release);
+    }
+
+    pub fn is_learner(&self) -> bool {
+        self.learner.load(Ordering::Acquire)
+    }
+
+    /// etcd 3.4's learner interceptor (`v3rpc/interceptor.go`): a learner serves
+    /// `Maintenance.Status` and serializable `KV.Range` (checked in the handler: it needs the
+    /// request) and refuses every other unary RPC and every stream (Watch, LeaseKeepAlive,
+    /// Snapshot, Election.Observe) with UNAVAILABLE "etcdserver: rpc not supported for learner".
+    /// `method` is the gRPC path (`/etcdserverpb.KV/Put`) or the JSON gateway's
+    /// (`/v3/kv/put`), which etcd's gateway sends through the same interceptor.
+    pub fn learner_refuses(&self, method: &str) -> bool {
+        self.is_learner()
+            && !matches!(
+                method,
+                "/etcdserverpb.Maintenance/Status"
+                    | "/etcdserverpb.KV/Range"
+                    | "/v3/maintenance/status"
+                    | "/v3/kv/range"
+            )
     }
 
     pub fn members(&self) -> Membership {

@@ -1,4 +1,4 @@
-//! TLS on the client port (and the peer configurations), from etcd's flags through
+//! TLS on the client port and the peer port, from etcd's flags through
 //! `ferrite_auth::tls`: an `https://` URL in `--listen-client-urls` gets a [`TlsAcceptor`]
 //! plugged into ferrite-net's `StreamWrapper` seam, so gRPC, the JSON gateway, /metrics,
 //! /health and /version are all served over the same TLS. A verified client certificate's
@@ -39,12 +39,15 @@ fn hosts(urls: &[String]) -> Vec<String> {
         .collect()
 }
 
-/// The client port's rustls configuration, or `None` when no https URL is listened on.
+/// The client port's rustls configuration, or `None` when no https URL is listened on. As
+/// etcd, `https://` URLs in `--listen-metrics-urls` are served with the same configuration
+/// (the client certificate, key, trusted CA and `--client-cert-auth`).
 pub fn client_server_config(config: &Config) -> Result<Option<Arc<ServerConfig>>, String> {
     let urls: Vec<String> = config
         .listen_client_urls
         .0
         .iter()
+        .chain(config.listen_metrics_urls.0.iter())
         .map(|u| u.to_string())
         .collect();
     if !urls.iter().any(|u| u.starts_with("https://")) {
@@ -83,7 +86,10 @@ pub fn client_server_config(config: &Config) -> Result<Option<Arc<ServerConfig>>
     Ok(Some(cfg))
 }
 
-/// The peer port's server and client configurations, when peer TLS is asked for.
+/// The peer port's server and client configurations, when peer TLS is asked for: the server
+/// side accepts `https://` peer connections, the client side dials other members' `https://`
+/// peer URLs (Raft streams, the joining member's cluster-info request, the removal check).
+#[derive(Clone)]
 pub struct PeerTls {
     pub server: Arc<ServerConfig>,
     pub client: Arc<ClientConfig>,

@@ -8,11 +8,13 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
+use ferrite_auth::rustls::ClientConfig;
 use ferrite_net::peer::{ClusterInfo, MemberInfo, PeerConfig, PeerNet};
 use ferrite_raft::Message;
 use futures_channel::mpsc;
 
 use crate::state::Shared;
+use crate::tls::PeerTls;
 
 pub trait Transport {
     /// Hands messages to the network. Must not block the Raft core.
@@ -83,12 +85,17 @@ pub fn cluster_info(shared: &Shared) -> ClusterInfo {
 
 /// Asks the peers at `peer_urls` for the cluster's membership (a joining member's first step).
 /// Runs a short-lived glommio executor on its own thread (called before the server starts).
-pub fn fetch_cluster_info(peer_urls: &[String], timeout: Duration) -> Result<ClusterInfo, String> {
+/// `tls` is the peer client configuration (needed for `https://` peer URLs).
+pub fn fetch_cluster_info(
+    peer_urls: &[String],
+    tls: Option<Arc<ClientConfig>>,
+    timeout: Duration,
+) -> Result<ClusterInfo, String> {
     let urls = peer_urls.to_vec();
     let h = glommio::LocalExecutorBuilder::default()
         .name("fetch-cluster-info")
         .spawn(move || async move {
-            ferrite_net::peer::fetch_cluster_info(&urls, None, timeout)
+            ferrite_net::peer::fetch_cluster_info(&urls, tls, timeout)
                 .await
                 .map_err(|e| e.to_string())
         })
@@ -122,9 +129,13 @@ pub type PeerInbound = Option<mpsc::UnboundedReceiver<Message>>;
 /// Starts the peer network on the Raft core's executor (core 0), listening on `listen`. A lone
 /// member whose peer port cannot be bound runs without peers (logged), so a single-node server
 /// still starts where the default peer port is taken; a member of a larger cluster fails.
+/// `tls` (from `--peer-cert-file` ... or `--peer-auto-tls`) makes the listener speak TLS and
+/// lets `https://` peer URLs be dialed; without it both are plain TCP (an `https://` peer URL
+/// then cannot be dialed, which the flag checks rule out at start).
 pub fn start_peer_net(
     shared: &Arc<Shared>,
     listen: &[String],
+    tls: Option<PeerTls>,
 ) -> Result<(Box<dyn Transport>, PeerInbound), String> {
     let alone = shared.members().members.len() <= 1;
     let addrs = match listen_addrs(listen) {
@@ -135,13 +146,35 @@ pub fn start_peer_net(
         }
         Err(e) => return Err(e),
     };
-    let cfg = PeerConfig::new(shared.member_id, shared.cluster_id, addrs);
+    let mut cfg = PeerConfig::new(shared.member_id, shared.cluster_id, addrs);
+    // As etcd: the listener speaks TLS for https:// listen URLs only (the certificate is
+    // ignored on an http:// one); dialing picks TLS by the other member's URL scheme.
+    let https = listen.iter().filter(|u| u.starts_with("https://")).count();
+    if https != 0 && https != listen.len() {
+        return Err(format!(
+            "--listen-peer-urls {} mixes http:// and https://; ferrite serves one scheme on \
+             its peer listeners",
+            listen.join(",")
+        ));
+    }
+    if let Some(t) = tls {
+        if https > 0 {
+            cfg.server_tls = Some(t.server);
+        } else {
+            tracing::warn!(
+                "listen-peer-urls" = %listen.join(","),
+                "peer TLS is configured but the peer listen URLs are http://; serving plain TCP"
+            );
+        }
+        cfg.client_tls = Some(t.client);
+    }
+    let has_tls = cfg.server_tls.is_some();
     let info_shared = shared.clone();
     let info: Rc<dyn Fn() -> ClusterInfo> = Rc::new(move || cluster_info(&info_shared));
     match PeerNet::start(cfg, info) {
         Ok((net, rx)) => {
             for a in net.local_addrs() {
-                tracing::info!(address = %a, "listening for peers");
+                tracing::info!(address = %a, tls = has_tls, "listening for peers");
             }
             Ok((Box::new(PeerTransport { net }), Some(rx)))
         }
@@ -157,9 +190,14 @@ pub fn start_peer_net(
 /// is no longer listed, it was removed while it could not learn of it (the leader stops
 /// replicating to a removed member), and it exits as etcd does. Runs on the Raft core's
 /// executor; `peer_urls` are the other members' URLs.
-pub fn spawn_removal_check(member_id: u64, peer_urls: Vec<String>, timeout: Duration) {
+pub fn spawn_removal_check(
+    member_id: u64,
+    peer_urls: Vec<String>,
+    tls: Option<Arc<ClientConfig>>,
+    timeout: Duration,
+) {
     glommio::spawn_local(async move {
-        if let Ok(info) = ferrite_net::peer::fetch_cluster_info(&peer_urls, None, timeout).await {
+        if let Ok(info) = ferrite_net::peer::fetch_cluster_info(&peer_urls, tls, timeout).await {
             if !info.members.is_empty() && info.members.iter().all(|m| m.id != member_id) {
                 tracing::error!(
                     "local-member-id" = format!("{member_id:x}"),

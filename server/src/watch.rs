@@ -6,7 +6,10 @@
 //! up from the store's history (`ReadView::events`), then follows the hub again. Responses go to
 //! the client through a bounded channel: when the client reads slowly this task waits, the hub
 //! ring overruns for this stream only, and the stream later catches up from the store. The
-//! apply loop never waits for a watcher.
+//! apply loop never waits for a watcher. When a follower replaces its store with the leader's
+//! snapshot image, the hub sends a reset: every watcher catches up from the new store (or is
+//! canceled with the compact revision when its next revision was compacted), as etcd's
+//! `watchableStore.Restore` moves every watcher to unsynced.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -172,6 +175,13 @@ impl StreamState {
             match wake {
                 Wake::Client(None) | Wake::Client(Some(Err(_))) => break,
                 Wake::Client(Some(Ok(req))) => self.on_request(req).await,
+                Wake::Hub(Ok(batch)) if batch.reset => {
+                    // The store was replaced by a snapshot image: catch up from it.
+                    for w in self.watchers.values_mut() {
+                        w.synced = false;
+                    }
+                    self.catch_up_all().await;
+                }
                 Wake::Hub(Ok(batch)) => self.on_batch(&batch).await,
                 Wake::Hub(Err(_lagged)) => {
                     for w in self.watchers.values_mut() {

@@ -19,6 +19,11 @@ pub struct HubBatch {
     /// The store revision after this batch (every event's revision is `<= revision`).
     pub revision: i64,
     pub events: Vec<Event>,
+    /// The store was replaced (a follower installed the leader's snapshot image) and is now at
+    /// `revision`: the events between each watcher's position and it were never published.
+    /// Every watcher goes back to unsynced and catches up from the new store (or is canceled
+    /// with the compact revision), as etcd's `watchableStore.Restore` does. `events` is empty.
+    pub reset: bool,
 }
 
 pub struct WatchHub {
@@ -48,6 +53,15 @@ impl WatchHub {
             return;
         }
         let _ = self.tx.send(Arc::new(batch));
+    }
+
+    /// Tells every stream that the store was replaced and is now at `revision`.
+    pub fn publish_reset(&self, revision: i64) {
+        let _ = self.tx.send(Arc::new(HubBatch {
+            revision,
+            events: Vec::new(),
+            reset: true,
+        }));
     }
 
     pub fn subscribers(&self) -> usize {

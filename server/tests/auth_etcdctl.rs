@@ -299,6 +299,175 @@ fn auth_store_survives_restart() {
     assert!(ok(&s, Some(ROOT), &["role", "get", "r1"]).contains("/ro"));
 }
 
+fn gateway_put(s: &Server, token: &str, key_b64: &str) -> String {
+    curl(&[
+        "-X",
+        "POST",
+        "-H",
+        &format!("Authorization: {token}"),
+        &format!("{}/v3/kv/put", s.endpoint),
+        "-d",
+        &format!(r#"{{"key":"{key_b64}","value":"dg=="}}"#),
+    ])
+}
+
+const OLD_REVISION: &str = "etcdserver: revision of auth store is old";
+const INVALID_TOKEN: &str = "etcdserver: invalid auth token";
+/// `/a/1` and `/b` in base64.
+const KEY_A1: &str = "L2EvMQ==";
+const KEY_B: &str = "L2I=";
+
+/// A token used again after auth changes, as etcd 3.4 answers it (checked side by side with
+/// /usr/bin/etcd): a simple token carries no revision (etcd resolves it at the store's current
+/// revision), so it keeps working under the changed permissions until the user's password
+/// changes or the user is deleted (then "invalid auth token"); a JWT carries the revision it
+/// was issued at, so after any auth change it is refused with "revision of auth store is old"
+/// and the client must authenticate again.
+fn token_reuse_after_auth_changes(jwt: bool) {
+    let keys = common::TempDir::new("jwt-keys");
+    let mut extra: Vec<String> = Vec::new();
+    if jwt {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let (pubf, privf) = (keys.path().join("pub.pem"), keys.path().join("priv.pem"));
+        std::fs::write(&pubf, key.public_key_pem()).unwrap();
+        std::fs::write(&privf, key.serialize_pem()).unwrap();
+        extra.push(format!(
+            "--auth-token=jwt,pub-key={},priv-key={},sign-method=ES256,ttl=10m",
+            pubf.display(),
+            privf.display()
+        ));
+    }
+    let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+    let s = Server::start_target(Target::from_env(), &extra);
+    setup_users(&s);
+    ok(&s, None, &["auth", "enable"]);
+    let t = gateway_token(&s, "alice", "alicepw");
+    assert!(
+        jwt == t.starts_with("eyJ"),
+        "unexpected token kind for jwt={jwt}: {t}"
+    );
+    let put = gateway_put(&s, &t, KEY_A1);
+    assert!(put.contains(r#""header""#), "fresh token: {put}");
+
+    // An unrelated auth change bumps the auth revision.
+    ok(&s, Some(ROOT), &["role", "add", "r2"]);
+    let put = gateway_put(&s, &t, KEY_A1);
+    let get = gateway_range(&s, &t, KEY_A1);
+    if jwt {
+        assert!(put.contains(OLD_REVISION), "jwt after a change: {put}");
+        assert!(get.contains(OLD_REVISION), "jwt after a change: {get}");
+    } else {
+        assert!(put.contains(r#""header""#), "simple after a change: {put}");
+        assert!(get.contains(r#""kvs""#), "simple after a change: {get}");
+    }
+    let t = if jwt {
+        gateway_token(&s, "alice", "alicepw")
+    } else {
+        t
+    };
+
+    // A grant and a revoke: the same (or, for JWT, a fresh) token sees the new permissions.
+    ok(
+        &s,
+        Some(ROOT),
+        &["role", "grant-permission", "r1", "readwrite", "/b"],
+    );
+    let t = if jwt {
+        let put = gateway_put(&s, &t, KEY_B);
+        assert!(put.contains(OLD_REVISION), "jwt after a grant: {put}");
+        gateway_token(&s, "alice", "alicepw")
+    } else {
+        t
+    };
+    let put = gateway_put(&s, &t, KEY_B);
+    assert!(put.contains(r#""header""#), "after the grant: {put}");
+    ok(
+        &s,
+        Some(ROOT),
+        &["role", "revoke-permission", "r1", "/a/", "--prefix=true"],
+    );
+    let put = gateway_put(&s, &t, KEY_A1);
+    assert!(
+        put.contains(if jwt { OLD_REVISION } else { DENIED }),
+        "after the revoke: {put}"
+    );
+    let t = if jwt {
+        gateway_token(&s, "alice", "alicepw")
+    } else {
+        t
+    };
+    let put = gateway_put(&s, &t, KEY_A1);
+    assert!(put.contains(DENIED), "revoked: {put}");
+
+    // A password change: simple tokens of the user are dropped; a JWT is merely old.
+    let r = ctl(
+        &s,
+        Some(ROOT),
+        &["user", "passwd", "alice", "--interactive=false"],
+        Some("newpw\n"),
+    );
+    assert!(r.ok, "passwd: {r:?}");
+    let put = gateway_put(&s, &t, KEY_B);
+    assert!(
+        put.contains(if jwt { OLD_REVISION } else { INVALID_TOKEN }),
+        "after the password change: {put}"
+    );
+    // Deleting the user: the same.
+    let t = gateway_token(&s, "alice", "newpw");
+    assert!(gateway_put(&s, &t, KEY_B).contains(r#""header""#));
+    ok(&s, Some(ROOT), &["user", "delete", "alice"]);
+    let put = gateway_put(&s, &t, KEY_B);
+    assert!(
+        put.contains(if jwt { OLD_REVISION } else { INVALID_TOKEN }),
+        "after the user was deleted: {put}"
+    );
+}
+
+#[test]
+fn simple_token_reuse_after_auth_changes() {
+    token_reuse_after_auth_changes(false);
+}
+
+#[test]
+fn jwt_reuse_after_auth_changes() {
+    token_reuse_after_auth_changes(true);
+}
+
+/// Tokens past their lifetime are refused with "invalid auth token": a simple token unused for
+/// longer than `--auth-token-ttl` seconds (each use extends it), and a JWT past its `ttl`.
+/// Bounded: two servers, each waits 3 s for a 1 s lifetime to pass.
+#[test]
+fn expired_tokens_are_invalid() {
+    let keys = common::TempDir::new("jwt-ttl-keys");
+    let key = rcgen::KeyPair::generate().unwrap();
+    let (pubf, privf) = (keys.path().join("pub.pem"), keys.path().join("priv.pem"));
+    std::fs::write(&pubf, key.public_key_pem()).unwrap();
+    std::fs::write(&privf, key.serialize_pem()).unwrap();
+    let jwt = format!(
+        "--auth-token=jwt,pub-key={},priv-key={},sign-method=ES256,ttl=1s",
+        pubf.display(),
+        privf.display()
+    );
+    for flags in [vec!["--auth-token-ttl=1"], vec![jwt.as_str()]] {
+        let s = Server::start_target(Target::from_env(), &flags);
+        setup_users(&s);
+        ok(&s, None, &["auth", "enable"]);
+        let t = gateway_token(&s, "alice", "alicepw");
+        let put = gateway_put(&s, &t, KEY_A1);
+        assert!(put.contains(r#""header""#), "{flags:?} fresh token: {put}");
+        std::thread::sleep(Duration::from_secs(3));
+        let put = gateway_put(&s, &t, KEY_A1);
+        assert!(
+            put.contains(INVALID_TOKEN),
+            "{flags:?} expired token: {put}"
+        );
+        // A new token works again.
+        let t = gateway_token(&s, "alice", "alicepw");
+        let put = gateway_put(&s, &t, KEY_A1);
+        assert!(put.contains(r#""header""#), "{flags:?} new token: {put}");
+    }
+}
+
 /// The same etcdctl command sequence against etcd 3.4 and ferrite.
 #[test]
 fn differential_against_etcd() {

@@ -235,6 +235,93 @@ fn revision(endpoint: &str) -> i64 {
     v["header"]["revision"].as_i64().expect("revision")
 }
 
+/// etcd 3.4's learner interceptor, through the etcd-client crate: a learner answers Status and
+/// serializable Range, and refuses linearizable Range, Put, Txn, LeaseGrant, MemberList, Alarm,
+/// Watch, LeaseKeepAlive and Snapshot with UNAVAILABLE "etcdserver: rpc not supported for
+/// learner". With `learner == false` the same calls must succeed.
+fn learner_rpcs(endpoint: &str, learner: bool) {
+    use etcd_client::{Client, Error, GetOptions};
+    const REFUSED: &str = "etcdserver: rpc not supported for learner";
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let t = Duration::from_secs(10);
+        let mut c = tokio::time::timeout(t, Client::connect([endpoint], None))
+            .await
+            .expect("connect in time")
+            .expect("connect");
+        let check = |what: &str, r: Result<(), Error>| match (learner, r) {
+            (true, Err(Error::GRpcStatus(s))) => {
+                assert_eq!(s.code() as i32, 14, "{what}: UNAVAILABLE, got {s:?}");
+                assert_eq!(s.message(), REFUSED, "{what}");
+            }
+            (true, r) => panic!("{what} on a learner: expected {REFUSED:?}, got {r:?}"),
+            (false, r) => assert!(r.is_ok(), "{what} on a voter: {r:?}"),
+        };
+        tokio::time::timeout(t, c.status())
+            .await
+            .expect("in time")
+            .expect("Status");
+        let g = tokio::time::timeout(
+            t,
+            c.get("key079", Some(GetOptions::new().with_serializable())),
+        )
+        .await
+        .expect("in time")
+        .expect("serializable Range");
+        assert_eq!(g.kvs().len(), 1);
+        let r = tokio::time::timeout(t, c.get("key079", None)).await;
+        check("linearizable Range", r.expect("in time").map(drop));
+        let r = tokio::time::timeout(t, c.put("on-learner", "x", None)).await;
+        check("Put", r.expect("in time").map(drop));
+        let r = tokio::time::timeout(t, c.txn(etcd_client::Txn::new())).await;
+        check("Txn", r.expect("in time").map(drop));
+        let r = tokio::time::timeout(t, c.lease_grant(60, None)).await;
+        let lease = r
+            .as_ref()
+            .ok()
+            .and_then(|r| r.as_ref().ok())
+            .map(|l| l.id());
+        check("LeaseGrant", r.expect("in time").map(drop));
+        let r = tokio::time::timeout(t, c.member_list()).await;
+        check("MemberList", r.expect("in time").map(drop));
+        let r = tokio::time::timeout(
+            t,
+            c.alarm(
+                etcd_client::AlarmAction::Get,
+                etcd_client::AlarmType::None,
+                None,
+            ),
+        )
+        .await;
+        check("Alarm", r.expect("in time").map(drop));
+        // Streams: refused when opened (or at their first message).
+        let r = tokio::time::timeout(t, async {
+            let mut s = c.watch("k0", None).await?;
+            s.message().await.map(drop)
+        })
+        .await;
+        check("Watch", r.expect("in time"));
+        let r = tokio::time::timeout(t, async {
+            let (mut k, mut s) = c.lease_keep_alive(lease.unwrap_or(1)).await?;
+            k.keep_alive().await?;
+            s.message().await.map(drop)
+        })
+        .await;
+        if learner {
+            check("LeaseKeepAlive", r.expect("in time"));
+        }
+        let r = tokio::time::timeout(t, async {
+            let mut s = c.snapshot().await?;
+            s.message().await.map(drop)
+        })
+        .await;
+        check("Snapshot", r.expect("in time"));
+    });
+}
+
 #[test]
 fn three_members_failover_learner_snapshot_move_leader_remove() {
     let target = Target::from_env();
@@ -397,7 +484,19 @@ fn three_members_failover_learner_snapshot_move_leader_remove() {
             && get(&n4.client, "after-failover", true).as_deref() == Some("yes"))
         .then_some(())
     });
-    // A learner serves serializable reads only (etcd: "rpc not supported for learner").
+    // A learner serves Status and serializable reads only (etcd: "rpc not supported for
+    // learner" for everything else, streams included).
+    learner_rpcs(&n4.client, true);
+    let o = ctl(&n4.client, &["put", "on-learner", "x"]);
+    assert!(
+        text(&o).contains("etcdserver: rpc not supported for learner"),
+        "etcdctl put on a learner: {}",
+        text(&o)
+    );
+    let o = ctl(&n4.client, &["endpoint", "status", "-w", "json"]);
+    let v: serde_json::Value =
+        serde_json::from_str(&ok_text(&o, "endpoint status on the learner")).expect("json");
+    assert_eq!(v[0]["Status"]["isLearner"].as_bool(), Some(true), "{v}");
     wait_for("member promote", || {
         let o = ctl(&all, &["member", "promote", &format!("{n4_id:x}")]);
         if o.status.success() {
@@ -413,6 +512,14 @@ fn three_members_failover_learner_snapshot_move_leader_remove() {
     let list = member_list(&eps[0]);
     assert_eq!(list.len(), 4);
     assert!(list.iter().all(|r| !r.4), "no learner left: {list:?}");
+    // Promoted, it serves everything (once it applied its promotion).
+    wait_for("the promoted member serves writes", || {
+        ctl(&n4.client, &["put", "on-promoted", "y"])
+            .status
+            .success()
+            .then_some(())
+    });
+    learner_rpcs(&n4.client, false);
     wait_for("n4 published", || {
         member_list(&eps[0])
             .iter()
@@ -441,7 +548,12 @@ fn three_members_failover_learner_snapshot_move_leader_remove() {
     let victim = (0..3).find(|i| *i != li).expect("another member");
     let victim_id =
         ferrite::membership::member_id(std::slice::from_ref(&ms[victim].peer), TOKEN, None);
-    let o = ctl(&n4.client, &["member", "remove", &format!("{victim_id:x}")]);
+    let o = wait_for("member remove accepted", || {
+        let o = ctl(&n4.client, &["member", "remove", &format!("{victim_id:x}")]);
+        // etcd answers "unhealthy cluster" until its peers were connected for 5 s (n4 just
+        // became leader).
+        (!text(&o).contains("unhealthy cluster")).then_some(o)
+    });
     assert!(o.status.success(), "member remove: {}", text(&o));
     wait_for("the removed member exits", || {
         ms[victim].exited().then_some(())
@@ -487,4 +599,251 @@ fn three_members_failover_learner_snapshot_move_leader_remove() {
         assert_eq!(hashkv(ep, rev), h0, "HashKV at {rev} on {ep}");
     }
     drop(n4);
+}
+
+/// Writes `n` puts under `prefix` from 16 concurrent clients; returns the highest revision.
+async fn put_many(c: &etcd_client::Client, prefix: &str, n: usize) -> i64 {
+    const WRITERS: usize = 16;
+    let mut tasks = Vec::new();
+    for w in 0..WRITERS {
+        let mut c = c.clone();
+        let prefix = prefix.to_string();
+        tasks.push(tokio::spawn(async move {
+            let mut top = 0;
+            for i in (w..n).step_by(WRITERS) {
+                // A put may time out on a loaded machine (etcd too): retry it (every revision
+                // under the prefix is still one of ours).
+                let mut tries = 0;
+                let r = loop {
+                    let r = tokio::time::timeout(
+                        Duration::from_secs(10),
+                        c.put(format!("{prefix}{i}"), format!("v{i}"), None),
+                    )
+                    .await;
+                    match r {
+                        Ok(Ok(r)) => break r,
+                        e if tries >= 5 => panic!("put {prefix}{i}: {e:?}"),
+                        _ => tries += 1,
+                    }
+                };
+                top = top.max(r.header().expect("header").revision());
+            }
+            top
+        }));
+    }
+    let mut top = 0;
+    for t in tasks {
+        top = top.max(t.await.expect("writer task"));
+    }
+    top
+}
+
+/// Reads watch responses until revision `last` was delivered or the watcher is canceled;
+/// returns the revisions of the events seen (in order) and the canceling response's compact
+/// revision, if any.
+async fn watch_until(s: &mut etcd_client::WatchStream, last: i64) -> (Vec<i64>, Option<i64>) {
+    let mut revs = Vec::new();
+    let deadline = tokio::time::Instant::now() + WAIT_MAX;
+    while revs.last().is_none_or(|r| *r < last) {
+        let m = tokio::time::timeout_at(deadline, s.message())
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "watch: timed out at revision {:?} of {last} ({} events)",
+                    revs.last(),
+                    revs.len()
+                )
+            })
+            .expect("watch stream")
+            .expect("watch stream open");
+        revs.extend(
+            m.events()
+                .iter()
+                .map(|e| e.kv().expect("kv").mod_revision()),
+        );
+        if m.canceled() {
+            return (revs, Some(m.compact_revision()));
+        }
+    }
+    (revs, None)
+}
+
+/// A watcher on a follower that is stopped (SIGSTOP) long enough that the leader compacts its
+/// log past it: on SIGCONT the follower installs the leader's snapshot, and the watcher still
+/// gets every event between its old and the new revision, in order, once (etcd moves watchers
+/// to unsynced on restore). Then the same with the range compacted meanwhile: the watcher is
+/// canceled with the compact revision (after the events of any entries the follower still applied
+/// before the snapshot). etcd keeps 5000 entries after a snapshot for slow
+/// followers (and entries already in the stopped follower's socket buffers are applied first),
+/// hence the number of writes.
+#[test]
+fn follower_watcher_across_snapshot_install() {
+    use etcd_client::{Client, GetOptions, WatchOptions};
+    const WRITES: usize = 7000;
+    let target = Target::from_env();
+    let dir = TempDir::new(&format!("cluster-watch-snap-{}", target.name()));
+    let mut ms: Vec<Member> = (1..=3)
+        .map(|i| Member::new(&dir, &format!("w{i}")))
+        .collect();
+    let initial: String = ms
+        .iter()
+        .map(|m| format!("{}={}", m.name, m.peer))
+        .collect::<Vec<_>>()
+        .join(",");
+    for m in ms.iter_mut() {
+        m.start(target, &initial, "new");
+    }
+    let eps: Vec<String> = ms.iter().map(|m| m.client.clone()).collect();
+    let ep_refs: Vec<&str> = eps.iter().map(String::as_str).collect();
+    let leader = wait_for("a leader all members agree on", || agreed_leader(&ep_refs));
+    let id_of =
+        |m: &Member| ferrite::membership::member_id(std::slice::from_ref(&m.peer), TOKEN, None);
+    let li = ms.iter().position(|m| id_of(m) == leader).expect("leader");
+    let f = (0..3).find(|i| *i != li).expect("a follower");
+    let f_pid = ms[f].child.as_ref().expect("running").id().to_string();
+    let signal = |sig: &str| {
+        let o = run_bounded(
+            {
+                let mut c = Command::new("kill");
+                c.arg(format!("-{sig}")).arg(&f_pid);
+                c
+            },
+            None,
+            CTL_TIMEOUT,
+        );
+        assert!(o.status.success(), "kill -{sig}: {}", text(&o));
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let log_before = std::fs::read_to_string(&ms[f].log).unwrap_or_default();
+    let installs_before = log_before.matches("applied snapshot").count();
+    rt.block_on(async {
+        let t = Duration::from_secs(10);
+        let writer = tokio::time::timeout(t, Client::connect([eps[li].as_str()], None))
+            .await
+            .expect("connect in time")
+            .expect("connect");
+        let mut wc = tokio::time::timeout(t, Client::connect([eps[f].as_str()], None))
+            .await
+            .expect("connect in time")
+            .expect("connect");
+        let start = put_many(&writer, "w/start/", 1).await;
+        // The follower has applied `start`: its watcher is synced from start + 1 on.
+        let deadline = Instant::now() + WAIT_MAX;
+        loop {
+            let g = tokio::time::timeout(
+                t,
+                wc.get("w/start/0", Some(GetOptions::new().with_serializable())),
+            )
+            .await
+            .expect("in time")
+            .expect("serializable get");
+            if g.header().expect("header").revision() >= start {
+                break;
+            }
+            assert!(Instant::now() < deadline, "follower never applied {start}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let mut ws = tokio::time::timeout(
+            t,
+            wc.watch(
+                "w/",
+                Some(
+                    WatchOptions::new()
+                        .with_prefix()
+                        .with_start_revision(start + 1),
+                ),
+            ),
+        )
+        .await
+        .expect("in time")
+        .expect("watch");
+        let created = tokio::time::timeout(t, ws.message())
+            .await
+            .expect("in time")
+            .expect("watch")
+            .expect("created");
+        assert!(created.created());
+
+        // 1. Stopped through WRITES entries, then resumed: every event arrives.
+        signal("STOP");
+        let last = put_many(&writer, "w/a/", WRITES).await;
+        signal("CONT");
+        let (revs, canceled) = watch_until(&mut ws, last).await;
+        assert_eq!(canceled, None, "the watcher was canceled");
+        let want: Vec<i64> = (start + 1..=last).collect();
+        // etcd 3.4.23 was seen sending some events twice after a restore (7500 events for 7000
+        // revisions): against etcd only the set of revisions is compared. ferrite: exactly once,
+        // in order.
+        let revs = if target == Target::Etcd {
+            let set: std::collections::BTreeSet<i64> = revs.into_iter().collect();
+            set.into_iter().collect()
+        } else {
+            revs
+        };
+        assert!(
+            revs == want,
+            "the follower's watcher saw {} events ({:?}..{:?}), want {} ({}..={last})",
+            revs.len(),
+            revs.first(),
+            revs.last(),
+            want.len(),
+            start + 1
+        );
+
+        // 2. The same, with the leader compacting past the watcher meanwhile: canceled with
+        //    the compact revision.
+        signal("STOP");
+        let last2 = put_many(&writer, "w/b/", WRITES).await;
+        let mut w2 = writer.clone();
+        tokio::time::timeout(t, w2.compact(last2, None))
+            .await
+            .expect("compact in time")
+            .expect("compact");
+        // More entries one by one, so that the leader's latest snapshot (every SNAPSHOT_COUNT
+        // entries) is taken after the compaction.
+        let mut after = 0;
+        for i in 0..(SNAPSHOT_COUNT * 2) {
+            let r = tokio::time::timeout(t, w2.put(format!("x/{i}"), "after", None))
+                .await
+                .expect("put in time")
+                .expect("put");
+            after = r.header().expect("header").revision();
+        }
+        assert!(after > last2);
+        signal("CONT");
+        let (revs, canceled) = watch_until(&mut ws, last2).await;
+        let revs = if target == Target::Etcd {
+            let set: std::collections::BTreeSet<i64> = revs.into_iter().collect();
+            set.into_iter().collect()
+        } else {
+            revs
+        };
+        // Entries already in the follower's socket buffers when it stopped may be applied
+        // (and their events sent) before the snapshot arrives, as with etcd.
+        let want: Vec<i64> = (last + 1..).take(revs.len()).collect();
+        assert!(
+            revs == want && revs.last().is_none_or(|r| *r < last2),
+            "events before the cancel: {} from {:?} to {:?}",
+            revs.len(),
+            revs.first(),
+            revs.last()
+        );
+        assert_eq!(canceled, Some(last2), "canceled with the compact revision");
+    });
+    let log = std::fs::read_to_string(&ms[f].log).unwrap_or_default();
+    // ferrite keeps no entries for slow followers after a snapshot, so both pauses end in an
+    // install; etcd may catch the second one up from its retained entries.
+    let installs_min = if target == Target::Ferrite { 2 } else { 1 };
+    assert!(
+        log.matches("applied snapshot").count() >= installs_before + installs_min,
+        "the follower did not install {installs_min} snapshot(s): {}",
+        log.lines()
+            .filter(|l| l.contains("snapshot"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
 }

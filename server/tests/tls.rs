@@ -11,90 +11,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use common::certs::Ca;
 use common::{free_port, run_bounded, TempDir};
-use rcgen::{
-    BasicConstraints, CertificateParams, CertificateRevocationListParams, DnType,
-    ExtendedKeyUsagePurpose, IsCa, KeyIdMethod, KeyPair, KeyUsagePurpose, RevokedCertParams,
-    SerialNumber,
-};
-use time::OffsetDateTime;
-
-struct Ca {
-    cert: rcgen::Certificate,
-    key: KeyPair,
-}
-
-fn make_ca(name: &str) -> Ca {
-    let key = KeyPair::generate().unwrap();
-    let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
-    p.distinguished_name.push(DnType::CommonName, name);
-    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    p.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    let cert = p.self_signed(&key).unwrap();
-    Ca { cert, key }
-}
-
-/// Writes `<name>.crt` / `<name>.key` for a leaf signed by `ca`.
-fn leaf(dir: &Path, ca: &Ca, name: &str, cn: &str, serial: u64, expired: bool) -> (String, String) {
-    let key = KeyPair::generate().unwrap();
-    let mut p =
-        CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()]).unwrap();
-    p.distinguished_name.push(DnType::CommonName, cn);
-    p.serial_number = Some(SerialNumber::from(serial));
-    let now = OffsetDateTime::now_utc();
-    if expired {
-        p.not_before = now - time::Duration::days(30);
-        p.not_after = now - time::Duration::days(1);
-    } else {
-        p.not_before = now - time::Duration::days(1);
-        p.not_after = now + time::Duration::days(30);
-    }
-    p.key_usages = vec![
-        KeyUsagePurpose::DigitalSignature,
-        KeyUsagePurpose::KeyEncipherment,
-    ];
-    p.extended_key_usages = vec![
-        ExtendedKeyUsagePurpose::ServerAuth,
-        ExtendedKeyUsagePurpose::ClientAuth,
-    ];
-    let cert = p.signed_by(&key, &ca.cert, &ca.key).unwrap();
-    let c = dir.join(format!("{name}.crt"));
-    let k = dir.join(format!("{name}.key"));
-    std::fs::write(&c, cert.pem()).unwrap();
-    std::fs::write(&k, key.serialize_pem()).unwrap();
-    (c.display().to_string(), k.display().to_string())
-}
-
-fn crl(dir: &Path, ca: &Ca, revoked: &[u64]) -> String {
-    let now = OffsetDateTime::now_utc();
-    let params = CertificateRevocationListParams {
-        this_update: now - time::Duration::hours(1),
-        next_update: now + time::Duration::days(7),
-        crl_number: SerialNumber::from(1u64),
-        issuing_distribution_point: None,
-        revoked_certs: revoked
-            .iter()
-            .map(|s| RevokedCertParams {
-                serial_number: SerialNumber::from(*s),
-                revocation_time: now - time::Duration::hours(1),
-                reason_code: Some(rcgen::RevocationReason::KeyCompromise),
-                invalidity_date: None,
-            })
-            .collect(),
-        key_identifier_method: KeyIdMethod::Sha256,
-    };
-    let p = dir.join("ca.crl");
-    std::fs::write(
-        &p,
-        params.signed_by(&ca.cert, &ca.key).unwrap().pem().unwrap(),
-    )
-    .unwrap();
-    p.display().to_string()
-}
 
 /// A ferrite process with its own flags (the shared harness speaks plain http only).
 struct Proc {
@@ -178,18 +96,18 @@ fn wait_until(what: &str, proc: &Proc, mut f: impl FnMut() -> bool) {
 fn client_certificates_cn_auth_and_refusals() {
     let tmp = TempDir::new("tls");
     let d = tmp.path();
-    let ca = make_ca("ferrite test ca");
-    let other = make_ca("some other ca");
-    let (srv_c, srv_k) = leaf(d, &ca, "server", "server", 1, false);
-    let (root_c, root_k) = leaf(d, &ca, "root", "root", 2, false);
-    let (alice_c, alice_k) = leaf(d, &ca, "alice", "alice", 3, false);
-    let (rev_c, rev_k) = leaf(d, &ca, "revoked", "root", 4, false);
-    let (exp_c, exp_k) = leaf(d, &ca, "expired", "root", 5, true);
-    let (for_c, for_k) = leaf(d, &other, "foreign", "root", 6, false);
-    let ca_file = d.join("ca.crt");
-    std::fs::write(&ca_file, ca.cert.pem()).unwrap();
-    let ca_file = ca_file.display().to_string();
-    let crl_file = crl(d, &ca, &[4]);
+    let ca = Ca::new("ferrite test ca");
+    let other = Ca::new("some other ca");
+    let (srv_c, srv_k) = ca.loopback_leaf(d, "server", "server", 1, false);
+    let (root_c, root_k) = ca.loopback_leaf(d, "root", "root", 2, false);
+    let (alice_c, alice_k) = ca.loopback_leaf(d, "alice", "alice", 3, false);
+    let (rev_c, rev_k) = ca.loopback_leaf(d, "revoked", "root", 4, false);
+    let (exp_c, exp_k) = ca.loopback_leaf(d, "expired", "root", 5, true);
+    let (for_c, for_k) = other.loopback_leaf(d, "foreign", "root", 6, false);
+    let ca_file = ca.write(d, "ca");
+    let crl_file = d.join("ca.crl");
+    std::fs::write(&crl_file, ca.crl_pem(&[4])).unwrap();
+    let crl_file = crl_file.display().to_string();
 
     let (tls_port, plain_port) = (free_port(), free_port());
     let https = format!("https://127.0.0.1:{tls_port}");

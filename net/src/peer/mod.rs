@@ -822,13 +822,31 @@ async fn serve_conn(shared: &Rc<Shared>, tcp: TcpStream) {
         .peer_addr()
         .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
     let _ = tcp.set_nodelay(true);
+    // Set when the TLS handshake failed (logged there, with the reason).
+    let tls_refused = Cell::new(false);
     let opened = within(ACCEPT_HELLO_TIMEOUT, async {
         let mut stream: BoxStream = match &shared.server_tls {
-            Some(cfg) => Box::new(
-                futures_rustls::TlsAcceptor::from(cfg.clone())
-                    .accept(tcp)
-                    .await?,
-            ),
+            Some(cfg) => match futures_rustls::TlsAcceptor::from(cfg.clone())
+                .accept(tcp)
+                .await
+            {
+                Ok(s) => Box::new(s),
+                Err(e) => {
+                    // A refused certificate (wrong CA, expired, revoked, not the allowed CN
+                    // or hostname) or a peer that does not speak TLS: only this connection
+                    // closes.
+                    // (etcd's message for a refused handshake on either port.)
+                    tracing::warn!(
+                        "local-member-id" = %format!("{:x}", shared.local_id),
+                        "remote-addr" = %remote,
+                        listener = "peer",
+                        error = %e,
+                        "rejected connection"
+                    );
+                    tls_refused.set(true);
+                    return Err(PeerError::Io(e));
+                }
+            },
             None => Box::new(tcp),
         };
         let mut hb = [0u8; HELLO_BYTES];
@@ -839,6 +857,7 @@ async fn serve_conn(shared: &Rc<Shared>, tcp: TcpStream) {
     .unwrap_or(Err(PeerError::Timeout));
     let (mut stream, hello) = match opened {
         Ok(x) => x,
+        Err(_) if tls_refused.get() => return,
         Err(e) => {
             tracing::warn!(
                 "remote-addr" = %remote,

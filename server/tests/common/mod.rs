@@ -6,6 +6,8 @@
 //! every test can be checked against the reference first.
 #![allow(dead_code)]
 
+pub mod certs;
+
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
