@@ -202,8 +202,8 @@ fn decoded_too_large(message: &str) -> Option<(u64, u64)> {
     Some((found.parse().ok()?, limit.parse().ok()?))
 }
 
-/// grpc-message is percent-encoded (gRPC's HTTP/2 protocol spec).
-fn percent_decode(s: &str) -> String {
+/// Decodes a `grpc-message` value, which is percent-encoded (gRPC's HTTP/2 protocol spec).
+pub fn percent_decode(s: &str) -> String {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;

@@ -88,7 +88,7 @@ async fn call(port: u16, path: &str, body: Vec<u8>) -> Answer {
         .unwrap_or_else(|| panic!("{path}: no grpc-status in {status:?}"));
     let message = status
         .get("grpc-message")
-        .map(|v| percent_decode(v.to_str().unwrap()))
+        .map(|v| ferrite_net::router::percent_decode(v.to_str().unwrap()))
         .unwrap_or_default();
     let body = if data.len() >= 5 {
         data[5..].to_vec()
@@ -100,25 +100,6 @@ async fn call(port: u16, path: &str, body: Vec<u8>) -> Answer {
         message,
         body,
     }
-}
-
-/// grpc-message is percent-encoded (gRPC's own spec).
-fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' && i + 2 < b.len() {
-            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
-                out.push(v);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// How two answers must agree.

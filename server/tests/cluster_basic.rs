@@ -9,104 +9,24 @@
 
 mod common;
 
-use std::path::PathBuf;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use common::{free_port, ok_text, run_bounded, Target, TempDir};
+use common::member::{output_text as text, wait_until, Member};
+use common::{ok_text, run_bounded, Target, TempDir};
 
 /// Bound on one etcdctl call.
 const CTL_TIMEOUT: Duration = Duration::from_secs(20);
 /// Bound on waiting for a cluster condition (leader elected, member caught up, ...).
 const WAIT_MAX: Duration = Duration::from_secs(40);
-/// Test cluster timing (etcd's flags): heartbeat and election timeout in milliseconds.
-const HEARTBEAT_MS: u64 = 100;
-const ELECTION_MS: u64 = 1000;
 /// Small, so that a member added later catches up from a snapshot.
 const SNAPSHOT_COUNT: u64 = 40;
 const TOKEN: &str = "cluster-basic";
 
-struct Member {
-    name: String,
-    client: String,
-    peer: String,
-    data_dir: PathBuf,
-    log: PathBuf,
-    child: Option<Child>,
-}
-
-impl Member {
-    fn new(dir: &TempDir, name: &str) -> Member {
-        let (cp, pp) = (free_port(), free_port());
-        Member {
-            name: name.to_string(),
-            client: format!("http://127.0.0.1:{cp}"),
-            peer: format!("http://127.0.0.1:{pp}"),
-            data_dir: dir.path().join(format!("{name}.data")),
-            log: dir.path().join(format!("{name}.log")),
-            child: None,
-        }
-    }
-
-    fn start(&mut self, target: Target, initial_cluster: &str, state: &str) {
-        assert!(self.child.is_none(), "{} already running", self.name);
-        let out = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .expect("log file");
-        let err = out.try_clone().expect("clone log");
-        let mut cmd = Command::new(target.binary());
-        cmd.arg(format!("--name={}", self.name))
-            .arg(format!("--data-dir={}", self.data_dir.display()))
-            .arg(format!("--listen-client-urls={}", self.client))
-            .arg(format!("--advertise-client-urls={}", self.client))
-            .arg(format!("--listen-peer-urls={}", self.peer))
-            .arg(format!("--initial-advertise-peer-urls={}", self.peer))
-            .arg(format!("--initial-cluster={initial_cluster}"))
-            .arg(format!("--initial-cluster-state={state}"))
-            .arg(format!("--initial-cluster-token={TOKEN}"))
-            .arg(format!("--heartbeat-interval={HEARTBEAT_MS}"))
-            .arg(format!("--election-timeout={ELECTION_MS}"))
-            .arg(format!("--snapshot-count={SNAPSHOT_COUNT}"))
-            .arg("--logger=zap")
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err);
-        if target == Target::Ferrite {
-            cmd.arg("--cores=1");
-        }
-        self.child = Some(cmd.spawn().expect("start member"));
-    }
-
-    fn kill9(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    /// Has the process exited by itself?
-    fn exited(&mut self) -> bool {
-        match self.child.as_mut() {
-            Some(c) => c.try_wait().ok().flatten().is_some(),
-            None => true,
-        }
-    }
-
-    fn log_tail(&self) -> String {
-        let s = std::fs::read(&self.log).unwrap_or_default();
-        String::from_utf8_lossy(&s[s.len().saturating_sub(3000)..]).into_owned()
-    }
-}
-
-impl Drop for Member {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!("---- {} log tail ----\n{}", self.name, self.log_tail());
-        }
-        self.kill9();
-    }
+/// A member of this test's clusters (small --snapshot-count: a member added later catches up
+/// from a snapshot).
+fn member(dir: &TempDir, name: &str) -> Member {
+    Member::new(dir.path(), name, TOKEN).with_args(&[format!("--snapshot-count={SNAPSHOT_COUNT}")])
 }
 
 fn ctl(endpoints: &str, args: &[&str]) -> Output {
@@ -118,24 +38,9 @@ fn ctl(endpoints: &str, args: &[&str]) -> Output {
     run_bounded(cmd, None, CTL_TIMEOUT)
 }
 
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
 /// Retries `f` until it returns `Some` or `WAIT_MAX` passes.
-fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + WAIT_MAX;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+fn wait_for<T>(what: &str, f: impl FnMut() -> Option<T>) -> T {
+    wait_until(what, WAIT_MAX, f)
 }
 
 /// (member id, leader id, raft term) from `endpoint status`.
@@ -326,9 +231,7 @@ fn learner_rpcs(endpoint: &str, learner: bool) {
 fn three_members_failover_learner_snapshot_move_leader_remove() {
     let target = Target::from_env();
     let dir = TempDir::new(&format!("cluster-basic-{}", target.name()));
-    let mut ms: Vec<Member> = (1..=3)
-        .map(|i| Member::new(&dir, &format!("n{i}")))
-        .collect();
+    let mut ms: Vec<Member> = (1..=3).map(|i| member(&dir, &format!("n{i}"))).collect();
     let initial: String = ms
         .iter()
         .map(|m| format!("{}={}", m.name, m.peer))
@@ -450,7 +353,7 @@ fn three_members_failover_learner_snapshot_move_leader_remove() {
 
     // A learner joins with state=existing and catches up (from a snapshot: the log was
     // compacted every SNAPSHOT_COUNT entries).
-    let mut n4 = Member::new(&dir, "n4");
+    let mut n4 = member(&dir, "n4");
     let o = wait_for("member add --learner", || {
         let o = ctl(
             &all,
@@ -682,9 +585,7 @@ fn follower_watcher_across_snapshot_install() {
     const WRITES: usize = 7000;
     let target = Target::from_env();
     let dir = TempDir::new(&format!("cluster-watch-snap-{}", target.name()));
-    let mut ms: Vec<Member> = (1..=3)
-        .map(|i| Member::new(&dir, &format!("w{i}")))
-        .collect();
+    let mut ms: Vec<Member> = (1..=3).map(|i| member(&dir, &format!("w{i}"))).collect();
     let initial: String = ms
         .iter()
         .map(|m| format!("{}={}", m.name, m.peer))
@@ -700,7 +601,7 @@ fn follower_watcher_across_snapshot_install() {
         |m: &Member| ferrite::membership::member_id(std::slice::from_ref(&m.peer), TOKEN, None);
     let li = ms.iter().position(|m| id_of(m) == leader).expect("leader");
     let f = (0..3).find(|i| *i != li).expect("a follower");
-    let f_pid = ms[f].child.as_ref().expect("running").id().to_string();
+    let f_pid = ms[f].pid().expect("running").to_string();
     let signal = |sig: &str| {
         let o = run_bounded(
             {

@@ -15,12 +15,13 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::Duration;
 
 use common::certs::{Ca, Usage};
-use common::{free_port, ok_text, run_bounded, Target, TempDir};
+use common::member::{output_text as text, wait_until, Member};
+use common::{ok_text, run_bounded, Target, TempDir};
 
 /// Bound on one etcdctl call.
 const CTL_TIMEOUT: Duration = Duration::from_secs(20);
@@ -28,8 +29,6 @@ const CTL_TIMEOUT: Duration = Duration::from_secs(20);
 const WAIT_MAX: Duration = Duration::from_secs(40);
 /// Bound on a refused member giving up (ferrite's join fetch timeout is 10 s).
 const EXIT_MAX: Duration = Duration::from_secs(60);
-const HEARTBEAT_MS: u64 = 100;
-const ELECTION_MS: u64 = 1000;
 const TOKEN: &str = "cluster-tls";
 /// The CN every member certificate carries (`--peer-cert-allowed-cn`).
 const MEMBER_CN: &str = "member";
@@ -53,132 +52,40 @@ impl Cred {
     }
 }
 
-struct Member {
-    name: String,
-    client: String,
-    peer: String,
-    metrics: Option<String>,
-    data_dir: PathBuf,
-    log: PathBuf,
-    child: Option<Child>,
-}
-
-impl Member {
-    fn new(dir: &Path, name: &str, metrics: bool) -> Member {
-        Member::with_client_scheme(dir, name, metrics, "https")
-    }
-
-    fn with_client_scheme(dir: &Path, name: &str, metrics: bool, scheme: &str) -> Member {
-        Member {
-            name: name.to_string(),
-            client: format!("{scheme}://127.0.0.1:{}", free_port()),
-            peer: format!("https://127.0.0.1:{}", free_port()),
-            metrics: metrics.then(|| format!("https://127.0.0.1:{}", free_port())),
-            data_dir: dir.join(format!("{name}.data")),
-            log: dir.join(format!("{name}.log")),
-            child: None,
-        }
-    }
-
-    /// Starts the member with TLS on both ports: `cred` for both, `ca_file` trusted on both,
-    /// client certificates required on both, peers must carry [`MEMBER_CN`].
-    fn start(
-        &mut self,
-        target: Target,
-        initial_cluster: &str,
-        state: &str,
-        cred: &Cred,
-        ca_file: &str,
-    ) {
-        let tls = [
-            format!("--cert-file={}", cred.cert),
-            format!("--key-file={}", cred.key),
-            format!("--trusted-ca-file={ca_file}"),
-            "--client-cert-auth".to_string(),
-            format!("--peer-cert-file={}", cred.cert),
-            format!("--peer-key-file={}", cred.key),
-            format!("--peer-trusted-ca-file={ca_file}"),
-            "--peer-client-cert-auth".to_string(),
-            format!("--peer-cert-allowed-cn={MEMBER_CN}"),
-        ];
-        self.start_with(target, initial_cluster, state, &tls);
-    }
-
-    fn start_with(&mut self, target: Target, initial_cluster: &str, state: &str, tls: &[String]) {
-        assert!(self.child.is_none(), "{} already running", self.name);
-        let out = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .expect("log file");
-        let err = out.try_clone().expect("clone log");
-        let mut cmd = Command::new(target.binary());
-        cmd.arg(format!("--name={}", self.name))
-            .arg(format!("--data-dir={}", self.data_dir.display()))
-            .arg(format!("--listen-client-urls={}", self.client))
-            .arg(format!("--advertise-client-urls={}", self.client))
-            .arg(format!("--listen-peer-urls={}", self.peer))
-            .arg(format!("--initial-advertise-peer-urls={}", self.peer))
-            .arg(format!("--initial-cluster={initial_cluster}"))
-            .arg(format!("--initial-cluster-state={state}"))
-            .arg(format!("--initial-cluster-token={TOKEN}"))
-            .arg(format!("--heartbeat-interval={HEARTBEAT_MS}"))
-            .arg(format!("--election-timeout={ELECTION_MS}"))
-            .args(tls)
-            .arg("--logger=zap")
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err);
-        if let Some(m) = &self.metrics {
-            cmd.arg(format!("--listen-metrics-urls={m}"));
-        }
-        if target == Target::Ferrite {
-            cmd.arg("--cores=1");
-        }
-        self.child = Some(cmd.spawn().expect("start member"));
-    }
-
-    /// Waits up to `limit` for the process to exit by itself; true if it did (and failed).
-    fn exits_with_failure(&mut self, limit: Duration) -> bool {
-        let deadline = Instant::now() + limit;
-        let Some(c) = self.child.as_mut() else {
-            return true;
-        };
-        loop {
-            if let Some(st) = c.try_wait().expect("try_wait") {
-                return !st.success();
-            }
-            if Instant::now() >= deadline {
-                return false;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    fn log_text(&self) -> String {
-        String::from_utf8_lossy(&std::fs::read(&self.log).unwrap_or_default()).into_owned()
-    }
-
-    fn kill9(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+/// A member with TLS on the client and peer ports, optionally with an https metrics URL.
+fn tls_member(dir: &Path, name: &str, metrics: bool) -> Member {
+    let m = Member::new(dir, name, TOKEN)
+        .client_scheme("https")
+        .peer_scheme("https");
+    if metrics {
+        m.with_metrics("https")
+    } else {
+        m
     }
 }
 
-impl Drop for Member {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            let s = self.log_text();
-            eprintln!(
-                "---- {} log tail ----\n{}",
-                self.name,
-                &s[s.len().saturating_sub(3000)..]
-            );
-        }
-        self.kill9();
-    }
+/// Starts `m` with TLS on both ports: `cred` for both, `ca_file` trusted on both, client
+/// certificates required on both, peers must carry [`MEMBER_CN`].
+fn start_tls(
+    m: &mut Member,
+    target: Target,
+    initial_cluster: &str,
+    state: &str,
+    cred: &Cred,
+    ca_file: &str,
+) {
+    let tls = [
+        format!("--cert-file={}", cred.cert),
+        format!("--key-file={}", cred.key),
+        format!("--trusted-ca-file={ca_file}"),
+        "--client-cert-auth".to_string(),
+        format!("--peer-cert-file={}", cred.cert),
+        format!("--peer-key-file={}", cred.key),
+        format!("--peer-trusted-ca-file={ca_file}"),
+        "--peer-client-cert-auth".to_string(),
+        format!("--peer-cert-allowed-cn={MEMBER_CN}"),
+    ];
+    m.start_with(target, initial_cluster, state, &tls);
 }
 
 /// etcdctl over TLS as the holder of `cred` (optionally also with `--user`).
@@ -198,23 +105,8 @@ fn ctl(endpoints: &str, ca: &str, cred: &Cred, user: Option<&str>, args: &[&str]
     run_bounded(cmd, None, CTL_TIMEOUT)
 }
 
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + WAIT_MAX;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+fn wait_for<T>(what: &str, f: impl FnMut() -> Option<T>) -> T {
+    wait_until(what, WAIT_MAX, f)
 }
 
 /// curl over TLS; the body (empty when the handshake or request failed).
@@ -246,7 +138,7 @@ fn three_members_tls_on_both_ports_auth_and_refused_peers() {
     let intruder = Cred::new(ca.loopback_leaf(d, "intruder", "intruder", 21, false));
 
     let mut ms: Vec<Member> = (1..=3)
-        .map(|i| Member::new(d, &format!("m{i}"), i == 1))
+        .map(|i| tls_member(d, &format!("m{i}"), i == 1))
         .collect();
     let initial: String = ms
         .iter()
@@ -254,7 +146,7 @@ fn three_members_tls_on_both_ports_auth_and_refused_peers() {
         .collect::<Vec<_>>()
         .join(",");
     for (m, cred) in ms.iter_mut().zip(&member_creds) {
-        m.start(target, &initial, "new", cred, &ca_file);
+        start_tls(m, target, &initial, "new", cred, &ca_file);
     }
     let clients: Vec<String> = ms.iter().map(|m| m.client.clone()).collect();
     let as_root = |ep: &str, args: &[&str]| ctl(ep, &ca_file, &root, None, args);
@@ -407,28 +299,18 @@ fn three_members_tls_on_both_ports_auth_and_refused_peers() {
 
     // Members that cannot join: m4's peer certificate is from another CA (added as a learner
     // first, so only TLS stands in its way); m5's is from the right CA with the wrong CN.
-    let mut m4 = Member::new(d, "m4", false);
-    let mut m5 = Member::new(d, "m5", false);
+    let mut m4 = tls_member(d, "m4", false);
+    let mut m5 = tls_member(d, "m5", false);
     let peer4 = format!("--peer-urls={}", m4.peer);
     // (etcd refuses reconfiguration until its peers were connected for 5 s: retried.)
     wait_for("member add m4", || {
         let o = as_root(&clients[0], &["member", "add", "m4", &peer4, "--learner"]);
         o.status.success().then_some(())
     });
-    m4.start(
-        target,
-        &format!("{initial},m4={}", m4.peer),
-        "existing",
-        &foreign,
-        &ca_file,
-    );
-    m5.start(
-        target,
-        &format!("{initial},m5={}", m5.peer),
-        "existing",
-        &intruder,
-        &ca_file,
-    );
+    let initial4 = format!("{initial},m4={}", m4.peer);
+    start_tls(&mut m4, target, &initial4, "existing", &foreign, &ca_file);
+    let initial5 = format!("{initial},m5={}", m5.peer);
+    start_tls(&mut m5, target, &initial5, "existing", &intruder, &ca_file);
     assert!(
         m4.exits_with_failure(EXIT_MAX),
         "m4 (certificate of another CA) did not fail"
@@ -562,7 +444,7 @@ fn peer_auto_tls_cluster() {
     let tmp = TempDir::new(&format!("cluster-autotls-{}", target.name()));
     let d = tmp.path();
     let mut ms: Vec<Member> = (1..=3)
-        .map(|i| Member::with_client_scheme(d, &format!("a{i}"), false, "http"))
+        .map(|i| Member::new(d, &format!("a{i}"), TOKEN).peer_scheme("https"))
         .collect();
     let initial: String = ms
         .iter()
@@ -637,9 +519,9 @@ fn peer_cert_allowed_hostname() {
             "--peer-cert-allowed-hostname=localhost".to_string(),
         ]
     };
-    let mut h1 = Member::with_client_scheme(d, "h1", false, "http");
-    let mut h2 = Member::with_client_scheme(d, "h2", false, "http");
-    let mut h3 = Member::with_client_scheme(d, "h3", false, "http");
+    let mut h1 = Member::new(d, "h1", TOKEN).peer_scheme("https");
+    let mut h2 = Member::new(d, "h2", TOKEN).peer_scheme("https");
+    let mut h3 = Member::new(d, "h3", TOKEN).peer_scheme("https");
     let plain = |ep: &str, args: &[&str]| {
         let mut cmd = Command::new("etcdctl");
         cmd.env("ETCDCTL_API", "3")

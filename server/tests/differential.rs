@@ -764,6 +764,10 @@ async fn run_seed(seed: u64, ops: usize) {
         let prev = g.rng.chance(50);
         let a = watch_replay(&mut rc, start, g.rev, prev).await;
         let b = watch_replay(&mut tc, start, g.rev, prev).await;
+        if a != b {
+            // The ops with their revisions, to find the transaction behind the difference.
+            eprintln!("seed {seed} ops:\n  {}", history.join("\n  "));
+        }
         assert_eq!(a, b, "seed {seed}: watch replay from {start} (prev_kv {prev}) differs, compacted at {compacted}");
     }
 }

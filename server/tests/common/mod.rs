@@ -7,6 +7,7 @@
 #![allow(dead_code)]
 
 pub mod certs;
+pub mod member;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
