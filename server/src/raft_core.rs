@@ -225,11 +225,17 @@ pub async fn start(
         for e in rec.entries {
             entries.push(entry_of_wal(e)?);
         }
+        // The store only holds applied entries, and only committed entries are applied: the
+        // commit index is at least the applied one (bounded by the log), even when the last
+        // commit-only hard state was not written yet (it rides with the next append, see
+        // `unsynced_hard_state`). --force-new-cluster keeps exactly the committed entries.
+        let log_last = entries.last().map_or(snapshot.meta.index, |e| e.index);
+        let commit = hs.commit.max(applied.min(log_last));
         PersistedState {
             hard_state: HardState {
                 term: hs.term,
                 vote: hs.vote,
-                commit: hs.commit,
+                commit,
             },
             snapshot,
             entries,
@@ -306,6 +312,7 @@ pub async fn start(
         leaderless_since: None,
         removal_check_at: Instant::now(),
         unsynced_hard_state: None,
+        last_append_at: Instant::now(),
         hold: false,
         linger_until: None,
         answered_since_sync: 0,
@@ -539,8 +546,13 @@ pub struct RaftCore {
     removal_check_at: Instant,
     /// Membership answers of the slice being applied (sent after its commit).
     member_answers: Vec<(MemberReply, Result<u64, EtcdError>)>,
-    /// The latest hard state not yet logged (it only moved the commit index).
+    /// The latest hard state not yet logged (it only moved the commit index). It rides with
+    /// the next append, or is logged on its own once the log has been idle for a tick (so a
+    /// member's commit index reaches the disk soon, as etcd writes it with every Ready: a
+    /// restart with --force-new-cluster keeps exactly what this member knew was committed).
     unsynced_hard_state: Option<HardState>,
+    /// When the last append (entries or hard state) was started.
+    last_append_at: Instant,
     /// Group commit for a lone voter: while its sync is in flight (and while lingering after
     /// it), client proposals wait in `queued` instead of going into Raft's next `Ready`.
     hold: bool,
@@ -565,6 +577,8 @@ enum Wake {
     Tick,
     Linger,
     Synced(Result<(), WalError>),
+    /// The idle flush of a commit-only hard state is durable.
+    HardStateFlushed(Result<(), WalError>),
 }
 
 impl RaftCore {
@@ -580,6 +594,7 @@ impl RaftCore {
         let mut in_flight: Option<(Ready, AppendFuture)> = None;
         let mut closed = false;
         let mut linger_timer: Option<Pin<Box<glommio::timer::Timer>>> = None;
+        let mut hs_flush: Option<AppendFuture> = None;
         self.shared.ready.store(true, Ordering::Release);
         loop {
             if in_flight.is_none() && !self.node.has_ready() && self.hold {
@@ -632,6 +647,7 @@ impl RaftCore {
                     }
                     let append = self.wal.append(recs);
                     let started = Instant::now();
+                    self.last_append_at = started;
                     Box::pin(async move {
                         let r = append.await;
                         crate::metrics::metrics()
@@ -658,10 +674,17 @@ impl RaftCore {
                 let ticker = &mut ticker;
                 let peer_rx = &mut peer_rx;
                 let linger_timer = &mut linger_timer;
+                let hs_flush = &mut hs_flush;
                 std::future::poll_fn(|cx| {
                     if let Some((_, fut)) = in_flight.as_mut() {
                         if let Poll::Ready(r) = fut.as_mut().poll(cx) {
                             return Poll::Ready(Wake::Synced(r));
+                        }
+                    }
+                    if let Some(fut) = hs_flush.as_mut() {
+                        if let Poll::Ready(r) = fut.as_mut().poll(cx) {
+                            *hs_flush = None;
+                            return Poll::Ready(Wake::HardStateFlushed(r));
                         }
                     }
                     if let Some(p) = peer_rx.as_mut() {
@@ -716,6 +739,13 @@ impl RaftCore {
                 }
                 // The loop's top decides whether the linger is over.
                 Wake::Linger => {}
+                Wake::HardStateFlushed(r) => {
+                    if let Err(e) = r {
+                        tracing::error!(error = %e, "WAL append failed; stopping the raft core");
+                        self.fail_all(EtcdError::Stopped);
+                        panic!("ferrite: WAL append failed: {e}");
+                    }
+                }
                 Wake::Msg(None) => closed = true,
                 Wake::Peer(None) => peer_rx = None,
                 Wake::Peer(Some(m)) => {
@@ -763,6 +793,16 @@ impl RaftCore {
                     self.maybe_check_removed();
                     self.expire_leases();
                     self.auto_compact();
+                    // An idle log: write the commit-only hard state on its own.
+                    if hs_flush.is_none()
+                        && in_flight.is_none()
+                        && self.last_append_at.elapsed() >= self.opts.tick
+                    {
+                        if let Some(hs) = self.unsynced_hard_state.take() {
+                            self.last_append_at = Instant::now();
+                            hs_flush = Some(Box::pin(self.wal.append(vec![hs_record(&hs)])));
+                        }
+                    }
                 }
             }
         }
