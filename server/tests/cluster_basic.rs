@@ -12,7 +12,9 @@ mod common;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use common::member::{output_text as text, wait_until, Member, HEARTBEAT_MS};
+use common::member::{
+    etcdctl_at, initial_cluster, output_text as text, wait_until, Member, HEARTBEAT_MS,
+};
 use common::{ok_text, run_bounded, Target, TempDir};
 
 /// Bound on one etcdctl call.
@@ -30,12 +32,7 @@ fn member(dir: &TempDir, name: &str) -> Member {
 }
 
 fn ctl(endpoints: &str, args: &[&str]) -> Output {
-    let mut cmd = Command::new("etcdctl");
-    cmd.env("ETCDCTL_API", "3")
-        .arg(format!("--endpoints={endpoints}"))
-        .arg("--command-timeout=10s")
-        .args(args);
-    run_bounded(cmd, None, CTL_TIMEOUT)
+    etcdctl_at(endpoints, args, CTL_TIMEOUT)
 }
 
 /// Retries `f` until it returns `Some` or `WAIT_MAX` passes.
@@ -232,11 +229,7 @@ fn three_members_failover_learner_snapshot_move_leader_remove() {
     let target = Target::from_env();
     let dir = TempDir::new(&format!("cluster-basic-{}", target.name()));
     let mut ms: Vec<Member> = (1..=3).map(|i| member(&dir, &format!("n{i}"))).collect();
-    let initial: String = ms
-        .iter()
-        .map(|m| format!("{}={}", m.name, m.peer))
-        .collect::<Vec<_>>()
-        .join(",");
+    let initial = initial_cluster(&ms);
     for m in ms.iter_mut() {
         m.start(target, &initial, "new");
     }
@@ -586,11 +579,7 @@ fn follower_watcher_across_snapshot_install() {
     let target = Target::from_env();
     let dir = TempDir::new(&format!("cluster-watch-snap-{}", target.name()));
     let mut ms: Vec<Member> = (1..=3).map(|i| member(&dir, &format!("w{i}"))).collect();
-    let initial: String = ms
-        .iter()
-        .map(|m| format!("{}={}", m.name, m.peer))
-        .collect::<Vec<_>>()
-        .join(",");
+    let initial = initial_cluster(&ms);
     for m in ms.iter_mut() {
         m.start(target, &initial, "new");
     }
@@ -757,11 +746,7 @@ fn force_new_cluster_recovers_a_lone_survivor() {
     let target = Target::from_env();
     let dir = TempDir::new(&format!("cluster-force-{}", target.name()));
     let mut ms: Vec<Member> = (1..=3).map(|i| member(&dir, &format!("f{i}"))).collect();
-    let initial: String = ms
-        .iter()
-        .map(|m| format!("{}={}", m.name, m.peer))
-        .collect::<Vec<_>>()
-        .join(",");
+    let initial = initial_cluster(&ms);
     for m in ms.iter_mut() {
         m.start(target, &initial, "new");
     }

@@ -20,7 +20,7 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use common::certs::{Ca, Usage};
-use common::member::{output_text as text, wait_until, Member};
+use common::member::{etcdctl_at, initial_cluster, output_text as text, wait_until, Member};
 use common::{ok_text, run_bounded, Target, TempDir};
 
 /// Bound on one etcdctl call.
@@ -140,11 +140,7 @@ fn three_members_tls_on_both_ports_auth_and_refused_peers() {
     let mut ms: Vec<Member> = (1..=3)
         .map(|i| tls_member(d, &format!("m{i}"), i == 1))
         .collect();
-    let initial: String = ms
-        .iter()
-        .map(|m| format!("{}={}", m.name, m.peer))
-        .collect::<Vec<_>>()
-        .join(",");
+    let initial = initial_cluster(&ms);
     for (m, cred) in ms.iter_mut().zip(&member_creds) {
         start_tls(m, target, &initial, "new", cred, &ca_file);
     }
@@ -446,22 +442,11 @@ fn peer_auto_tls_cluster() {
     let mut ms: Vec<Member> = (1..=3)
         .map(|i| Member::new(d, &format!("a{i}"), TOKEN).peer_scheme("https"))
         .collect();
-    let initial: String = ms
-        .iter()
-        .map(|m| format!("{}={}", m.name, m.peer))
-        .collect::<Vec<_>>()
-        .join(",");
+    let initial = initial_cluster(&ms);
     for m in ms.iter_mut() {
         m.start_with(target, &initial, "new", &["--peer-auto-tls".to_string()]);
     }
-    let plain = |ep: &str, args: &[&str]| {
-        let mut cmd = Command::new("etcdctl");
-        cmd.env("ETCDCTL_API", "3")
-            .arg(format!("--endpoints={ep}"))
-            .arg("--command-timeout=10s")
-            .args(args);
-        run_bounded(cmd, None, CTL_TIMEOUT)
-    };
+    let plain = |ep: &str, args: &[&str]| etcdctl_at(ep, args, CTL_TIMEOUT);
     wait_for("a write through a3", || {
         plain(&ms[2].client, &["put", "k", "v"])
             .status
@@ -522,14 +507,7 @@ fn peer_cert_allowed_hostname() {
     let mut h1 = Member::new(d, "h1", TOKEN).peer_scheme("https");
     let mut h2 = Member::new(d, "h2", TOKEN).peer_scheme("https");
     let mut h3 = Member::new(d, "h3", TOKEN).peer_scheme("https");
-    let plain = |ep: &str, args: &[&str]| {
-        let mut cmd = Command::new("etcdctl");
-        cmd.env("ETCDCTL_API", "3")
-            .arg(format!("--endpoints={ep}"))
-            .arg("--command-timeout=10s")
-            .args(args);
-        run_bounded(cmd, None, CTL_TIMEOUT)
-    };
+    let plain = |ep: &str, args: &[&str]| etcdctl_at(ep, args, CTL_TIMEOUT);
     h1.start_with(target, &format!("h1={}", h1.peer), "new", &tls(&good[0]));
     wait_for("h1 serving", || {
         plain(&h1.client, &["put", "k", "v"])

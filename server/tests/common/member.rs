@@ -177,6 +177,25 @@ fn with_scheme(url: &str, scheme: &str) -> String {
     format!("{scheme}://{rest}")
 }
 
+/// `--initial-cluster` for these members: `name=peer-url,...`.
+pub fn initial_cluster(members: &[Member]) -> String {
+    members
+        .iter()
+        .map(|m| format!("{}={}", m.name, m.peer))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// etcdctl (v3 API, plain http) against `endpoints`, bounded by `limit`.
+pub fn etcdctl_at(endpoints: &str, args: &[&str], limit: Duration) -> Output {
+    let mut cmd = Command::new("etcdctl");
+    cmd.env("ETCDCTL_API", "3")
+        .arg(format!("--endpoints={endpoints}"))
+        .arg("--command-timeout=10s")
+        .args(args);
+    super::run_bounded(cmd, None, limit)
+}
+
 /// A command's stdout and stderr, as text.
 pub fn output_text(o: &Output) -> String {
     format!(
