@@ -411,11 +411,13 @@ impl StreamState {
             if !w.matches(&e.kv.key) || !w.wants(&e) {
                 continue;
             }
+            // etcd's prev_kv is the key as of the revision before the event's (a Range at
+            // mod_revision - 1), so a version written earlier in the same txn is not one.
             let prev = if w.prev_kv {
                 match e.prev_kv {
-                    Some(p) => Some(to_pb_kv(p)),
-                    None if e.kind == EventKind::Put && e.kv.version == 1 => None,
-                    None => view
+                    Some(p) if p.mod_revision < e.kv.mod_revision => Some(to_pb_kv(p)),
+                    _ if e.kind == EventKind::Put && e.kv.version == 1 => None,
+                    _ => view
                         .range(&RangeOptions {
                             key: e.kv.key.clone(),
                             revision: e.kv.mod_revision - 1,
