@@ -330,14 +330,15 @@ impl RouterBuilder {
         B::Error: Into<BoxError>,
     {
         let handler: GrpcHandler = Rc::new(move |req: Request<GrpcRequestBody>| {
-            let path = req.uri().path().to_string();
+            // (Cheaper than copying the path: a Uri's bytes are reference-counted.)
+            let uri = req.uri().clone();
             // tonic's generated servers are always ready; a clone per call is the tower idiom.
             let mut svc = service.clone();
             let fut = svc.call(req);
             Box::pin(async move {
                 match fut.await {
                     Ok(mut resp) => {
-                        as_grpc_go_status(&path, resp.headers_mut());
+                        as_grpc_go_status(uri.path(), resp.headers_mut());
                         resp.map(box_body)
                     }
                     Err(never) => match never {},

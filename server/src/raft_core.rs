@@ -484,11 +484,6 @@ fn snapshot_image(shared: &Shared, m: &Membership) -> Result<Vec<u8>, String> {
     Ok(buf)
 }
 
-thread_local! {
-    /// Duration of the last completed WAL sync, set by its future (nanoseconds).
-    static LAST_SYNC_NANOS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
-}
-
 /// Waiter ids start at a per-boot base (milliseconds since the epoch, shifted) so that an id
 /// from before a restart, replayed from the WAL, never matches a new waiter.
 fn boot_id_base() -> u64 {
@@ -653,7 +648,6 @@ impl RaftCore {
                         crate::metrics::metrics()
                             .wal_fsync_seconds
                             .observe_duration(started.elapsed());
-                        LAST_SYNC_NANOS.with(|c| c.set(started.elapsed().as_nanos() as u64));
                         r
                     })
                 };
@@ -714,14 +708,13 @@ impl RaftCore {
                 Wake::Synced(r) => {
                     let (mut rd, _) = in_flight.take().expect("a sync was in flight");
                     if let Err(e) = r {
-                        // The log is poisoned: nothing more can be acknowledged safely.
-                        tracing::error!(error = %e, "WAL append failed; stopping the raft core");
-                        self.fail_all(EtcdError::Stopped);
-                        panic!("ferrite: WAL append failed: {e}");
+                        self.wal_failed(e);
                     }
                     if let Some(last) = rd.entries.last() {
                         self.durable_index = last.index;
-                        self.last_sync = Duration::from_nanos(LAST_SYNC_NANOS.with(|c| c.get()));
+                        // No other append starts while one is in flight: `last_append_at` is
+                        // this sync's start.
+                        self.last_sync = self.last_append_at.elapsed();
                     }
                     self.transport.send(std::mem::take(&mut rd.messages));
                     let rest = std::mem::take(&mut rd.committed_entries);
@@ -741,9 +734,7 @@ impl RaftCore {
                 Wake::Linger => {}
                 Wake::HardStateFlushed(r) => {
                     if let Err(e) = r {
-                        tracing::error!(error = %e, "WAL append failed; stopping the raft core");
-                        self.fail_all(EtcdError::Stopped);
-                        panic!("ferrite: WAL append failed: {e}");
+                        self.wal_failed(e);
                     }
                 }
                 Wake::Msg(None) => closed = true,
@@ -1848,6 +1839,13 @@ impl RaftCore {
         }
         self.last_snapshot_index = index;
         self.requests_since_snapshot = 0;
+    }
+
+    /// The log is poisoned: nothing more can be acknowledged safely.
+    fn wal_failed(&mut self, e: WalError) -> ! {
+        tracing::error!(error = %e, "WAL append failed; stopping the raft core");
+        self.fail_all(EtcdError::Stopped);
+        panic!("ferrite: WAL append failed: {e}");
     }
 
     fn fail_all(&mut self, e: EtcdError) {

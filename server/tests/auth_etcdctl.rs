@@ -11,8 +11,8 @@
 
 mod common;
 
-use common::{Server, Target};
-use std::process::{Command, Output};
+use common::{curl, Server, Target};
+use std::process::Output;
 use std::time::Duration;
 
 const ROOT: &str = "root:rootpw";
@@ -89,19 +89,6 @@ fn setup_users(s: &Server) {
     );
     ok(s, None, &["role", "grant-permission", "r1", "read", "/ro"]);
     ok(s, None, &["user", "grant-role", "alice", "r1"]);
-}
-
-fn curl(args: &[&str]) -> String {
-    let o = common::run_bounded(
-        {
-            let mut c = Command::new("curl");
-            c.args(["-s", "-m", "10"]).args(args);
-            c
-        },
-        None,
-        Duration::from_secs(15),
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
 fn gateway_token(s: &Server, user: &str, pw: &str) -> String {

@@ -111,13 +111,12 @@ fn wait_for<T>(what: &str, f: impl FnMut() -> Option<T>) -> T {
 
 /// curl over TLS; the body (empty when the handshake or request failed).
 fn curl(url: &str, ca: &str, cred: Option<&Cred>) -> String {
-    let mut c = Command::new("curl");
-    c.args(["-s", "-m", "10", "--cacert", ca]);
+    let mut args = vec!["--cacert", ca];
     if let Some(cr) = cred {
-        c.args(["--cert", &cr.cert, "--key", &cr.key]);
+        args.extend(["--cert", cr.cert.as_str(), "--key", cr.key.as_str()]);
     }
-    c.arg(url);
-    String::from_utf8_lossy(&run_bounded(c, None, Duration::from_secs(15)).stdout).into_owned()
+    args.push(url);
+    common::curl(&args)
 }
 
 #[test]

@@ -146,15 +146,13 @@ fn client_certificates_cn_auth_and_refusals() {
 
     // The JSON gateway and /health over the same TLS port.
     let curl = |path: &str, body: Option<&str>| {
-        let mut c = Command::new("curl");
-        c.args([
-            "-s", "-m", "10", "--cacert", &ca_file, "--cert", &root_c, "--key", &root_k,
-        ]);
+        let url = format!("{https}{path}");
+        let mut args = vec!["--cacert", &ca_file, "--cert", &root_c, "--key", &root_k];
         if let Some(b) = body {
-            c.args(["-X", "POST", "-d", b]);
+            args.extend(["-X", "POST", "-d", b]);
         }
-        c.arg(format!("{https}{path}"));
-        String::from_utf8_lossy(&run_bounded(c, None, Duration::from_secs(15)).stdout).into_owned()
+        args.push(&url);
+        common::curl(&args)
     };
     assert!(curl("/health", None).contains(r#""health":"true""#));
     assert!(curl("/v3/kv/range", Some(r#"{"key":"aw=="}"#)).contains(r#""value":"dg==""#));

@@ -351,3 +351,11 @@ pub fn err_text(o: &Output, what: &str) -> String {
     );
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
+
+/// curl with `args` (silent, 10 s limit), bounded at 15 s; its stdout (empty when the
+/// connection, TLS handshake or request failed).
+pub fn curl(args: &[&str]) -> String {
+    let mut c = Command::new("curl");
+    c.args(["-s", "-m", "10"]).args(args);
+    String::from_utf8_lossy(&run_bounded(c, None, Duration::from_secs(15)).stdout).into_owned()
+}
