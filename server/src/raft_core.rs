@@ -80,6 +80,13 @@ pub const LINGER_ANSWERED_MIN: usize = 4;
 /// Longest linger; it is also at most half the last sync's duration.
 pub const LINGER_MAX: Duration = Duration::from_millis(2);
 
+/// A lone voter (the only member) drops applied entries from Raft's in-memory log once this
+/// many requests were applied since the last drop: nobody can ask for them (no follower; a
+/// member added later gets a snapshot image) and they are in the WAL until the next
+/// `--snapshot-count` snapshot. Keeping them until then held up to `--snapshot-count`
+/// requests (~27 MiB of a 1M-key load of 256 B values; docs/benchmarks.md, "Performance pass 3").
+pub const SOLO_LOG_REQUESTS_MAX: u64 = 1024;
+
 /// How often revision-mode auto-compaction checks (etcd 3.4: 5 minutes).
 pub const AUTO_COMPACTION_REVISION_CHECK: Duration = Duration::from_secs(300);
 
@@ -303,6 +310,7 @@ pub async fn start(
         next_compaction_check: Instant::now(),
         last_snapshot_index: last_index.min(applied),
         requests_since_snapshot: 0,
+        requests_in_memory_log: 0,
         durable_index: last_index,
         force_snapshot: false,
         publish_waiter: None,
@@ -525,6 +533,8 @@ pub struct RaftCore {
     last_snapshot_index: u64,
     /// Requests applied since the last snapshot (an entry carries a batch of them).
     requests_since_snapshot: u64,
+    /// Requests applied since Raft's in-memory log was last compacted (`compact_solo_log`).
+    requests_in_memory_log: u64,
     /// Highest log index known durable in the WAL.
     durable_index: u64,
     /// Take a snapshot (with an image) at the next opportunity: a member was added while
@@ -1418,6 +1428,7 @@ impl RaftCore {
         self.applied = self.applied.max(applied);
         self.last_snapshot_index = snap.meta.index;
         self.requests_since_snapshot = 0;
+        self.requests_in_memory_log = 0;
         self.shared
             .applied_index
             .store(self.applied, Ordering::Release);
@@ -1501,12 +1512,14 @@ impl RaftCore {
             }
             if e.kind == EntryKind::ConfChange {
                 self.requests_since_snapshot += 1;
+                self.requests_in_memory_log += 1;
                 let m = membership.get_or_insert_with(|| self.shared.members());
                 self.apply_conf_change(e, m);
                 continue;
             }
             if e.data.is_empty() {
                 self.requests_since_snapshot += 1;
+                self.requests_in_memory_log += 1;
                 continue;
             }
             let batch = match RaftBatch::decode(e.data.as_slice()) {
@@ -1521,6 +1534,7 @@ impl RaftCore {
                 }
             };
             self.requests_since_snapshot += batch.requests.len().max(1) as u64;
+            self.requests_in_memory_log += batch.requests.len().max(1) as u64;
             for req in batch.requests {
                 if let Some(attr) = &req.member_attr {
                     let m = membership.get_or_insert_with(|| self.shared.members());
@@ -1805,6 +1819,7 @@ impl RaftCore {
             || (self.applied > self.last_snapshot_index && self.requests_since_snapshot >= count);
         let forced = self.force_snapshot && self.applied > self.last_snapshot_index;
         if !due && !forced {
+            self.compact_solo_log();
             return;
         }
         self.force_snapshot = false;
@@ -1829,16 +1844,42 @@ impl RaftCore {
                 return;
             }
         };
-        if let Err(e) = self.node.compact(index, image) {
-            tracing::warn!(index, error = %e, "raft log compaction refused");
-            return;
+        // The in-memory log may already be compacted up to `index` (`compact_solo_log`).
+        let compacted = self.node.snapshot().map_or(0, |s| s.meta.index);
+        if index > compacted {
+            if let Err(e) = self.node.compact(index, image) {
+                tracing::warn!(index, error = %e, "raft log compaction refused");
+                return;
+            }
         }
+        self.requests_in_memory_log = 0;
         match self.wal.release_below(index + 1).await {
             Ok(n) => tracing::debug!(index, segments = n, "released WAL segments"),
             Err(e) => tracing::warn!(index, error = %e, "releasing WAL segments failed"),
         }
         self.last_snapshot_index = index;
         self.requests_since_snapshot = 0;
+    }
+
+    /// A lone member drops applied entries from Raft's in-memory log every
+    /// `SOLO_LOG_REQUESTS_MAX` requests (see there); the WAL, the store and the WAL snapshot
+    /// marker are untouched (`maybe_snapshot` does those every `--snapshot-count`).
+    fn compact_solo_log(&mut self) {
+        if self.requests_in_memory_log < SOLO_LOG_REQUESTS_MAX
+            || !self.solo_leader()
+            || self.shared.members().members.len() > 1
+        {
+            return;
+        }
+        let index = self.applied;
+        if self.node.snapshot().map_or(0, |s| s.meta.index) >= index {
+            return;
+        }
+        // Refused below a configuration change not yet applied: retried after the next apply.
+        match self.node.compact(index, Vec::new()) {
+            Ok(()) => self.requests_in_memory_log = 0,
+            Err(e) => tracing::debug!(index, error = %e, "in-memory raft log not compacted"),
+        }
     }
 
     /// The log is poisoned: nothing more can be acknowledged safely.
