@@ -8,6 +8,11 @@
 //!   durable tree cannot reach it either).
 //! - A non-durable commit writes its pages but not a meta page; the file's durable state stays
 //!   the last durable commit, whose pages are intact.
+//! - A durable commit writes its pages, free list, commit record (the id and crc32c of every
+//!   page written since the previous durable commit that the new tree or free list reaches) and
+//!   meta page, then syncs once. Open trusts the newer meta only if every recorded page holds
+//!   its recorded crc32c; else it opens the other meta (the previous durable commit: none of its
+//!   pages, free-list pages or record pages is written before a newer commit is durable).
 
 use std::borrow::Cow;
 use std::collections::{BTreeSet, HashMap, VecDeque};
@@ -389,6 +394,12 @@ pub struct DbWriter {
     last_durable_txn: u64,
     durable_meta_slot: u64,
     freelist_pages: Vec<PageId>,
+    /// The commit-record pages of the last durable commit (free once the next one lands).
+    record_pages: Vec<PageId>,
+    /// Pages written since the last durable commit and not freed since, with the crc32c in
+    /// their header: the next durable commit's record.
+    written_live: HashMap<PageId, u32>,
+    open_report: OpenReport,
     readers: Vec<(u64, Weak<Snapshot>)>,
     unsynced_freed_pages: u64,
     poisoned: bool,
@@ -402,6 +413,100 @@ pub struct DbWriter {
 
 /// Entries of `DbWriter::verified`: a few root-to-leaf paths.
 const VERIFIED_RING_PAGES: usize = 8;
+
+/// Which durable commit `Db::open` chose, and why.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct OpenReport {
+    /// The txn id of the commit opened and its meta slot (0 or 1).
+    pub txn: u64,
+    pub slot: u64,
+    /// Pages the commit record listed, each checked against its recorded crc32c.
+    pub verified_pages: u64,
+    /// A newer meta page that was passed over: its txn id and why its commit record did not
+    /// verify (a durable commit cut by a crash before its fdatasync returned: never
+    /// acknowledged, so not an error).
+    pub discarded: Option<(u64, String)>,
+}
+
+/// Checks the commit record of `m` against the file: every listed page must hold the crc32c
+/// the record names (in its header, and computed). Returns the record's pages and the number
+/// of pages checked. Cost: one read + crc32c of each page written since the previous durable
+/// commit.
+fn verify_record(file: &[u8], m: &Meta) -> Result<(Vec<PageId>, u64), StoreError> {
+    if m.record == 0 {
+        return Ok((Vec::new(), 0));
+    }
+    let page = |id: PageId| -> Result<&[u8], StoreError> {
+        if id < 2 || id >= m.page_count {
+            return Err(StoreError::Corrupt {
+                page: id,
+                reason: format!(
+                    "commit record of txn {} names a page outside its {} pages",
+                    m.txn, m.page_count
+                ),
+            });
+        }
+        let off = id as usize * PAGE_SIZE;
+        file.get(off..off + PAGE_SIZE)
+            .ok_or_else(|| StoreError::Corrupt {
+                page: id,
+                reason: format!(
+                    "page of txn {}'s commit lies past the end of the file",
+                    m.txn
+                ),
+            })
+    };
+    let mut pages = Vec::new();
+    let mut crc = 0u32;
+    let mut checked = 0u64;
+    let mut id = m.record;
+    while id != 0 {
+        if pages.len() as u64 >= m.page_count {
+            return Err(StoreError::Corrupt {
+                page: id,
+                reason: "commit record longer than the file (cycle?)".into(),
+            });
+        }
+        let (next, entries) = decode_record_page(page(id)?, id, &mut crc)?;
+        for (pid, want) in entries {
+            checked += 1;
+            if checked > m.record_entries {
+                return Err(StoreError::Corrupt {
+                    page: id,
+                    reason: format!(
+                        "commit record holds more than the meta's {} entries",
+                        m.record_entries
+                    ),
+                });
+            }
+            let b = page(pid)?;
+            let stored = rd_u32(b, OFF_CRC);
+            if stored != want || crc32c::crc32c(&b[4..]) != want {
+                return Err(StoreError::Corrupt {
+                    page: pid,
+                    reason: format!(
+                        "page does not hold what txn {}'s commit wrote (recorded crc32c \
+                         {want:#010x}, header {stored:#010x})",
+                        m.txn
+                    ),
+                });
+            }
+        }
+        pages.push(id);
+        id = next;
+    }
+    if checked != m.record_entries || crc != m.record_crc {
+        return Err(StoreError::Corrupt {
+            page: m.record,
+            reason: format!(
+                "commit record of txn {} holds {checked} entries with crc32c {crc:#010x}, \
+                 the meta page says {} with {:#010x}",
+                m.txn, m.record_entries, m.record_crc
+            ),
+        });
+    }
+    Ok((pages, checked))
+}
 
 /// A cheap, cloneable handle that pins the latest committed tree without locks.
 #[derive(Clone)]
@@ -487,35 +592,40 @@ fn separator(left: &[u8], right: &[u8]) -> NodeKey {
 impl DbWriter {
     fn open(storage: Arc<dyn Storage>, opts: DbOptions) -> Result<DbWriter, StoreError> {
         let mut file_len = storage.len()?;
-        let (meta, slot) = if file_len == 0 {
+        let mut report = OpenReport::default();
+        let (meta, slot, record_pages) = if file_len == 0 {
             let meta = Meta {
                 txn: 0,
                 root: 0,
                 freelist: 0,
                 page_count: 2,
                 app: [0; META_APP_WORDS],
+                record: 0,
+                record_entries: 0,
+                record_crc: 0,
             };
             let init_len = 2 * PAGE_SIZE as u64;
             storage.set_len(init_len)?;
             storage.write_at(&meta.encode(0), 0)?;
             storage.sync_data()?;
             file_len = init_len;
-            (meta, 0)
+            (meta, 0, Vec::new())
         } else {
             let map = storage.map()?;
             let b = map.bytes();
             let m0 = b.get(..PAGE_SIZE).map(|p| Meta::decode(p, 0));
             let m1 = b.get(PAGE_SIZE..2 * PAGE_SIZE).map(|p| Meta::decode(p, 1));
+            let mut candidates: Vec<(Meta, u64)> = Vec::with_capacity(2);
             match (m0, m1) {
                 (Some(Ok(a)), Some(Ok(b))) => {
                     if a.txn >= b.txn {
-                        (a, 0)
+                        candidates.extend([(a, 0), (b, 1)]);
                     } else {
-                        (b, 1)
+                        candidates.extend([(b, 1), (a, 0)]);
                     }
                 }
-                (Some(Ok(a)), _) => (a, 0),
-                (_, Some(Ok(b))) => (b, 1),
+                (Some(Ok(a)), _) => candidates.push((a, 0)),
+                (_, Some(Ok(b))) => candidates.push((b, 1)),
                 (Some(Err(e)), _) => return Err(e),
                 (None, _) => {
                     return Err(StoreError::Corrupt {
@@ -524,7 +634,48 @@ impl DbWriter {
                     })
                 }
             }
+            // The newest meta whose commit record verifies: a durable commit is one pwrite
+            // burst and one fdatasync, so a crash may leave its meta page on disk without all
+            // of its pages. That commit was never acknowledged; the previous one is intact.
+            let mut chosen = None;
+            let mut failures = Vec::new();
+            for (m, slot) in candidates {
+                match verify_record(b, &m) {
+                    Ok((pages, verified)) => {
+                        chosen = Some((m, slot, pages));
+                        report.verified_pages = verified;
+                        break;
+                    }
+                    Err(e) => failures.push((m.txn, e)),
+                }
+            }
+            match chosen {
+                Some((m, slot, pages)) => {
+                    report.discarded = failures
+                        .into_iter()
+                        .next()
+                        .map(|(txn, e)| (txn, e.to_string()));
+                    (m, slot, pages)
+                }
+                None => {
+                    // Both metas fail: report the older one (the newer may be a torn commit).
+                    let (txn, e) = failures.pop().expect("at least one candidate");
+                    return Err(match e {
+                        StoreError::Corrupt { page, reason } => StoreError::Corrupt {
+                            page,
+                            reason: format!(
+                                "{reason} (byte offset {}; commit record of txn {txn}, and no \
+                                 other meta page's commit verifies)",
+                                page * PAGE_SIZE as u64
+                            ),
+                        },
+                        e => e,
+                    });
+                }
+            }
         };
+        report.txn = meta.txn;
+        report.slot = slot;
         let map = storage.map()?;
         let verify = opts.verify_checksums;
         let base = Arc::new(Snapshot {
@@ -590,6 +741,9 @@ impl DbWriter {
             last_durable_txn: meta.txn,
             durable_meta_slot: slot,
             freelist_pages,
+            record_pages,
+            written_live: HashMap::new(),
+            open_report: report,
             readers: Vec::new(),
             unsynced_freed_pages: 0,
             poisoned: false,
@@ -600,6 +754,10 @@ impl DbWriter {
 
     pub fn app(&self) -> [u64; META_APP_WORDS] {
         self.app
+    }
+    /// Which durable commit open chose (and any newer, torn one it passed over).
+    pub fn open_report(&self) -> &OpenReport {
+        &self.open_report
     }
     pub fn reader(&self) -> DbReader {
         DbReader(self.shared.clone())
@@ -661,6 +819,8 @@ impl DbWriter {
             // Allocated since the last commit: nobody else has seen it.
             self.free.insert(id);
         } else {
+            // The next durable tree does not reach it: its content need not be verified.
+            self.written_live.remove(&id);
             self.freed_now.push(id);
         }
     }
@@ -1258,6 +1418,7 @@ impl DbWriter {
             .iter()
             .chain(self.pending.iter().flat_map(|(_, v)| v.iter()))
             .chain(self.freelist_pages.iter())
+            .chain(self.record_pages.iter())
         {
             if *id < 2 || *id >= self.page_count {
                 return Err(format!("free page {id} outside the file"));
@@ -1289,7 +1450,8 @@ impl DbWriter {
     }
 
     /// Publishes every change since the last commit to new readers. `durable` also makes it
-    /// survive a crash (write, fdatasync, meta page, fdatasync).
+    /// survive a crash (pages, free list, commit record and meta page written, then one
+    /// fdatasync; see `verify_record` for how open tells a torn commit).
     pub fn commit(&mut self, durable: bool) -> Result<(), StoreError> {
         // Checksums are trusted for one commit at most, even one with no changes.
         self.verified.set([0; VERIFIED_RING_PAGES]);
@@ -1314,24 +1476,36 @@ impl DbWriter {
         let txn = self.txn;
         let mut new_freelist = Vec::new();
         let mut freelist_head = 0;
+        let mut new_records = Vec::new();
         if durable {
             self.trim_tail();
             // Pages the new durable tree does not reach: all of them are free after a reopen.
             let old_lists = std::mem::take(&mut self.freelist_pages);
+            let old_records = std::mem::take(&mut self.record_pages);
+            // Allocate the free list's and the record's pages first (upper bounds of both), so
+            // neither lists them; surplus pages are written empty.
+            let ids_max = self.free.len()
+                + self.pending_count as usize
+                + self.freed_now.len()
+                + old_lists.len()
+                + old_records.len();
+            let list_pages = ids_max.div_ceil(FREELIST_IDS_MAX);
+            let entries_max = self.written_live.len() + self.dirty.len() + list_pages;
+            let record_pages = entries_max.div_ceil(RECORD_ENTRIES_MAX);
+            new_freelist = (0..list_pages).map(|_| self.alloc()).collect();
+            new_records = (0..record_pages).map(|_| self.alloc()).collect();
             let mut ids: Vec<PageId> = self.free.iter().copied().collect();
             ids.extend(self.pending.iter().flat_map(|(_, v)| v.iter().copied()));
             ids.extend(self.freed_now.iter().copied());
             ids.extend(old_lists.iter().copied());
+            ids.extend(old_records.iter().copied());
             self.freed_now.extend(old_lists);
-            let pages_needed = ids.len().div_ceil(FREELIST_IDS_MAX);
-            for _ in 0..pages_needed {
-                new_freelist.push(self.alloc());
-            }
-            let used: BTreeSet<PageId> = new_freelist.iter().copied().collect();
-            ids.retain(|p| !used.contains(p));
+            self.freed_now.extend(old_records);
+            assert!(ids.len() <= list_pages * FREELIST_IDS_MAX);
             ids.sort_unstable();
-            for (i, chunk) in ids.chunks(FREELIST_IDS_MAX).enumerate() {
-                let pid = new_freelist[i];
+            let mut chunks = ids.chunks(FREELIST_IDS_MAX);
+            for (i, pid) in new_freelist.iter().enumerate() {
+                let chunk = chunks.next().unwrap_or(&[]);
                 let mut p = vec![0u8; PAGE_SIZE].into_boxed_slice();
                 wr_u64(
                     &mut p,
@@ -1341,19 +1515,8 @@ impl DbWriter {
                 for (j, id) in chunk.iter().enumerate() {
                     wr_u64(&mut p, FREELIST_OFF_IDS + 8 * j, *id);
                 }
-                seal(&mut p, KIND_FREELIST, chunk.len() as u16, pid);
-                self.dirty.insert(pid, Dirty::Raw(p));
-            }
-            // Freshly allocated list pages beyond what the ids needed (ids shrank): keep them
-            // as empty list pages so the chain stays consistent.
-            for (i, pid) in new_freelist.iter().enumerate() {
-                if !self.dirty.contains_key(pid) || i >= ids.len().div_ceil(FREELIST_IDS_MAX) {
-                    let mut p = vec![0u8; PAGE_SIZE].into_boxed_slice();
-                    let next = new_freelist.get(i + 1).copied().unwrap_or(0);
-                    wr_u64(&mut p, FREELIST_OFF_NEXT, next);
-                    seal(&mut p, KIND_FREELIST, 0, *pid);
-                    self.dirty.insert(*pid, Dirty::Raw(p));
-                }
+                seal(&mut p, KIND_FREELIST, chunk.len() as u16, *pid);
+                self.dirty.insert(*pid, Dirty::Raw(p));
             }
             freelist_head = new_freelist.first().copied().unwrap_or(0);
         }
@@ -1369,7 +1532,25 @@ impl DbWriter {
         self.write_dirty()?;
         let storage = self.shared.storage.clone();
         if durable {
-            storage.sync_data()?;
+            // The commit record: every page written since the last durable commit that the new
+            // tree or free list reaches, with its crc32c. Open checks them before trusting this
+            // meta page, so data, free list, record and meta go out together under ONE sync.
+            let mut entries: Vec<(PageId, u32)> =
+                self.written_live.iter().map(|(k, v)| (*k, *v)).collect();
+            entries.sort_unstable();
+            assert!(entries.len() <= new_records.len() * RECORD_ENTRIES_MAX);
+            let mut record_crc = 0u32;
+            let mut chunks = entries.chunks(RECORD_ENTRIES_MAX);
+            for (i, pid) in new_records.iter().enumerate() {
+                let chunk = chunks.next().unwrap_or(&[]);
+                let next = new_records.get(i + 1).copied().unwrap_or(0);
+                let p = encode_record_page(*pid, next, chunk);
+                record_crc = crc32c::crc32c_append(
+                    record_crc,
+                    &p[RECORD_OFF_ENTRIES..RECORD_OFF_ENTRIES + chunk.len() * RECORD_ENTRY_BYTES],
+                );
+                storage.write_at(&p, *pid * PAGE_SIZE as u64)?;
+            }
             let slot = 1 - self.durable_meta_slot;
             let meta = Meta {
                 txn,
@@ -1377,12 +1558,17 @@ impl DbWriter {
                 freelist: freelist_head,
                 page_count: self.page_count,
                 app: self.app,
+                record: new_records.first().copied().unwrap_or(0),
+                record_entries: entries.len() as u64,
+                record_crc,
             };
             storage.write_at(&meta.encode(slot), slot * PAGE_SIZE as u64)?;
             storage.sync_data()?;
             self.durable_meta_slot = slot;
             self.last_durable_txn = txn;
             self.freelist_pages = new_freelist;
+            self.record_pages = new_records;
+            self.written_live.clear();
             self.unsynced_freed_pages = 0;
             let file_target = self.page_count * PAGE_SIZE as u64;
             if self.file_len > file_target + 2 * self.opts.grow_bytes_min {
@@ -1479,6 +1665,7 @@ impl DbWriter {
                 Dirty::Node(n) => n.encode(id, &mut buf[at..]),
                 Dirty::Raw(b) => buf[at..].copy_from_slice(b),
             }
+            self.written_live.insert(id, rd_u32(&buf[at..], OFF_CRC));
             next_id = id + 1;
         }
         if let Some(s) = start {

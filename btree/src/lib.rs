@@ -1,7 +1,8 @@
 //! ferrite-btree: a copy-on-write B+tree on ferrite's own page format, with etcd's MVCC on top.
 //!
 //! **What it is.** `db` is the page layer: fixed 4 KiB pages in one file, two checksummed meta
-//! pages, copy-on-write commits (pwrite, fdatasync, flip the meta page), reads through a shared
+//! pages, copy-on-write commits (pwrite pages, a commit record of their crc32cs and the other
+//! meta page, one fdatasync; open checks the record), reads through a shared
 //! memory map, an on-disk free list, overflow chains for large values. `mvcc` is etcd's MVCC
 //! keyspace (revisions, versions, leases, tombstones, compaction, hash, watch history) stored in
 //! that tree. The server uses only `mvcc::MvccStore`.

@@ -826,6 +826,11 @@ impl MvccStore {
         self.lock().db.check()
     }
 
+    /// Which durable commit open chose (and a newer, torn one it passed over, if any).
+    pub fn open_report(&self) -> crate::db::OpenReport {
+        self.lock().db.open_report().clone()
+    }
+
     pub fn size_bytes(&self) -> u64 {
         self.inner.reader.file_bytes()
     }

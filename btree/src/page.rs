@@ -29,6 +29,7 @@ pub const KIND_LEAF: u8 = 2;
 pub const KIND_OVERFLOW: u8 = 3;
 pub const KIND_FREELIST: u8 = 4;
 pub const KIND_META: u8 = 5;
+pub const KIND_RECORD: u8 = 6;
 
 /// Branch: child 0 at 16, then `count` u16 slot offsets, then entries
 /// `key_len u16 | child u64 | key`.
@@ -81,7 +82,22 @@ pub const META_OFF_FREELIST: usize = 48;
 pub const META_OFF_PAGE_COUNT: usize = 56;
 pub const META_OFF_APP: usize = 64;
 pub const META_APP_WORDS: usize = 4;
-pub const META_END: usize = META_OFF_APP + 8 * META_APP_WORDS;
+/// Commit record (see `RECORD_*`): first page (0: none), entry count, crc32c of the entries.
+/// Files written before the record existed hold zeros here: "nothing to verify".
+pub const META_OFF_RECORD: usize = META_OFF_APP + 8 * META_APP_WORDS;
+pub const META_OFF_RECORD_ENTRIES: usize = META_OFF_RECORD + 8;
+pub const META_OFF_RECORD_CRC: usize = META_OFF_RECORD_ENTRIES + 8;
+pub const META_END: usize = META_OFF_RECORD_CRC + 4;
+
+/// Commit-record page layout (kind 6): the pages a durable commit wrote since the previous
+/// durable commit, each with the crc32c its header must hold, checked at open.
+pub const RECORD_OFF_NEXT: usize = HEADER_BYTES;
+pub const RECORD_OFF_ENTRIES: usize = RECORD_OFF_NEXT + 8;
+/// `page id u64` + `crc32c u32`.
+pub const RECORD_ENTRY_BYTES: usize = 12;
+pub const RECORD_ENTRIES_MAX: usize = (PAGE_SIZE - RECORD_OFF_ENTRIES) / RECORD_ENTRY_BYTES;
+const _: () = assert!(META_END <= PAGE_SIZE);
+const _: () = assert!(RECORD_ENTRIES_MAX <= u16::MAX as usize);
 pub const META_MAGIC: u32 = u32::from_le_bytes(*b"FeBT");
 pub const FORMAT_VERSION: u32 = 1;
 
@@ -480,6 +496,11 @@ pub struct Meta {
     pub freelist: PageId,
     pub page_count: u64,
     pub app: [u64; META_APP_WORDS],
+    /// First commit-record page (0: no record, nothing to verify at open).
+    pub record: PageId,
+    pub record_entries: u64,
+    /// crc32c over the record's entries in order (`id u64 LE ‖ crc u32 LE` each).
+    pub record_crc: u32,
 }
 
 impl Meta {
@@ -495,6 +516,9 @@ impl Meta {
         for (i, w) in self.app.iter().enumerate() {
             wr_u64(&mut p, META_OFF_APP + 8 * i, *w);
         }
+        wr_u64(&mut p, META_OFF_RECORD, self.record);
+        wr_u64(&mut p, META_OFF_RECORD_ENTRIES, self.record_entries);
+        wr_u32(&mut p, META_OFF_RECORD_CRC, self.record_crc);
         seal(&mut p, KIND_META, 0, slot);
         p
     }
@@ -525,13 +549,56 @@ impl Meta {
             freelist: rd_u64(bytes, META_OFF_FREELIST),
             page_count: rd_u64(bytes, META_OFF_PAGE_COUNT),
             app: std::array::from_fn(|i| rd_u64(bytes, META_OFF_APP + 8 * i)),
+            record: rd_u64(bytes, META_OFF_RECORD),
+            record_entries: rd_u64(bytes, META_OFF_RECORD_ENTRIES),
+            record_crc: rd_u32(bytes, META_OFF_RECORD_CRC),
         };
         if m.page_count < 2
             || (m.root != 0 && (m.root < 2 || m.root >= m.page_count))
             || (m.freelist != 0 && (m.freelist < 2 || m.freelist >= m.page_count))
+            || (m.record != 0 && (m.record < 2 || m.record >= m.page_count))
+            || (m.record == 0 && (m.record_entries != 0 || m.record_crc != 0))
+            || m.record_entries > m.page_count
         {
             return Err(corrupt(slot, format!("meta fields out of range: {m:?}")));
         }
         Ok(m)
     }
+}
+
+/// One commit-record page: the next page of the chain (0: last) and its entries.
+pub fn encode_record_page(id: PageId, next: PageId, entries: &[(PageId, u32)]) -> Box<[u8]> {
+    assert!(entries.len() <= RECORD_ENTRIES_MAX);
+    let mut p = vec![0u8; PAGE_SIZE].into_boxed_slice();
+    wr_u64(&mut p, RECORD_OFF_NEXT, next);
+    for (j, (pid, crc)) in entries.iter().enumerate() {
+        let at = RECORD_OFF_ENTRIES + RECORD_ENTRY_BYTES * j;
+        wr_u64(&mut p, at, *pid);
+        wr_u32(&mut p, at + 8, *crc);
+    }
+    seal(&mut p, KIND_RECORD, entries.len() as u16, id);
+    p
+}
+
+/// Decodes a commit-record page (header, checksum, count checked). Returns the next page and
+/// the entries; `crc` is extended over the entries' bytes in order.
+pub fn decode_record_page(
+    bytes: &[u8],
+    id: PageId,
+    crc: &mut u32,
+) -> Result<(PageId, Vec<(PageId, u32)>), StoreError> {
+    let n = check_header(bytes, id, &[KIND_RECORD], true)? as usize;
+    if n > RECORD_ENTRIES_MAX {
+        return Err(corrupt(
+            id,
+            format!("commit-record page claims {n} entries"),
+        ));
+    }
+    let body = &bytes[RECORD_OFF_ENTRIES..RECORD_OFF_ENTRIES + n * RECORD_ENTRY_BYTES];
+    *crc = crc32c::crc32c_append(*crc, body);
+    let entries = body
+        .chunks_exact(RECORD_ENTRY_BYTES)
+        .map(|e| (rd_u64(e, 0), rd_u32(e, 8)))
+        .collect();
+    Ok((rd_u64(bytes, RECORD_OFF_NEXT), entries))
 }

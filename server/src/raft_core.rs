@@ -108,9 +108,47 @@ pub struct CoreOptions {
     pub election_ticks: u32,
     pub snapshot_count: u64,
     pub pre_vote: bool,
+    /// `--strict-reconfig-check`: refuse member changes that would leave too few started or
+    /// connected voters (etcd's `mayAddMember` / `mayRemoveMember` / `mayPromoteMember`).
+    pub strict_reconfig_check: bool,
     /// The peer client TLS configuration (for the removal check's cluster-info request to
     /// `https://` peer URLs).
     pub peer_client_tls: Option<std::sync::Arc<ferrite_auth::rustls::ClientConfig>>,
+}
+
+/// How long a peer must have been connected before this member counts it as healthy for a
+/// reconfiguration (etcd's `HealthInterval`).
+pub const RECONFIG_CONNECTED_MIN: Duration = Duration::from_secs(5);
+
+/// A voter is started once it has published its name (etcd's `Member.IsStarted`).
+fn started(m: &Membership, id: u64) -> bool {
+    m.members.get(&id).is_some_and(|mm| !mm.name.is_empty())
+}
+
+/// etcd's `IsReadyToAddVotingMember`: with the new voter counted (and not started), the
+/// started voters are still a quorum; a 1-member cluster may always grow to 2.
+fn ready_to_add_voter(m: &Membership) -> bool {
+    let voters = m.voters();
+    let started_n = voters.iter().filter(|&&id| started(m, id)).count();
+    let members_n = voters.len() + 1;
+    (started_n == 1 && members_n == 2) || started_n > members_n / 2
+}
+
+/// etcd's `IsReadyToRemoveVotingMember`: without `id`, the started voters are a quorum of
+/// the rest.
+fn ready_to_remove_voter(m: &Membership, id: u64) -> bool {
+    let rest: Vec<u64> = m.voters().into_iter().filter(|&v| v != id).collect();
+    let started_n = rest.iter().filter(|&&v| started(m, v)).count();
+    started_n > rest.len() / 2
+}
+
+/// etcd's `IsReadyToPromoteMember`: the learner counted as a started voter, the started
+/// voters are a quorum.
+fn ready_to_promote(m: &Membership) -> bool {
+    let voters = m.voters();
+    let started_n = 1 + voters.iter().filter(|&&id| started(m, id)).count();
+    let members_n = voters.len() + 1;
+    started_n > members_n / 2
 }
 
 pub fn wal_record_of(e: &Entry) -> WalRecord {
@@ -867,6 +905,11 @@ impl RaftCore {
                 peer_urls,
                 is_learner,
             } => {
+                // etcd checks the quorum before proposing, and the URLs only when applying.
+                if let Err(e) = self.may_add_member(&m, is_learner) {
+                    let _ = reply.send(Err(e));
+                    return;
+                }
                 if m.peer_url_taken(&peer_urls, 0) {
                     let _ = reply.send(Err(EtcdError::PeerUrlExists));
                     return;
@@ -882,10 +925,6 @@ impl RaftCore {
                 }
                 if m.removed.contains(&id) {
                     let _ = reply.send(Err(EtcdError::IdRemoved));
-                    return;
-                }
-                if !is_learner && leader && !self.quorum_after_add(&m) {
-                    let _ = reply.send(Err(EtcdError::NotEnoughStartedMembers));
                     return;
                 }
                 let mut urls = peer_urls;
@@ -910,8 +949,8 @@ impl RaftCore {
                     return;
                 }
                 Ok(mm) => {
-                    if !mm.is_learner && leader && !self.quorum_after_remove(&m, id) {
-                        let _ = reply.send(Err(EtcdError::NotEnoughStartedMembers));
+                    if let Err(e) = self.may_remove_member(&m, mm) {
+                        let _ = reply.send(Err(e));
                         return;
                     }
                     ((ConfChangeKind::Remove, mm.clone()), None)
@@ -929,6 +968,10 @@ impl RaftCore {
                 Ok(mm) => {
                     if leader && !self.learner_in_sync(id) {
                         let _ = reply.send(Err(EtcdError::LearnerNotReady));
+                        return;
+                    }
+                    if self.opts.strict_reconfig_check && !ready_to_promote(&m) {
+                        let _ = reply.send(Err(EtcdError::NotEnoughStartedMembers));
                         return;
                     }
                     let mut mm = mm.clone();
@@ -1013,43 +1056,68 @@ impl RaftCore {
         }
     }
 
-    /// Members the leader heard from recently (etcd's "started" members): itself and every
-    /// peer whose progress is being replicated.
-    fn active_voters(&self, m: &Membership) -> usize {
-        let st = self.node.status();
-        let active: std::collections::HashSet<u64> = st
-            .progress
-            .iter()
-            .filter(|(_, _, _, state)| *state == ferrite_raft::ProgressState::Replicate)
-            .map(|(id, _, _, _)| *id)
-            .collect();
-        m.voters()
-            .into_iter()
-            .filter(|id| *id == self.shared.member_id || active.contains(id))
-            .count()
-    }
-
-    /// etcd's `isReadyToAddVotingMember`: after adding, the started voters are still a quorum.
-    fn quorum_after_add(&self, m: &Membership) -> bool {
-        let voters = m.voters().len() + 1;
-        self.active_voters(m) > voters / 2
-    }
-
-    /// etcd's `isReadyToRemoveVotingMember`.
-    fn quorum_after_remove(&self, m: &Membership, id: u64) -> bool {
-        let voters = m.voters().len().saturating_sub(1);
-        let mut active = self.active_voters(m);
-        if id == self.shared.member_id
-            || self
-                .node
-                .status()
-                .progress
-                .iter()
-                .any(|p| p.0 == id && p.3 == ferrite_raft::ProgressState::Replicate)
-        {
-            active = active.saturating_sub(1);
+    /// etcd's `mayAddMember` (with `--strict-reconfig-check`): a voter may be added only if
+    /// the started voters stay a quorum, and any member only if this member has been
+    /// connected to every voter for [`RECONFIG_CONNECTED_MIN`].
+    fn may_add_member(&self, m: &Membership, is_learner: bool) -> Result<(), EtcdError> {
+        if !self.opts.strict_reconfig_check {
+            return Ok(());
         }
-        active > voters / 2
+        if !is_learner && !ready_to_add_voter(m) {
+            tracing::warn!("rejecting member add request; not enough healthy members");
+            return Err(EtcdError::NotEnoughStartedMembers);
+        }
+        let voters = m.voters();
+        if self.connected_voters(&voters) != voters.len() {
+            tracing::warn!(
+                "rejecting member add request; local member has not been connected to all \
+                 peers, reconfigure breaks active quorum"
+            );
+            return Err(EtcdError::Unhealthy);
+        }
+        Ok(())
+    }
+
+    /// etcd's `mayRemoveMember`: removing a learner or a peer that is down is always allowed;
+    /// otherwise the remaining started voters must be a quorum, and so must the voters this
+    /// member has been connected to for [`RECONFIG_CONNECTED_MIN`], less the one removed.
+    fn may_remove_member(&self, m: &Membership, target: &MemberPb) -> Result<(), EtcdError> {
+        if !self.opts.strict_reconfig_check || target.is_learner {
+            return Ok(());
+        }
+        if !ready_to_remove_voter(m, target.id) {
+            tracing::warn!("rejecting member remove request; not enough healthy members");
+            return Err(EtcdError::NotEnoughStartedMembers);
+        }
+        if target.id != self.shared.member_id && self.transport.active_since(target.id).is_none() {
+            return Ok(());
+        }
+        let voters = m.voters();
+        let active = self.connected_voters(&voters);
+        if active.saturating_sub(1) < 1 + (voters.len().saturating_sub(1)) / 2 {
+            tracing::warn!(
+                active_peers = active,
+                "rejecting member remove request; local member has not been connected to all \
+                 peers, reconfigure breaks active quorum"
+            );
+            return Err(EtcdError::Unhealthy);
+        }
+        Ok(())
+    }
+
+    /// etcd's `numConnectedSince(now - HealthInterval)`: this member plus the voters whose
+    /// connection has been up for at least [`RECONFIG_CONNECTED_MIN`].
+    fn connected_voters(&self, voters: &[u64]) -> usize {
+        voters
+            .iter()
+            .filter(|&&id| {
+                id == self.shared.member_id
+                    || self
+                        .transport
+                        .active_since(id)
+                        .is_some_and(|t| t.elapsed() >= RECONFIG_CONNECTED_MIN)
+            })
+            .count()
     }
 
     /// etcd's `isLearnerReady`: the learner's match is at least 90% of the leader's commit.

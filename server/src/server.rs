@@ -452,6 +452,7 @@ pub fn run(config: Config) -> Result<(), String> {
         election_ticks,
         snapshot_count: config.snapshot_count,
         pre_vote: config.pre_vote,
+        strict_reconfig_check: config.strict_reconfig_check,
         peer_client_tls: peer_tls.as_ref().map(|t| t.client.clone()),
     })));
     let factory_shared = shared.clone();

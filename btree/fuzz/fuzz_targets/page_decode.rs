@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use ferrite_btree::page::{Meta, PageRef, PAGE_SIZE};
+use ferrite_btree::page::{decode_record_page, Meta, PageRef, PAGE_SIZE};
 use ferrite_btree::{MvccStore, RangeOptions, SimStorage, StoreOptions};
 use libfuzzer_sys::fuzz_target;
 
@@ -25,6 +25,16 @@ fuzz_target!(|data: &[u8]| {
         }
     }
     let _ = Meta::decode(&page, 0);
+    for verify_crc in [true, false] {
+        let mut p = page.clone();
+        if !verify_crc {
+            // Fix the checksum so the entries themselves are decoded.
+            let crc = crc32c_of(&p[4..]);
+            p[..4].copy_from_slice(&crc.to_le_bytes());
+        }
+        let mut crc = 0;
+        let _ = decode_record_page(&p, 7, &mut crc);
+    }
     // As page 2 (usually the root) of a small store, checksum fixed so structure is exercised.
     if data.len() > 4 {
         let mut img = base_image();
