@@ -173,7 +173,8 @@ pub struct Gateway<B> {
     pub guard: Option<ferrite_net::GrpcGuard>,
 }
 
-/// Registers `/health`, `/livez`, `/readyz`, `/version`, `/metrics` and the `/v3/` gateway.
+/// Registers `/health`, `/livez`, `/readyz`, `/version`, `/metrics` and the `/v3/` gateway
+/// (also under `/v3beta/`, as etcd 3.4).
 pub fn add_routes<B: Backend>(builder: RouterBuilder, gateway: Rc<Gateway<B>>) -> RouterBuilder {
     let g_health = gateway.clone();
     let g_v3 = gateway;
@@ -190,7 +191,15 @@ pub fn add_routes<B: Backend>(builder: RouterBuilder, gateway: Rc<Gateway<B>>) -
         })
         .route("/version", |req| async move { version_route(&req) })
         .route("/metrics", |req| async move { metrics_route(&req) })
-        .route_prefix("/v3/", move |req| {
+        .route_prefix("/v3/", {
+            let g_v3 = g_v3.clone();
+            move |req| {
+                let g = g_v3.clone();
+                async move { v3_route(&g, req).await }
+            }
+        })
+        // etcd 3.4 still answers the 3.3 gateway's `/v3beta/` paths as `/v3/` ones.
+        .route_prefix("/v3beta/", move |req| {
             let g = g_v3.clone();
             async move { v3_route(&g, req).await }
         })
@@ -666,7 +675,11 @@ where
 }
 
 async fn v3_route<B: Backend>(g: &Gateway<B>, req: Request<Incoming>) -> Response<BoxBody> {
-    let path = req.uri().path().to_string();
+    let path = req.uri().path();
+    let path = match path.strip_prefix("/v3beta/") {
+        Some(rest) => format!("/v3/{rest}"),
+        None => path.to_string(),
+    };
     if !is_gateway_path(&path) {
         return with_etcd_headers(text_response(StatusCode::NOT_FOUND, "Not Found\n"));
     }

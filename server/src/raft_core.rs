@@ -80,6 +80,13 @@ pub const LINGER_ANSWERED_MIN: usize = 4;
 /// Longest linger; it is also at most half the last sync's duration.
 pub const LINGER_MAX: Duration = Duration::from_millis(2);
 
+/// A lone voter (the only member) drops applied entries from Raft's in-memory log once this
+/// many requests were applied since the last drop: nobody can ask for them (no follower; a
+/// member added later gets a snapshot image) and they are in the WAL until the next
+/// `--snapshot-count` snapshot. Keeping them until then held up to `--snapshot-count`
+/// requests (~27 MiB of a 1M-key load of 256 B values; docs/benchmarks.md, "Performance pass 3").
+pub const SOLO_LOG_REQUESTS_MAX: u64 = 1024;
+
 /// How often revision-mode auto-compaction checks (etcd 3.4: 5 minutes).
 pub const AUTO_COMPACTION_REVISION_CHECK: Duration = Duration::from_secs(300);
 
@@ -101,9 +108,47 @@ pub struct CoreOptions {
     pub election_ticks: u32,
     pub snapshot_count: u64,
     pub pre_vote: bool,
+    /// `--strict-reconfig-check`: refuse member changes that would leave too few started or
+    /// connected voters (etcd's `mayAddMember` / `mayRemoveMember` / `mayPromoteMember`).
+    pub strict_reconfig_check: bool,
     /// The peer client TLS configuration (for the removal check's cluster-info request to
     /// `https://` peer URLs).
     pub peer_client_tls: Option<std::sync::Arc<ferrite_auth::rustls::ClientConfig>>,
+}
+
+/// How long a peer must have been connected before this member counts it as healthy for a
+/// reconfiguration (etcd's `HealthInterval`).
+pub const RECONFIG_CONNECTED_MIN: Duration = Duration::from_secs(5);
+
+/// A voter is started once it has published its name (etcd's `Member.IsStarted`).
+fn started(m: &Membership, id: u64) -> bool {
+    m.members.get(&id).is_some_and(|mm| !mm.name.is_empty())
+}
+
+/// etcd's `IsReadyToAddVotingMember`: with the new voter counted (and not started), the
+/// started voters are still a quorum; a 1-member cluster may always grow to 2.
+fn ready_to_add_voter(m: &Membership) -> bool {
+    let voters = m.voters();
+    let started_n = voters.iter().filter(|&&id| started(m, id)).count();
+    let members_n = voters.len() + 1;
+    (started_n == 1 && members_n == 2) || started_n > members_n / 2
+}
+
+/// etcd's `IsReadyToRemoveVotingMember`: without `id`, the started voters are a quorum of
+/// the rest.
+fn ready_to_remove_voter(m: &Membership, id: u64) -> bool {
+    let rest: Vec<u64> = m.voters().into_iter().filter(|&v| v != id).collect();
+    let started_n = rest.iter().filter(|&&v| started(m, v)).count();
+    started_n > rest.len() / 2
+}
+
+/// etcd's `IsReadyToPromoteMember`: the learner counted as a started voter, the started
+/// voters are a quorum.
+fn ready_to_promote(m: &Membership) -> bool {
+    let voters = m.voters();
+    let started_n = 1 + voters.iter().filter(|&&id| started(m, id)).count();
+    let members_n = voters.len() + 1;
+    started_n > members_n / 2
 }
 
 pub fn wal_record_of(e: &Entry) -> WalRecord {
@@ -303,6 +348,7 @@ pub async fn start(
         next_compaction_check: Instant::now(),
         last_snapshot_index: last_index.min(applied),
         requests_since_snapshot: 0,
+        requests_in_memory_log: 0,
         durable_index: last_index,
         force_snapshot: false,
         publish_waiter: None,
@@ -525,6 +571,8 @@ pub struct RaftCore {
     last_snapshot_index: u64,
     /// Requests applied since the last snapshot (an entry carries a batch of them).
     requests_since_snapshot: u64,
+    /// Requests applied since Raft's in-memory log was last compacted (`compact_solo_log`).
+    requests_in_memory_log: u64,
     /// Highest log index known durable in the WAL.
     durable_index: u64,
     /// Take a snapshot (with an image) at the next opportunity: a member was added while
@@ -857,6 +905,11 @@ impl RaftCore {
                 peer_urls,
                 is_learner,
             } => {
+                // etcd checks the quorum before proposing, and the URLs only when applying.
+                if let Err(e) = self.may_add_member(&m, is_learner) {
+                    let _ = reply.send(Err(e));
+                    return;
+                }
                 if m.peer_url_taken(&peer_urls, 0) {
                     let _ = reply.send(Err(EtcdError::PeerUrlExists));
                     return;
@@ -872,10 +925,6 @@ impl RaftCore {
                 }
                 if m.removed.contains(&id) {
                     let _ = reply.send(Err(EtcdError::IdRemoved));
-                    return;
-                }
-                if !is_learner && leader && !self.quorum_after_add(&m) {
-                    let _ = reply.send(Err(EtcdError::NotEnoughStartedMembers));
                     return;
                 }
                 let mut urls = peer_urls;
@@ -900,8 +949,8 @@ impl RaftCore {
                     return;
                 }
                 Ok(mm) => {
-                    if !mm.is_learner && leader && !self.quorum_after_remove(&m, id) {
-                        let _ = reply.send(Err(EtcdError::NotEnoughStartedMembers));
+                    if let Err(e) = self.may_remove_member(&m, mm) {
+                        let _ = reply.send(Err(e));
                         return;
                     }
                     ((ConfChangeKind::Remove, mm.clone()), None)
@@ -919,6 +968,10 @@ impl RaftCore {
                 Ok(mm) => {
                     if leader && !self.learner_in_sync(id) {
                         let _ = reply.send(Err(EtcdError::LearnerNotReady));
+                        return;
+                    }
+                    if self.opts.strict_reconfig_check && !ready_to_promote(&m) {
+                        let _ = reply.send(Err(EtcdError::NotEnoughStartedMembers));
                         return;
                     }
                     let mut mm = mm.clone();
@@ -1003,43 +1056,68 @@ impl RaftCore {
         }
     }
 
-    /// Members the leader heard from recently (etcd's "started" members): itself and every
-    /// peer whose progress is being replicated.
-    fn active_voters(&self, m: &Membership) -> usize {
-        let st = self.node.status();
-        let active: std::collections::HashSet<u64> = st
-            .progress
-            .iter()
-            .filter(|(_, _, _, state)| *state == ferrite_raft::ProgressState::Replicate)
-            .map(|(id, _, _, _)| *id)
-            .collect();
-        m.voters()
-            .into_iter()
-            .filter(|id| *id == self.shared.member_id || active.contains(id))
-            .count()
-    }
-
-    /// etcd's `isReadyToAddVotingMember`: after adding, the started voters are still a quorum.
-    fn quorum_after_add(&self, m: &Membership) -> bool {
-        let voters = m.voters().len() + 1;
-        self.active_voters(m) > voters / 2
-    }
-
-    /// etcd's `isReadyToRemoveVotingMember`.
-    fn quorum_after_remove(&self, m: &Membership, id: u64) -> bool {
-        let voters = m.voters().len().saturating_sub(1);
-        let mut active = self.active_voters(m);
-        if id == self.shared.member_id
-            || self
-                .node
-                .status()
-                .progress
-                .iter()
-                .any(|p| p.0 == id && p.3 == ferrite_raft::ProgressState::Replicate)
-        {
-            active = active.saturating_sub(1);
+    /// etcd's `mayAddMember` (with `--strict-reconfig-check`): a voter may be added only if
+    /// the started voters stay a quorum, and any member only if this member has been
+    /// connected to every voter for [`RECONFIG_CONNECTED_MIN`].
+    fn may_add_member(&self, m: &Membership, is_learner: bool) -> Result<(), EtcdError> {
+        if !self.opts.strict_reconfig_check {
+            return Ok(());
         }
-        active > voters / 2
+        if !is_learner && !ready_to_add_voter(m) {
+            tracing::warn!("rejecting member add request; not enough healthy members");
+            return Err(EtcdError::NotEnoughStartedMembers);
+        }
+        let voters = m.voters();
+        if self.connected_voters(&voters) != voters.len() {
+            tracing::warn!(
+                "rejecting member add request; local member has not been connected to all \
+                 peers, reconfigure breaks active quorum"
+            );
+            return Err(EtcdError::Unhealthy);
+        }
+        Ok(())
+    }
+
+    /// etcd's `mayRemoveMember`: removing a learner or a peer that is down is always allowed;
+    /// otherwise the remaining started voters must be a quorum, and so must the voters this
+    /// member has been connected to for [`RECONFIG_CONNECTED_MIN`], less the one removed.
+    fn may_remove_member(&self, m: &Membership, target: &MemberPb) -> Result<(), EtcdError> {
+        if !self.opts.strict_reconfig_check || target.is_learner {
+            return Ok(());
+        }
+        if !ready_to_remove_voter(m, target.id) {
+            tracing::warn!("rejecting member remove request; not enough healthy members");
+            return Err(EtcdError::NotEnoughStartedMembers);
+        }
+        if target.id != self.shared.member_id && self.transport.active_since(target.id).is_none() {
+            return Ok(());
+        }
+        let voters = m.voters();
+        let active = self.connected_voters(&voters);
+        if active.saturating_sub(1) < 1 + (voters.len().saturating_sub(1)) / 2 {
+            tracing::warn!(
+                active_peers = active,
+                "rejecting member remove request; local member has not been connected to all \
+                 peers, reconfigure breaks active quorum"
+            );
+            return Err(EtcdError::Unhealthy);
+        }
+        Ok(())
+    }
+
+    /// etcd's `numConnectedSince(now - HealthInterval)`: this member plus the voters whose
+    /// connection has been up for at least [`RECONFIG_CONNECTED_MIN`].
+    fn connected_voters(&self, voters: &[u64]) -> usize {
+        voters
+            .iter()
+            .filter(|&&id| {
+                id == self.shared.member_id
+                    || self
+                        .transport
+                        .active_since(id)
+                        .is_some_and(|t| t.elapsed() >= RECONFIG_CONNECTED_MIN)
+            })
+            .count()
     }
 
     /// etcd's `isLearnerReady`: the learner's match is at least 90% of the leader's commit.
@@ -1418,6 +1496,7 @@ impl RaftCore {
         self.applied = self.applied.max(applied);
         self.last_snapshot_index = snap.meta.index;
         self.requests_since_snapshot = 0;
+        self.requests_in_memory_log = 0;
         self.shared
             .applied_index
             .store(self.applied, Ordering::Release);
@@ -1501,12 +1580,14 @@ impl RaftCore {
             }
             if e.kind == EntryKind::ConfChange {
                 self.requests_since_snapshot += 1;
+                self.requests_in_memory_log += 1;
                 let m = membership.get_or_insert_with(|| self.shared.members());
                 self.apply_conf_change(e, m);
                 continue;
             }
             if e.data.is_empty() {
                 self.requests_since_snapshot += 1;
+                self.requests_in_memory_log += 1;
                 continue;
             }
             let batch = match RaftBatch::decode(e.data.as_slice()) {
@@ -1521,6 +1602,7 @@ impl RaftCore {
                 }
             };
             self.requests_since_snapshot += batch.requests.len().max(1) as u64;
+            self.requests_in_memory_log += batch.requests.len().max(1) as u64;
             for req in batch.requests {
                 if let Some(attr) = &req.member_attr {
                     let m = membership.get_or_insert_with(|| self.shared.members());
@@ -1805,6 +1887,7 @@ impl RaftCore {
             || (self.applied > self.last_snapshot_index && self.requests_since_snapshot >= count);
         let forced = self.force_snapshot && self.applied > self.last_snapshot_index;
         if !due && !forced {
+            self.compact_solo_log();
             return;
         }
         self.force_snapshot = false;
@@ -1829,16 +1912,42 @@ impl RaftCore {
                 return;
             }
         };
-        if let Err(e) = self.node.compact(index, image) {
-            tracing::warn!(index, error = %e, "raft log compaction refused");
-            return;
+        // The in-memory log may already be compacted up to `index` (`compact_solo_log`).
+        let compacted = self.node.snapshot().map_or(0, |s| s.meta.index);
+        if index > compacted {
+            if let Err(e) = self.node.compact(index, image) {
+                tracing::warn!(index, error = %e, "raft log compaction refused");
+                return;
+            }
         }
+        self.requests_in_memory_log = 0;
         match self.wal.release_below(index + 1).await {
             Ok(n) => tracing::debug!(index, segments = n, "released WAL segments"),
             Err(e) => tracing::warn!(index, error = %e, "releasing WAL segments failed"),
         }
         self.last_snapshot_index = index;
         self.requests_since_snapshot = 0;
+    }
+
+    /// A lone member drops applied entries from Raft's in-memory log every
+    /// `SOLO_LOG_REQUESTS_MAX` requests (see there); the WAL, the store and the WAL snapshot
+    /// marker are untouched (`maybe_snapshot` does those every `--snapshot-count`).
+    fn compact_solo_log(&mut self) {
+        if self.requests_in_memory_log < SOLO_LOG_REQUESTS_MAX
+            || !self.solo_leader()
+            || self.shared.members().members.len() > 1
+        {
+            return;
+        }
+        let index = self.applied;
+        if self.node.snapshot().map_or(0, |s| s.meta.index) >= index {
+            return;
+        }
+        // Refused below a configuration change not yet applied: retried after the next apply.
+        match self.node.compact(index, Vec::new()) {
+            Ok(()) => self.requests_in_memory_log = 0,
+            Err(e) => tracing::debug!(index, error = %e, "in-memory raft log not compacted"),
+        }
     }
 
     /// The log is poisoned: nothing more can be acknowledged safely.

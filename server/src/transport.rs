@@ -27,6 +27,11 @@ pub trait Transport {
     fn take_unreachable(&mut self) -> Vec<u64> {
         Vec::new()
     }
+    /// Since when the connection to peer `id` has been up without a break (etcd's
+    /// `ActiveSince`); `None` if it is down or unknown.
+    fn active_since(&self, _id: u64) -> Option<std::time::Instant> {
+        None
+    }
 }
 
 /// The transport of a single-member cluster: there is nobody to talk to. A message to another
@@ -61,6 +66,9 @@ impl Transport for PeerTransport {
     }
     fn take_unreachable(&mut self) -> Vec<u64> {
         self.net.take_unreachable()
+    }
+    fn active_since(&self, id: u64) -> Option<std::time::Instant> {
+        self.net.active_since(id)
     }
 }
 

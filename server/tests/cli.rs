@@ -404,6 +404,20 @@ fn http_routes_and_json_gateway() {
     );
     assert_eq!(del["deleted"], "1");
     assert_eq!(del["prev_kvs"][0]["value"], b64("baz"));
+    // etcd 3.4 answers the 3.3 gateway's `/v3beta/` paths as `/v3/` ones; `/v3alpha/` is gone.
+    let beta = post(
+        a,
+        "/v3beta/kv/put",
+        &format!(r#"{{"key":"{}","value":"{}"}}"#, b64("beta"), b64("b")),
+    );
+    let range = post(
+        a,
+        "/v3beta/kv/range",
+        &format!(r#"{{"key":"{}"}}"#, b64("beta")),
+    );
+    assert_eq!(rev(&range), rev(&beta));
+    assert_eq!(range["kvs"][0]["value"], b64("b"));
+    assert_eq!(http(a, "POST", "/v3alpha/kv/range", "{}").status, 404);
 
     // Errors: grpc-gateway's body and HTTP status.
     let r = http(

@@ -811,3 +811,80 @@ fn force_new_cluster_recovers_a_lone_survivor() {
     assert_eq!(member_list(ep).len(), 1);
     assert_eq!(get(ep, "after-force", false).as_deref(), Some("x"));
 }
+
+/// `--strict-reconfig-check` (on by default in etcd 3.4): with a voter down, a member add is
+/// refused ("unhealthy cluster"), and so is the removal of a live voter, while the removal of
+/// the member that is down is allowed; a voter that never started counts against the quorum
+/// ("not enough started members").
+#[test]
+fn strict_reconfig_check_guards_the_quorum() {
+    let target = Target::from_env();
+    let dir = TempDir::new(&format!("cluster-strict-{}", target.name()));
+    let mut ms: Vec<Member> = (1..=3).map(|i| member(&dir, &format!("s{i}"))).collect();
+    let initial = initial_cluster(&ms);
+    for m in ms.iter_mut() {
+        m.start(target, &initial, "new");
+    }
+    let eps: Vec<String> = ms.iter().map(|m| m.client.clone()).collect();
+    let ep_refs: Vec<&str> = eps.iter().map(String::as_str).collect();
+    wait_for("a leader all members agree on", || agreed_leader(&ep_refs));
+    put_retry(&eps[0], "k", "v");
+    let ids: Vec<u64> = eps.iter().map(|ep| status(ep).expect("status").0).collect();
+    let spare_peer = format!("http://127.0.0.1:{}", common::free_port());
+    ms[2].kill9();
+    let s1 = eps[0].as_str();
+    // A proposal forwarded to a dead leader is lost (a timeout, in etcd too): let the
+    // survivors elect one of them first if s3 led.
+    wait_for("a leader s1 and s2 agree on", || {
+        agreed_leader(&ep_refs[..2]).filter(|l| *l != ids[2])
+    });
+    for learner in [false, true] {
+        let mut args = vec!["member", "add", "s4"];
+        let urls = format!("--peer-urls={spare_peer}");
+        args.push(&urls);
+        if learner {
+            args.push("--learner");
+        }
+        let o = wait_for("member add refused while s3 is down", || {
+            let o = ctl(s1, &args);
+            assert!(!o.status.success(), "member add accepted with s3 down");
+            text(&o)
+                .contains("etcdserver: unhealthy cluster")
+                .then_some(o)
+        });
+        assert!(!o.status.success());
+    }
+    // A live voter cannot be removed while another is down (1 of the 2 left would be up).
+    let o = ctl(s1, &["member", "remove", &format!("{:x}", ids[1])]);
+    assert!(
+        text(&o).contains("etcdserver: unhealthy cluster"),
+        "{}",
+        text(&o)
+    );
+    // The member that is down can.
+    let o = ctl(s1, &["member", "remove", &format!("{:x}", ids[2])]);
+    assert!(o.status.success(), "{}", text(&o));
+    wait_for("member list of two", || {
+        (member_list(s1).len() == 2).then_some(())
+    });
+    // Both members up (once connected for 5 s): a voter may be added; it never starts.
+    let urls = format!("--peer-urls={spare_peer}");
+    wait_for("member add s4 accepted", || {
+        let o = ctl(s1, &["member", "add", "s4", &urls]);
+        if text(&o).contains("unhealthy cluster") {
+            return None;
+        }
+        assert!(o.status.success(), "{}", text(&o));
+        Some(())
+    });
+    // 2 started voters of 4 is not a quorum: the next voter is refused.
+    let spare2 = format!("--peer-urls=http://127.0.0.1:{}", common::free_port());
+    let o = ctl(s1, &["member", "add", "s5", &spare2]);
+    assert!(
+        text(&o).contains("etcdserver: re-configuration failed due to not enough started members"),
+        "{}",
+        text(&o)
+    );
+    assert_eq!(member_list(s1).len(), 3);
+    put_retry(s1, "k2", "v2");
+}

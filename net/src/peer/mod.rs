@@ -15,6 +15,9 @@
 //!   message and marks the peer unreachable; so does a failed dial or write (the queued and
 //!   in-flight messages are lost, as on a lossy network: Raft retransmits). The writer redials
 //!   with bounded exponential backoff ([`BACKOFF_MIN`] → [`BACKOFF_MAX`]).
+//! - Outbound connections are dialed as soon as a peer is known and kept open without traffic
+//!   (as etcd's peer streams are), so [`PeerNet::active_since`] tells whether a peer is up:
+//!   the server's reconfiguration checks (`--strict-reconfig-check`) use it.
 //!   [`PeerNet::take_unreachable`] hands the unreachable set to the Raft core.
 //!
 //! # Invariants
@@ -52,7 +55,7 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::task::{Poll, Waker};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ferrite_raft::Message;
 use flatbuffers::FlatBufferBuilder;
@@ -233,6 +236,9 @@ struct Peer {
     waker: RefCell<Option<Waker>>,
     removed: Cell<bool>,
     task: RefCell<Option<JoinHandle<()>>>,
+    /// Since when the outbound connection has been up without a break (etcd's
+    /// `ActiveSince`); `None` while it is down.
+    active_since: Cell<Option<Instant>>,
 }
 
 impl Peer {
@@ -354,6 +360,7 @@ impl PeerNet {
             waker: RefCell::new(None),
             removed: Cell::new(false),
             task: RefCell::new(None),
+            active_since: Cell::new(None),
         });
         let task = glommio::spawn_local(writer_loop(self.shared.clone(), p.clone())).detach();
         *p.task.borrow_mut() = Some(task);
@@ -431,6 +438,17 @@ impl PeerNet {
         std::mem::take(&mut *self.shared.unreachable.borrow_mut())
             .into_iter()
             .collect()
+    }
+
+    /// Since when the connection to peer `id` has been up without a break (etcd's
+    /// `Transporter.ActiveSince`); `None` for an unknown peer or one that is not connected.
+    /// Connections are kept open whether or not there is traffic, so a live peer is active.
+    pub fn active_since(&self, id: u64) -> Option<Instant> {
+        self.shared
+            .peers
+            .borrow()
+            .get(&id)
+            .and_then(|p| p.active_since.get())
     }
 
     /// The bound listen addresses (port 0 resolved).
@@ -600,14 +618,15 @@ impl Drop for Conn {
     }
 }
 
-/// Waits until the peer has something queued, was removed, its URLs changed, or its
-/// connection died.
+/// Waits until the peer has something queued, was removed, its URLs changed, or there is no
+/// live connection (connections are kept open without traffic, as etcd's streams are: a
+/// member knows which peers are up, for the reconfiguration checks).
 async fn wait_work(p: &Peer, urls_gen: u64, conn: Option<&Conn>) {
     std::future::poll_fn(|cx| {
         if p.removed.get()
             || !p.queue.borrow().is_empty()
             || p.urls_gen.get() != urls_gen
-            || conn.is_some_and(|c| c.dead.get())
+            || conn.is_none_or(|c| c.dead.get())
         {
             Poll::Ready(())
         } else {
@@ -631,19 +650,14 @@ async fn writer_loop(shared: Rc<Shared>, p: Rc<Peer>) {
             return;
         }
         if conn.as_ref().is_some_and(|c| c.dead.get()) {
-            // The acceptor went away (restart, or it refused us late): redial when there is
-            // something to send.
+            // The acceptor went away (restart, or it refused us late): redial.
             conn = None;
-            if p.queue.borrow().is_empty() {
-                continue;
-            }
+            p.active_since.set(None);
         }
         if p.urls_gen.get() != conn_gen {
             conn = None;
+            p.active_since.set(None);
             conn_gen = p.urls_gen.get();
-            if p.queue.borrow().is_empty() {
-                continue;
-            }
         }
         if conn.is_none() {
             let urls = p.urls.borrow().clone();
@@ -682,6 +696,7 @@ async fn writer_loop(shared: Rc<Shared>, p: Rc<Peer>) {
                     failing = false;
                     backoff = BACKOFF_MIN;
                     conn = Some(Conn::new(s, &p));
+                    p.active_since.set(Some(Instant::now()));
                 }
                 Err(e) => {
                     if !failing {
@@ -693,6 +708,7 @@ async fn writer_loop(shared: Rc<Shared>, p: Rc<Peer>) {
                         );
                     }
                     failing = true;
+                    p.active_since.set(None);
                     url_next = url_next.wrapping_add(1);
                     shared.unreachable.borrow_mut().insert(p.id);
                     p.clear_queue();
@@ -705,6 +721,10 @@ async fn writer_loop(shared: Rc<Shared>, p: Rc<Peer>) {
         let Some(c) = conn.as_mut() else {
             unreachable!("connected above");
         };
+        if p.queue.borrow().is_empty() {
+            // Connected with nothing to send: keep the connection open.
+            continue;
+        }
         // Take everything queued: small frames are coalesced into one buffer, a big frame
         // is written on its own.
         let frames: Vec<Vec<u8>> = p.queue.borrow_mut().drain(..).collect();
@@ -733,6 +753,7 @@ async fn writer_loop(shared: Rc<Shared>, p: Rc<Peer>) {
             );
             conn = None;
             failing = true;
+            p.active_since.set(None);
             shared.unreachable.borrow_mut().insert(p.id);
             p.clear_queue();
         }
