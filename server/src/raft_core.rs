@@ -353,6 +353,7 @@ pub async fn start(
         force_snapshot: false,
         publish_waiter: None,
         publish_applied: false,
+        log_last_at_start: last_index,
         publish_retry_at: Instant::now(),
         member_answers: Vec::new(),
         leaderless_since: None,
@@ -584,6 +585,8 @@ pub struct RaftCore {
     /// is raised only after that batch's store commit, so a client served from then on sees
     /// the publish in every read (Maintenance.Hash included).
     publish_applied: bool,
+    /// The last log index found at start: entries after it were proposed in this run.
+    log_last_at_start: u64,
     publish_retry_at: Instant,
     leaderless_since: Option<Instant>,
     removal_check_at: Instant,
@@ -1606,7 +1609,7 @@ impl RaftCore {
             for req in batch.requests {
                 if let Some(attr) = &req.member_attr {
                     let m = membership.get_or_insert_with(|| self.shared.members());
-                    self.apply_member_attr(&req, attr, m);
+                    self.apply_member_attr(e.index, &req, attr, m);
                     continue;
                 }
                 if req.op.is_none() {
@@ -1762,7 +1765,13 @@ impl RaftCore {
     }
 
     /// Applies a member's published attributes or a peer URL update.
-    fn apply_member_attr(&mut self, req: &InternalRequest, attr: &MemberAttr, m: &mut Membership) {
+    fn apply_member_attr(
+        &mut self,
+        index: u64,
+        req: &InternalRequest,
+        attr: &MemberAttr,
+        m: &mut Membership,
+    ) {
         let me = self.shared.member_id;
         let Some(upd) = &attr.member else { return };
         let result = match m.members.get_mut(&upd.id) {
@@ -1772,7 +1781,10 @@ impl RaftCore {
                     MEMBER_ATTR_PUBLISH => {
                         existing.name = upd.name.clone();
                         existing.client_urls = upd.client_urls.clone();
-                        if upd.id == me {
+                        // Only this run's publish opens the client port: one replayed from
+                        // the WAL at restart may be applied before later entries are (a
+                        // client would read the store as of before them).
+                        if upd.id == me && index > self.log_last_at_start {
                             self.publish_applied = true;
                         }
                     }
