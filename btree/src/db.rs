@@ -104,13 +104,7 @@ impl<'a> NodeRef<'a> {
     pub fn value(&self, i: usize) -> ValRef<'a> {
         match self {
             NodeRef::Page(p) => p.value(i),
-            NodeRef::Mem(Node::Leaf { vals, .. }) => match &vals[i] {
-                LeafVal::Inline(v) => ValRef::Inline(v),
-                LeafVal::Overflow { first, len } => ValRef::Overflow {
-                    first: *first,
-                    len: *len,
-                },
-            },
+            NodeRef::Mem(Node::Leaf { vals, heap, .. }) => vals[i].as_ref(heap),
             NodeRef::Mem(Node::Branch { .. }) => unreachable!("value of a branch"),
         }
     }
@@ -372,9 +366,12 @@ struct Shared {
 }
 
 enum Dirty {
-    Node(Node),
+    /// A decoded node and its encoded size if known (`SIZE_UNKNOWN`: compute it).
+    Node(Node, usize),
     Raw(Box<[u8]>),
 }
+
+const SIZE_UNKNOWN: usize = usize::MAX;
 
 /// The single writer. All changes since the last `commit` are private to it.
 pub struct DbWriter {
@@ -400,6 +397,8 @@ pub struct DbWriter {
     /// their header: the next durable commit's record.
     written_live: HashMap<PageId, u32>,
     open_report: OpenReport,
+    /// Buffers of nodes written out, for the next decodes.
+    pool: NodePool,
     readers: Vec<(u64, Weak<Snapshot>)>,
     unsynced_freed_pages: u64,
     poisoned: bool,
@@ -562,7 +561,7 @@ impl PageSource for DbWriter {
     }
     fn node(&self, id: PageId) -> Result<NodeRef<'_>, StoreError> {
         match self.dirty.get(&id) {
-            Some(Dirty::Node(n)) => Ok(NodeRef::Mem(n)),
+            Some(Dirty::Node(n, _)) => Ok(NodeRef::Mem(n)),
             Some(Dirty::Raw(_)) => Err(StoreError::Corrupt {
                 page: id,
                 reason: "tree node points at an overflow page".into(),
@@ -573,7 +572,7 @@ impl PageSource for DbWriter {
     fn raw_page(&self, id: PageId) -> Result<&[u8], StoreError> {
         match self.dirty.get(&id) {
             Some(Dirty::Raw(b)) => Ok(b),
-            Some(Dirty::Node(_)) => Err(StoreError::Corrupt {
+            Some(Dirty::Node(..)) => Err(StoreError::Corrupt {
                 page: id,
                 reason: "overflow chain points at a tree node".into(),
             }),
@@ -744,6 +743,7 @@ impl DbWriter {
             record_pages,
             written_live: HashMap::new(),
             open_report: report,
+            pool: NodePool::default(),
             readers: Vec::new(),
             unsynced_freed_pages: 0,
             poisoned: false,
@@ -827,22 +827,43 @@ impl DbWriter {
 
     /// Makes `id` writable, copying it to a new page if it is committed. Returns the new id.
     fn make_dirty(&mut self, id: PageId) -> Result<PageId, StoreError> {
-        if matches!(self.dirty.get(&id), Some(Dirty::Node(_))) {
+        if matches!(self.dirty.get(&id), Some(Dirty::Node(..))) {
             return Ok(id);
         }
-        let node = match self.base_node(id)? {
-            NodeRef::Page(p) => Node::from_page(&p),
-            NodeRef::Mem(n) => n.clone(),
+        let mut pool = std::mem::take(&mut self.pool);
+        let node = match self.base_node(id) {
+            Ok(NodeRef::Page(p)) => Ok(Node::from_page_in(&p, &mut pool)),
+            Ok(NodeRef::Mem(n)) => Ok(n.clone()),
+            Err(e) => Err(e),
         };
+        self.pool = pool;
+        let node = node?;
         self.free_page(id);
         let new = self.alloc();
-        self.dirty.insert(new, Dirty::Node(node));
+        self.dirty.insert(new, Dirty::Node(node, SIZE_UNKNOWN));
         Ok(new)
     }
 
+    /// A dirty node to change in any way (its cached size is dropped).
     fn node_mut(&mut self, id: PageId) -> &mut Node {
         match self.dirty.get_mut(&id) {
-            Some(Dirty::Node(n)) => n,
+            Some(Dirty::Node(n, size)) => {
+                *size = SIZE_UNKNOWN;
+                n
+            }
+            _ => panic!("page {id} is not a dirty node"),
+        }
+    }
+
+    /// A dirty node and its encoded size, which the caller keeps exact across its changes.
+    fn node_sized(&mut self, id: PageId) -> (&mut Node, &mut usize) {
+        match self.dirty.get_mut(&id) {
+            Some(Dirty::Node(n, size)) => {
+                if *size == SIZE_UNKNOWN {
+                    *size = n.encoded_bytes();
+                }
+                (n, size)
+            }
             _ => panic!("page {id} is not a dirty node"),
         }
     }
@@ -914,18 +935,27 @@ impl DbWriter {
             return Err(StoreError::Poisoned);
         }
         let val = if value_is_inline(key.len(), value.len()) {
-            LeafVal::Inline(value.to_vec())
+            ValRef::Inline(value)
         } else {
-            self.write_overflow(value)
+            match self.write_overflow(value) {
+                LeafVal::Overflow { first, len } => ValRef::Overflow { first, len },
+                LeafVal::Inline { .. } => unreachable!("write_overflow returns a chain"),
+            }
         };
         if self.root == 0 {
             let id = self.alloc();
+            let mut heap = Vec::new();
+            let v = LeafVal::push(&mut heap, val);
             self.dirty.insert(
                 id,
-                Dirty::Node(Node::Leaf {
-                    keys: vec![NodeKey::from_slice(key)],
-                    vals: vec![val],
-                }),
+                Dirty::Node(
+                    Node::Leaf {
+                        keys: vec![NodeKey::from_slice(key)],
+                        vals: vec![v],
+                        heap,
+                    },
+                    SIZE_UNKNOWN,
+                ),
             );
             self.root = id;
             return Ok(());
@@ -936,10 +966,13 @@ impl DbWriter {
             let id = self.alloc();
             self.dirty.insert(
                 id,
-                Dirty::Node(Node::Branch {
-                    keys: vec![sep],
-                    children: vec![root, right],
-                }),
+                Dirty::Node(
+                    Node::Branch {
+                        keys: vec![sep],
+                        children: vec![root, right],
+                    },
+                    SIZE_UNKNOWN,
+                ),
             );
             self.root = id;
         }
@@ -951,37 +984,49 @@ impl DbWriter {
         &mut self,
         page: PageId,
         key: &[u8],
-        val: LeafVal,
+        val: ValRef<'_>,
     ) -> Result<(PageId, Option<(NodeKey, PageId)>), StoreError> {
         let id = self.make_dirty(page)?;
         let mut appended = false;
         let mut old = None;
-        let child = match self.node_mut(id) {
-            Node::Leaf { keys, vals } => {
+        let (node, size) = self.node_sized(id);
+        let child = match node {
+            Node::Leaf { keys, vals, heap } => {
+                let v = LeafVal::push(heap, val);
+                let entry = leaf_entry_bytes(key.len(), &v);
                 match keys.binary_search_by(|k| k.as_slice().cmp(key)) {
-                    Ok(i) => old = Some(std::mem::replace(&mut vals[i], val)),
+                    Ok(i) => {
+                        *size = *size + entry - leaf_entry_bytes(key.len(), &vals[i]);
+                        old = Some(std::mem::replace(&mut vals[i], v));
+                    }
                     Err(i) => {
                         appended = i == keys.len();
+                        *size += entry;
                         keys.insert(i, NodeKey::from_slice(key));
-                        vals.insert(i, val);
+                        vals.insert(i, v);
                     }
+                }
+                if heap.len() > LEAF_HEAP_BYTES_MAX {
+                    *heap = compact_heap(vals, heap);
                 }
                 None
             }
             Node::Branch { keys, children } => {
                 let idx = keys.partition_point(|k| k.as_slice() <= key);
-                Some((idx, children[idx], val))
+                Some((idx, children[idx]))
             }
         };
         if let Some(v) = old {
             self.free_value(&v)?;
         }
-        if let Some((idx, child, val)) = child {
+        if let Some((idx, child)) = child {
             let (new_child, split) = self.insert_rec(child, key, val)?;
-            if let Node::Branch { keys, children } = self.node_mut(id) {
+            let (node, size) = self.node_sized(id);
+            if let Node::Branch { keys, children } = node {
                 children[idx] = new_child;
                 if let Some((sep, right)) = split {
                     appended = idx == keys.len();
+                    *size += branch_entry_bytes(sep.len());
                     keys.insert(idx, sep);
                     children.insert(idx + 1, right);
                 }
@@ -992,12 +1037,18 @@ impl DbWriter {
     }
 
     fn split_if_needed(&mut self, id: PageId, appended: bool) -> Option<(NodeKey, PageId)> {
-        let node = self.node_mut(id);
-        if node.encoded_bytes() <= PAGE_SIZE {
+        let size = *self.node_sized(id).1;
+        debug_assert_eq!(
+            Some(size),
+            self.node_bytes(id).ok(),
+            "size cache of page {id}"
+        );
+        if size <= PAGE_SIZE {
             return None;
         }
+        let node = self.node_mut(id);
         let (sep, right) = match node {
-            Node::Leaf { keys, vals } => {
+            Node::Leaf { keys, vals, heap } => {
                 let sizes: Vec<usize> = keys
                     .iter()
                     .zip(vals.iter())
@@ -1005,9 +1056,18 @@ impl DbWriter {
                     .collect();
                 let s = split_point(&sizes, LEAF_OFF_SLOTS, appended, 1);
                 let rk = keys.split_off(s);
-                let rv = vals.split_off(s);
+                let mut rv = vals.split_off(s);
+                let rheap = compact_heap(&mut rv, heap);
+                *heap = compact_heap(vals, heap);
                 let sep = separator(keys.last().expect("left half"), &rk[0]);
-                (sep, Node::Leaf { keys: rk, vals: rv })
+                (
+                    sep,
+                    Node::Leaf {
+                        keys: rk,
+                        vals: rv,
+                        heap: rheap,
+                    },
+                )
             }
             Node::Branch { keys, children } => {
                 let sizes: Vec<usize> = keys.iter().map(|k| branch_entry_bytes(k.len())).collect();
@@ -1034,7 +1094,7 @@ impl DbWriter {
             "right half of split overflows"
         );
         let rid = self.alloc();
-        self.dirty.insert(rid, Dirty::Node(right));
+        self.dirty.insert(rid, Dirty::Node(right, SIZE_UNKNOWN));
         Some((sep, rid))
     }
 
@@ -1056,7 +1116,7 @@ impl DbWriter {
 
     /// Replaces a root branch with no keys by its only child, and an empty root leaf by nothing.
     fn collapse_root(&mut self) -> Result<(), StoreError> {
-        if self.root == 0 || !matches!(self.dirty.get(&self.root), Some(Dirty::Node(_))) {
+        if self.root == 0 || !matches!(self.dirty.get(&self.root), Some(Dirty::Node(..))) {
             return Ok(());
         }
         loop {
@@ -1090,7 +1150,7 @@ impl DbWriter {
             }
             let id = self.make_dirty(page)?;
             let v = match self.node_mut(id) {
-                Node::Leaf { keys, vals } => {
+                Node::Leaf { keys, vals, .. } => {
                     keys.remove(i);
                     vals.remove(i)
                 }
@@ -1161,9 +1221,24 @@ impl DbWriter {
         };
         self.free_page(rid);
         match (self.node_mut(lid), right) {
-            (Node::Leaf { keys, vals }, Node::Leaf { keys: rk, vals: rv }) => {
+            (
+                Node::Leaf { keys, vals, heap },
+                Node::Leaf {
+                    keys: rk,
+                    vals: rv,
+                    heap: rheap,
+                },
+            ) => {
+                let base = heap.len() as u32;
+                heap.extend_from_slice(&rheap);
                 keys.extend(rk);
-                vals.extend(rv);
+                vals.extend(rv.into_iter().map(|v| match v {
+                    LeafVal::Inline { off, len } => LeafVal::Inline {
+                        off: off + base,
+                        len,
+                    },
+                    v => v,
+                }));
             }
             (
                 Node::Branch { keys, children },
@@ -1269,20 +1344,14 @@ impl DbWriter {
                 id = self.make_dirty(id)?;
                 for i in moves {
                     let v = match self.node_mut(id) {
-                        Node::Leaf { vals, .. } => vals[i].clone(),
+                        Node::Leaf { vals, .. } => vals[i],
                         Node::Branch { .. } => unreachable!(),
                     };
-                    let bytes = read_value(
-                        self,
-                        match &v {
-                            LeafVal::Overflow { first, len } => ValRef::Overflow {
-                                first: *first,
-                                len: *len,
-                            },
-                            LeafVal::Inline(b) => ValRef::Inline(b),
-                        },
-                    )?
-                    .into_owned();
+                    // Only overflow values were picked (same index in the copied node).
+                    let LeafVal::Overflow { first, len } = v else {
+                        continue;
+                    };
+                    let bytes = read_value(self, ValRef::Overflow { first, len })?.into_owned();
                     self.free_value(&v)?;
                     let nv = self.write_overflow(&bytes);
                     if let Node::Leaf { vals, .. } = self.node_mut(id) {
@@ -1662,7 +1731,7 @@ impl DbWriter {
             let at = buf.len();
             buf.resize(at + PAGE_SIZE, 0);
             match self.dirty.get(&id).expect("dirty") {
-                Dirty::Node(n) => n.encode(id, &mut buf[at..]),
+                Dirty::Node(n, _) => n.encode(id, &mut buf[at..]),
                 Dirty::Raw(b) => buf[at..].copy_from_slice(b),
             }
             self.written_live.insert(id, rd_u32(&buf[at..], OFF_CRC));
@@ -1671,7 +1740,11 @@ impl DbWriter {
         if let Some(s) = start {
             storage.write_at(&buf, s * PAGE_SIZE as u64)?;
         }
-        self.dirty.clear();
+        for (_, d) in self.dirty.drain() {
+            if let Dirty::Node(n, _) = d {
+                self.pool.put(n);
+            }
+        }
         Ok(())
     }
 }

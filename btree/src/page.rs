@@ -352,7 +352,7 @@ pub fn leaf_entry_bytes(key_len: usize, val: &LeafVal) -> usize {
         + LEAF_ENTRY_HEADER_BYTES
         + key_len
         + match val {
-            LeafVal::Inline(v) => v.len(),
+            LeafVal::Inline { len, .. } => *len as usize,
             LeafVal::Overflow { .. } => 8,
         }
 }
@@ -364,12 +364,53 @@ pub fn value_is_inline(key_len: usize, value_len: usize) -> bool {
     LEAF_ENTRY_HEADER_BYTES + key_len + value_len <= ENTRY_INLINE_BYTES_MAX
 }
 
-/// An owned leaf value in the writer's dirty nodes.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// A leaf value in the writer's dirty nodes: inline bytes at `heap[off..off + len]` of its
+/// node (one buffer per leaf, so decoding a leaf allocates three times, not once per value), or
+/// the head of an overflow chain.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LeafVal {
-    Inline(Vec<u8>),
+    Inline { off: u32, len: u32 },
     Overflow { first: PageId, len: u32 },
 }
+
+impl LeafVal {
+    /// The value as stored, its inline bytes in `heap` (the node's).
+    pub fn as_ref<'a>(&self, heap: &'a [u8]) -> ValRef<'a> {
+        match *self {
+            LeafVal::Inline { off, len } => {
+                ValRef::Inline(&heap[off as usize..off as usize + len as usize])
+            }
+            LeafVal::Overflow { first, len } => ValRef::Overflow { first, len },
+        }
+    }
+    /// Stores `v` for a node whose value bytes live in `heap`.
+    pub fn push(heap: &mut Vec<u8>, v: ValRef<'_>) -> LeafVal {
+        match v {
+            ValRef::Inline(b) => {
+                let off = heap.len() as u32;
+                heap.extend_from_slice(b);
+                LeafVal::Inline {
+                    off,
+                    len: b.len() as u32,
+                }
+            }
+            ValRef::Overflow { first, len } => LeafVal::Overflow { first, len },
+        }
+    }
+}
+
+/// A leaf node's value buffer holding only the bytes `vals` use (their offsets rewritten).
+pub fn compact_heap(vals: &mut [LeafVal], heap: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(PAGE_SIZE);
+    for v in vals.iter_mut() {
+        let r = v.as_ref(heap);
+        *v = LeafVal::push(&mut out, r);
+    }
+    out
+}
+
+/// A dirty leaf's heap is compacted once it exceeds this (replaced values leave garbage).
+pub const LEAF_HEAP_BYTES_MAX: usize = 4 * PAGE_SIZE;
 
 /// Bytes of a key kept inline in a decoded node (no heap allocation): covers MVCC keys of
 /// user keys up to ~29 bytes, revision keys and most branch separators. Decoding a page is the
@@ -385,6 +426,8 @@ pub enum Node {
     Leaf {
         keys: Vec<NodeKey>,
         vals: Vec<LeafVal>,
+        /// Inline values' bytes (see `LeafVal`).
+        heap: Vec<u8>,
     },
     Branch {
         keys: Vec<NodeKey>,
@@ -392,24 +435,82 @@ pub enum Node {
     },
 }
 
+/// Buffers of dropped nodes, reused when pages are decoded: the writer decodes and drops one
+/// node per page it changes, and allocation dominated that.
+#[derive(Default)]
+pub struct NodePool {
+    keys: Vec<Vec<NodeKey>>,
+    vals: Vec<Vec<LeafVal>>,
+    heaps: Vec<Vec<u8>>,
+    children: Vec<Vec<PageId>>,
+}
+
+/// Buffers of each kind a `NodePool` keeps at most.
+pub const NODE_POOL_MAX: usize = 1024;
+
+impl NodePool {
+    /// Keeps `n`'s buffers (emptied) for reuse.
+    pub fn put(&mut self, n: Node) {
+        fn keep<T>(list: &mut Vec<Vec<T>>, mut v: Vec<T>) {
+            if list.len() < NODE_POOL_MAX {
+                v.clear();
+                list.push(v);
+            }
+        }
+        match n {
+            Node::Leaf { keys, vals, heap } => {
+                keep(&mut self.keys, keys);
+                keep(&mut self.vals, vals);
+                keep(&mut self.heaps, heap);
+            }
+            Node::Branch { keys, children } => {
+                keep(&mut self.keys, keys);
+                keep(&mut self.children, children);
+            }
+        }
+    }
+}
+
+fn take<T>(list: &mut Vec<Vec<T>>, cap: usize) -> Vec<T> {
+    match list.pop() {
+        Some(mut v) => {
+            v.reserve(cap);
+            v
+        }
+        None => Vec::with_capacity(cap),
+    }
+}
+
 impl Node {
     pub fn from_page(p: &PageRef<'_>) -> Node {
+        Node::from_page_in(p, &mut NodePool::default())
+    }
+
+    /// Decodes `p`, reusing buffers from `pool`.
+    pub fn from_page_in(p: &PageRef<'_>, pool: &mut NodePool) -> Node {
         if p.is_leaf() {
-            let mut keys = Vec::with_capacity(p.len());
-            let mut vals = Vec::with_capacity(p.len());
+            let mut keys = take(&mut pool.keys, p.len());
+            let mut vals = take(&mut pool.vals, p.len());
+            // The page itself is the heap: values keep their offsets, one copy in all.
+            let mut heap = take(&mut pool.heaps, PAGE_SIZE);
+            heap.extend_from_slice(p.bytes);
+            let base = p.bytes.as_ptr() as usize;
             for i in 0..p.len() {
                 keys.push(NodeKey::from_slice(p.key(i)));
                 vals.push(match p.value(i) {
-                    ValRef::Inline(v) => LeafVal::Inline(v.to_vec()),
+                    ValRef::Inline(v) => LeafVal::Inline {
+                        off: (v.as_ptr() as usize - base) as u32,
+                        len: v.len() as u32,
+                    },
                     ValRef::Overflow { first, len } => LeafVal::Overflow { first, len },
                 });
             }
-            Node::Leaf { keys, vals }
+            Node::Leaf { keys, vals, heap }
         } else {
-            let keys = (0..p.len())
-                .map(|i| NodeKey::from_slice(p.key(i)))
-                .collect();
-            let children = (0..=p.len()).map(|i| p.child(i)).collect();
+            let mut keys = take(&mut pool.keys, p.len());
+            keys.extend((0..p.len()).map(|i| NodeKey::from_slice(p.key(i))));
+            let mut children = take(&mut pool.children, p.len() + 1);
+            children.extend((0..=p.len()).map(|i| p.child(i)));
             Node::Branch { keys, children }
         }
     }
@@ -417,7 +518,7 @@ impl Node {
     /// Bytes this node needs in a page.
     pub fn encoded_bytes(&self) -> usize {
         match self {
-            Node::Leaf { keys, vals } => {
+            Node::Leaf { keys, vals, .. } => {
                 LEAF_OFF_SLOTS
                     + keys
                         .iter()
@@ -443,13 +544,13 @@ impl Node {
         );
         page.fill(0);
         match self {
-            Node::Leaf { keys, vals } => {
+            Node::Leaf { keys, vals, heap } => {
                 let mut off = LEAF_OFF_SLOTS + keys.len() * SLOT_BYTES;
                 for (i, (k, v)) in keys.iter().zip(vals).enumerate() {
                     wr_u16(page, LEAF_OFF_SLOTS + i * SLOT_BYTES, off as u16);
                     wr_u16(page, off, k.len() as u16);
                     let (flags, vlen) = match v {
-                        LeafVal::Inline(v) => (0u8, v.len() as u32),
+                        LeafVal::Inline { len, .. } => (0u8, *len),
                         LeafVal::Overflow { len, .. } => (LEAF_FLAG_OVERFLOW, *len),
                     };
                     page[off + 2] = flags;
@@ -458,9 +559,10 @@ impl Node {
                     page[off..off + k.len()].copy_from_slice(k);
                     off += k.len();
                     match v {
-                        LeafVal::Inline(v) => {
-                            page[off..off + v.len()].copy_from_slice(v);
-                            off += v.len();
+                        LeafVal::Inline { off: at, len } => {
+                            let (at, len) = (*at as usize, *len as usize);
+                            page[off..off + len].copy_from_slice(&heap[at..at + len]);
+                            off += len;
                         }
                         LeafVal::Overflow { first, .. } => {
                             wr_u64(page, off, *first);

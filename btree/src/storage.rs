@@ -61,6 +61,26 @@ impl Storage for FileStorage {
         Ok(self.file.metadata()?.len())
     }
     fn set_len(&self, len: u64) -> io::Result<()> {
+        let cur = self.len()?;
+        if len > cur && std::env::var_os("FERRITE_BTREE_SPARSE").is_none() {
+            // Allocate the blocks now (fallocate), so that the first write of each new page
+            // does not allocate them and the commit's fdatasync has no block mapping to add.
+            use std::os::fd::AsRawFd;
+            let (off, add) = (
+                libc::off_t::try_from(cur).map_err(io::Error::other)?,
+                libc::off_t::try_from(len - cur).map_err(io::Error::other)?,
+            );
+            // SAFETY: plain syscall on an open file descriptor owned by `self.file`; no memory
+            // is passed.
+            let rc = unsafe { libc::fallocate(self.file.as_raw_fd(), 0, off, add) };
+            if rc == 0 {
+                return Ok(());
+            }
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() != Some(libc::EOPNOTSUPP) {
+                return Err(e);
+            }
+        }
         self.file.set_len(len)
     }
     fn write_at(&self, buf: &[u8], off: u64) -> io::Result<()> {
