@@ -66,8 +66,8 @@ first_served() { # -> prints seconds since $1 (ns) when a Range returns a value
 }
 rss_kib() { awk -v f="$2" '$1 == f":" {print $2}' "/proc/$1/status"; }
 
-printf '| server | keys | load s | keys/s | RSS MiB | peak RSS MiB | data MiB | restart to first read s | RSS after restart MiB |\n'
-printf '|---|---:|---:|---:|---:|---:|---:|---:|---:|\n'
+printf '| server | keys | load s | keys/s | RSS MiB | of it anon MiB | of it file-mapped MiB | peak RSS MiB | data MiB | restart to first read s | RSS after restart MiB |\n'
+printf '|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n'
 for s in ${SERVERS//,/ }; do
   case $s in etcd) BIN=$ETCD ;; ferrite) BIN=$FERRITE ;; *) echo "unknown server $s"; exit 2 ;; esac
   D=$WORK/$s; LOG=$WORK/$s.log
@@ -87,6 +87,10 @@ for s in ${SERVERS//,/ }; do
   RATE=$(echo "$KEYS * 1000000000 / ($L1 - $L0)" | bc)
   sleep 2
   RSS=$(( $(rss_kib $PID VmRSS) / 1024 )); HWM=$(( $(rss_kib $PID VmHWM) / 1024 ))
+  # Anonymous memory (heap) vs file-backed pages mapped into the process (the store's mmap,
+  # the binary): `KEEP_SMAPS=dir` keeps /proc/PID/smaps for a closer look.
+  ANON=$(( $(rss_kib $PID RssAnon) / 1024 )); FILE=$(( $(rss_kib $PID RssFile) / 1024 ))
+  if [ -n "${KEEP_SMAPS:-}" ]; then cp "/proc/$PID/smaps" "$KEEP_SMAPS/$s.smaps"; fi
   DATA=$(( $(du -sk "$D" | cut -f1) / 1024 ))
   if [ "$KILL" = 1 ]; then kill -KILL $PID; else kill -TERM $PID; fi
   wait $PID 2>/dev/null || true
@@ -96,7 +100,7 @@ for s in ${SERVERS//,/ }; do
   sleep 1
   RSS2=$(( $(rss_kib $PID VmRSS) / 1024 ))
   kill -TERM $PID; wait $PID 2>/dev/null || true; PID=""
-  printf '| %s | %d | %s | %s | %d | %d | %d | %s | %d |\n' "$s" "$KEYS" "$LOAD_S" "$RATE" "$RSS" "$HWM" "$DATA" "$RESTART" "$RSS2"
+  printf '| %s | %d | %s | %s | %d | %d | %d | %d | %d | %s | %d |\n' "$s" "$KEYS" "$LOAD_S" "$RATE" "$RSS" "$ANON" "$FILE" "$HWM" "$DATA" "$RESTART" "$RSS2"
 done
 kill $WATCHDOG 2>/dev/null || true
 echo
