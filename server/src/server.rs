@@ -321,6 +321,25 @@ pub fn run(config: Config) -> Result<(), String> {
         MvccStore::open(&db_path, StoreOptions::default())
             .map_err(|e| format!("opening the store {}: {e}", db_path.display()))?,
     );
+    let report = store.open_report();
+    if let Some((txn, why)) = &report.discarded {
+        // A durable store commit cut by a crash before its fdatasync returned: never
+        // relied on (the WAL replays everything after the commit opened instead).
+        tracing::warn!(
+            path = %db_path.display(),
+            "discarded-txn" = txn,
+            reason = %why,
+            "opened-txn" = report.txn,
+            "store: passed over a torn commit; opened the previous durable one"
+        );
+    } else {
+        tracing::debug!(
+            path = %db_path.display(),
+            txn = report.txn,
+            "verified-pages" = report.verified_pages,
+            "store opened"
+        );
+    }
 
     let peer_urls: Vec<String> = config
         .initial_advertise_peer_urls
