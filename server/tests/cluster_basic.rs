@@ -68,6 +68,26 @@ fn agreed_leader(endpoints: &[&str]) -> Option<u64> {
     leader
 }
 
+/// Three members named `{prefix}1` to `{prefix}3` started as a new cluster, once they agree
+/// on a leader: the members, the `--initial-cluster` value, their client URLs and the leader.
+fn start_three(
+    target: Target,
+    dir: &TempDir,
+    prefix: &str,
+) -> (Vec<Member>, String, Vec<String>, u64) {
+    let mut ms: Vec<Member> = (1..=3)
+        .map(|i| member(dir, &format!("{prefix}{i}")))
+        .collect();
+    let initial = initial_cluster(&ms);
+    for m in ms.iter_mut() {
+        m.start(target, &initial, "new");
+    }
+    let eps: Vec<String> = ms.iter().map(|m| m.client.clone()).collect();
+    let ep_refs: Vec<&str> = eps.iter().map(String::as_str).collect();
+    let leader = wait_for("a leader all members agree on", || agreed_leader(&ep_refs));
+    (ms, initial, eps, leader)
+}
+
 /// `get` value (linearizable unless `serializable`), or None on error / missing key.
 fn get(endpoint: &str, key: &str, serializable: bool) -> Option<String> {
     let mut args = vec!["get", key, "--print-value-only"];
@@ -228,15 +248,9 @@ fn learner_rpcs(endpoint: &str, learner: bool) {
 fn three_members_failover_learner_snapshot_move_leader_remove() {
     let target = Target::from_env();
     let dir = TempDir::new(&format!("cluster-basic-{}", target.name()));
-    let mut ms: Vec<Member> = (1..=3).map(|i| member(&dir, &format!("n{i}"))).collect();
-    let initial = initial_cluster(&ms);
-    for m in ms.iter_mut() {
-        m.start(target, &initial, "new");
-    }
-    let eps: Vec<String> = ms.iter().map(|m| m.client.clone()).collect();
+    let (mut ms, initial, eps, leader) = start_three(target, &dir, "n");
     let ep_refs: Vec<&str> = eps.iter().map(String::as_str).collect();
     let all = eps.join(",");
-    let leader = wait_for("a leader all members agree on", || agreed_leader(&ep_refs));
 
     // Bootstrap: etcd's ids, names, URLs, no learners.
     let list = wait_for("every member published", || {
@@ -578,14 +592,7 @@ fn follower_watcher_across_snapshot_install() {
     const WRITES: usize = 7000;
     let target = Target::from_env();
     let dir = TempDir::new(&format!("cluster-watch-snap-{}", target.name()));
-    let mut ms: Vec<Member> = (1..=3).map(|i| member(&dir, &format!("w{i}"))).collect();
-    let initial = initial_cluster(&ms);
-    for m in ms.iter_mut() {
-        m.start(target, &initial, "new");
-    }
-    let eps: Vec<String> = ms.iter().map(|m| m.client.clone()).collect();
-    let ep_refs: Vec<&str> = eps.iter().map(String::as_str).collect();
-    let leader = wait_for("a leader all members agree on", || agreed_leader(&ep_refs));
+    let (ms, _, eps, leader) = start_three(target, &dir, "w");
     let id_of =
         |m: &Member| ferrite::membership::member_id(std::slice::from_ref(&m.peer), TOKEN, None);
     let li = ms.iter().position(|m| id_of(m) == leader).expect("leader");
@@ -745,14 +752,7 @@ fn follower_watcher_across_snapshot_install() {
 fn force_new_cluster_recovers_a_lone_survivor() {
     let target = Target::from_env();
     let dir = TempDir::new(&format!("cluster-force-{}", target.name()));
-    let mut ms: Vec<Member> = (1..=3).map(|i| member(&dir, &format!("f{i}"))).collect();
-    let initial = initial_cluster(&ms);
-    for m in ms.iter_mut() {
-        m.start(target, &initial, "new");
-    }
-    let eps: Vec<String> = ms.iter().map(|m| m.client.clone()).collect();
-    let ep_refs: Vec<&str> = eps.iter().map(String::as_str).collect();
-    wait_for("a leader all members agree on", || agreed_leader(&ep_refs));
+    let (mut ms, initial, eps, _) = start_three(target, &dir, "f");
     // More writes than --snapshot-count, so the survivor also restarts from a snapshot.
     for i in 0..60 {
         put_retry(&eps[i % 3], &format!("fk{i:02}"), &format!("v{i}"));
@@ -820,14 +820,8 @@ fn force_new_cluster_recovers_a_lone_survivor() {
 fn strict_reconfig_check_guards_the_quorum() {
     let target = Target::from_env();
     let dir = TempDir::new(&format!("cluster-strict-{}", target.name()));
-    let mut ms: Vec<Member> = (1..=3).map(|i| member(&dir, &format!("s{i}"))).collect();
-    let initial = initial_cluster(&ms);
-    for m in ms.iter_mut() {
-        m.start(target, &initial, "new");
-    }
-    let eps: Vec<String> = ms.iter().map(|m| m.client.clone()).collect();
+    let (mut ms, _, eps, _) = start_three(target, &dir, "s");
     let ep_refs: Vec<&str> = eps.iter().map(String::as_str).collect();
-    wait_for("a leader all members agree on", || agreed_leader(&ep_refs));
     put_retry(&eps[0], "k", "v");
     let ids: Vec<u64> = eps.iter().map(|ep| status(ep).expect("status").0).collect();
     let spare_peer = format!("http://127.0.0.1:{}", common::free_port());
