@@ -581,6 +581,25 @@ impl PageSource for DbWriter {
     }
 }
 
+/// Builds a value from the entry after the new key (its key and whole value), if that entry
+/// starts with the caller's prefix; `None` when no entry with that prefix follows.
+pub type NextFn<'a> = dyn FnMut(Option<(&[u8], &[u8])>) -> Result<Vec<u8>, StoreError> + 'a;
+
+/// What `insert_rec` puts at the leaf.
+enum Ins<'v, 'f> {
+    /// A value ready to store.
+    Val(ValRef<'v>),
+    /// A value built from the entry after the key (`insert_from_next`); `inserted` says
+    /// whether it was built. `hi_in_prefix`: the subtree's upper bound (the separator after it)
+    /// starts with `key[..prefix_bytes]`, so an entry with that prefix may lie beyond it.
+    FromNext {
+        make: &'f mut NextFn<'f>,
+        prefix_bytes: usize,
+        hi_in_prefix: bool,
+        inserted: &'f mut bool,
+    },
+}
+
 /// The shortest key `s` with `left < s <= right` (a branch separator).
 fn separator(left: &[u8], right: &[u8]) -> NodeKey {
     debug_assert!(left < right);
@@ -960,7 +979,7 @@ impl DbWriter {
             self.root = id;
             return Ok(());
         }
-        let (root, split) = self.insert_rec(self.root, key, val)?;
+        let (root, split) = self.insert_rec(self.root, key, Ins::Val(val))?;
         self.root = root;
         if let Some((sep, right)) = split {
             let id = self.alloc();
@@ -979,20 +998,141 @@ impl DbWriter {
         Ok(())
     }
 
+    /// Inserts `key`, which must be absent, with a value that `make` builds from the entry
+    /// sorting right after `key`, in one descent: `make` gets that entry (its key and whole
+    /// value) when it is in the leaf `key` goes to, or `None` when `key` would be the leaf's last
+    /// entry and the separator after the leaf shows that no entry starting with
+    /// `key[..prefix_bytes]` follows. When neither holds (the next entry with that prefix may
+    /// start the next leaf, `key` is already present, or the tree is empty), nothing is inserted
+    /// and this returns false; the caller then looks the next entry up with a cursor and calls
+    /// `insert`.
+    pub fn insert_from_next<'f>(
+        &mut self,
+        key: &[u8],
+        prefix_bytes: usize,
+        make: &'f mut NextFn<'f>,
+    ) -> Result<bool, StoreError> {
+        assert!(prefix_bytes <= key.len(), "prefix longer than the key");
+        if key.len() > KEY_BYTES_MAX {
+            return Err(StoreError::Invalid(format!(
+                "key of {} bytes exceeds key_bytes_max {KEY_BYTES_MAX}",
+                key.len()
+            )));
+        }
+        if self.poisoned {
+            return Err(StoreError::Poisoned);
+        }
+        if self.root == 0 {
+            return Ok(false);
+        }
+        let mut inserted = false;
+        let (root, split) = self.insert_rec(
+            self.root,
+            key,
+            Ins::FromNext {
+                make,
+                prefix_bytes,
+                // No separator after the root: nothing lies beyond the rightmost leaf.
+                hi_in_prefix: false,
+                inserted: &mut inserted,
+            },
+        )?;
+        self.root = root;
+        if let Some((sep, right)) = split {
+            let id = self.alloc();
+            self.dirty.insert(
+                id,
+                Dirty::Node(
+                    Node::Branch {
+                        keys: vec![sep],
+                        children: vec![root, right],
+                    },
+                    SIZE_UNKNOWN,
+                ),
+            );
+            self.root = id;
+        }
+        Ok(inserted)
+    }
+
+    /// The leaf step of `insert_from_next`: builds the value from the entry after `key` in
+    /// leaf `id` (dirty), or returns `None` when that entry is not in this leaf.
+    fn value_from_next(
+        &mut self,
+        id: PageId,
+        key: &[u8],
+        hi_in_prefix: bool,
+        make: &mut NextFn<'_>,
+    ) -> Result<Option<LeafVal>, StoreError> {
+        let value = {
+            let Some(NodeRef::Mem(Node::Leaf { keys, vals, heap })) = self.node(id).ok() else {
+                unreachable!("value_from_next: page {id} is not a dirty leaf");
+            };
+            match keys.binary_search_by(|k| k.as_slice().cmp(key)) {
+                Err(i) if i < keys.len() => {
+                    let next = read_value(self, vals[i].as_ref(heap))?;
+                    make(Some((keys[i].as_slice(), &next)))?
+                }
+                Err(_) if !hi_in_prefix => make(None)?,
+                _ => return Ok(None),
+            }
+        };
+        Self::check_limits(key, &value)?;
+        Ok(Some(if value_is_inline(key.len(), value.len()) {
+            match &mut *self.node_mut_sized_ref(id) {
+                Node::Leaf { heap, .. } => LeafVal::push(heap, ValRef::Inline(&value)),
+                Node::Branch { .. } => unreachable!("leaf"),
+            }
+        } else {
+            self.write_overflow(&value)
+        }))
+    }
+
+    /// A dirty node, its cached size kept (for reads and for pushing value bytes to a leaf's
+    /// heap, which does not change the encoded size).
+    fn node_mut_sized_ref(&mut self, id: PageId) -> &mut Node {
+        match self.dirty.get_mut(&id) {
+            Some(Dirty::Node(n, _)) => n,
+            _ => panic!("page {id} is not a dirty node"),
+        }
+    }
+
     #[allow(clippy::type_complexity)]
     fn insert_rec(
         &mut self,
         page: PageId,
         key: &[u8],
-        val: ValRef<'_>,
+        mut ins: Ins<'_, '_>,
     ) -> Result<(PageId, Option<(NodeKey, PageId)>), StoreError> {
         let id = self.make_dirty(page)?;
         let mut appended = false;
         let mut old = None;
+        let mut from_next = None;
+        if let Ins::FromNext {
+            make,
+            hi_in_prefix,
+            inserted,
+            ..
+        } = &mut ins
+        {
+            if matches!(self.dirty.get(&id), Some(Dirty::Node(Node::Leaf { .. }, _))) {
+                match self.value_from_next(id, key, *hi_in_prefix, *make)? {
+                    Some(v) => {
+                        **inserted = true;
+                        from_next = Some(v);
+                    }
+                    None => return Ok((id, None)),
+                }
+            }
+        }
         let (node, size) = self.node_sized(id);
         let child = match node {
             Node::Leaf { keys, vals, heap } => {
-                let v = LeafVal::push(heap, val);
+                let v = match (from_next, &ins) {
+                    (Some(v), _) => v,
+                    (None, Ins::Val(val)) => LeafVal::push(heap, *val),
+                    (None, Ins::FromNext { .. }) => unreachable!("leaf value built above"),
+                };
                 let entry = leaf_entry_bytes(key.len(), &v);
                 match keys.binary_search_by(|k| k.as_slice().cmp(key)) {
                     Ok(i) => {
@@ -1013,6 +1153,16 @@ impl DbWriter {
             }
             Node::Branch { keys, children } => {
                 let idx = keys.partition_point(|k| k.as_slice() <= key);
+                if let Ins::FromNext {
+                    prefix_bytes,
+                    hi_in_prefix,
+                    ..
+                } = &mut ins
+                {
+                    if let Some(hi) = keys.get(idx) {
+                        *hi_in_prefix = hi.as_slice().starts_with(&key[..*prefix_bytes]);
+                    }
+                }
                 Some((idx, children[idx]))
             }
         };
@@ -1020,7 +1170,7 @@ impl DbWriter {
             self.free_value(&v)?;
         }
         if let Some((idx, child)) = child {
-            let (new_child, split) = self.insert_rec(child, key, val)?;
+            let (new_child, split) = self.insert_rec(child, key, ins)?;
             let (node, size) = self.node_sized(id);
             if let Node::Branch { keys, children } = node {
                 children[idx] = new_child;

@@ -349,6 +349,34 @@ fn record_kv<S: PageSource>(
     }))
 }
 
+/// The live version `next` (the entry after the new `k` entry `new_k`, its whole value
+/// `next_v`) if it is a version of the same key, as `latest` would return it.
+fn latest_from_next(
+    new_k: &[u8],
+    next_k: &[u8],
+    next_v: &[u8],
+) -> Result<Option<KeyValue>, StoreError> {
+    let prefix_bytes = new_k.len() - 16;
+    if next_k.len() != new_k.len() || next_k[..prefix_bytes] != new_k[..prefix_bytes] {
+        return Ok(None);
+    }
+    let (prefix, main, _) = split_key(next_k)?;
+    if next_v.len() < REC_HEADER_BYTES || next_v[0] > REC_TOMBSTONE {
+        return Err(bad_record(next_k, "malformed record"));
+    }
+    if next_v[0] == REC_TOMBSTONE {
+        return Ok(None);
+    }
+    Ok(Some(KeyValue {
+        key: dec_user_key(prefix)?,
+        create_revision: rd_i64(next_v, 1),
+        mod_revision: main,
+        version: rd_i64(next_v, 9),
+        value: next_v[REC_HEADER_BYTES..].to_vec(),
+        lease: rd_i64(next_v, 17),
+    }))
+}
+
 // ---------------------------------------------------------------- reads shared by views and txns
 
 /// The newest version of `key` at or below `rev` (any kind), as (encoded key, value).
@@ -1196,26 +1224,50 @@ impl Txn<'_> {
             ))));
             return None;
         }
-        let prev = match self.latest(key) {
-            Ok(p) => p,
-            Err(e) => {
-                self.record(Err(e));
-                return None;
-            }
-        };
         let rev = self.begin_rev + 1;
         let sub = self.events.len() as i64;
+        let k = enc_key(key, rev, sub);
+        let record_for = |prev: &Option<KeyValue>| {
+            let (create, version) = match prev {
+                Some(p) => (p.create_revision, p.version + 1),
+                None => (rev, 1),
+            };
+            encode_record(false, create, version, lease, value)
+        };
+        // The key's latest version (if any) is the entry right after `k`, in the leaf `k` goes
+        // to or, if `k` ends its leaf, starting the next one: the separator after the leaf
+        // tells whether the next entry can be a version of the key. So one descent usually
+        // finds it and inserts (`insert_from_next`); otherwise a cursor looks it up and a
+        // second descent inserts.
+        let mut prev = None;
+        let r = self.w.db.insert_from_next(&k, k.len() - 16, &mut |next| {
+            prev = match next {
+                Some((next_k, next_v)) => latest_from_next(&k, next_k, next_v)?,
+                None => None,
+            };
+            Ok(record_for(&prev))
+        });
+        let r = match r {
+            Ok(true) => Ok(()),
+            Ok(false) => match self.latest(key) {
+                Ok(p) => {
+                    prev = p;
+                    self.w.db.insert(&k, &record_for(&prev))
+                }
+                Err(e) => Err(e),
+            },
+            Err(e) => Err(e),
+        };
+        if let Err(e) = r {
+            self.record(Err(e));
+            return None;
+        }
+        let r = self.w.db.insert(&rev_key(rev, sub), key);
+        self.record(r);
         let (create, version) = match &prev {
             Some(p) => (p.create_revision, p.version + 1),
             None => (rev, 1),
         };
-        let rec = encode_record(false, create, version, lease, value);
-        let r = self
-            .w
-            .db
-            .insert(&enc_key(key, rev, sub), &rec)
-            .and_then(|_| self.w.db.insert(&rev_key(rev, sub), key));
-        self.record(r);
         self.events.push(Event {
             kind: EventKind::Put,
             kv: KeyValue {
