@@ -980,6 +980,12 @@ impl DbWriter {
             return Ok(());
         }
         let (root, split) = self.insert_rec(self.root, key, Ins::Val(val))?;
+        self.set_root(root, split);
+        Ok(())
+    }
+
+    /// Installs the root an insert returned; a root split gets a new branch above both halves.
+    fn set_root(&mut self, root: PageId, split: Option<(NodeKey, PageId)>) {
         self.root = root;
         if let Some((sep, right)) = split {
             let id = self.alloc();
@@ -995,7 +1001,6 @@ impl DbWriter {
             );
             self.root = id;
         }
-        Ok(())
     }
 
     /// Inserts `key`, which must be absent, with a value that `make` builds from the entry
@@ -1037,21 +1042,7 @@ impl DbWriter {
                 inserted: &mut inserted,
             },
         )?;
-        self.root = root;
-        if let Some((sep, right)) = split {
-            let id = self.alloc();
-            self.dirty.insert(
-                id,
-                Dirty::Node(
-                    Node::Branch {
-                        keys: vec![sep],
-                        children: vec![root, right],
-                    },
-                    SIZE_UNKNOWN,
-                ),
-            );
-            self.root = id;
-        }
+        self.set_root(root, split);
         Ok(inserted)
     }
 
