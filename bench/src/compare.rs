@@ -161,6 +161,29 @@ async fn probe_floor(cc: &CompareConfig, round: usize, row: &mut Row) {
     }
 }
 
+/// Prints one run's summary line and keeps its sample (for the row) and its whole report
+/// (for the JSON output), tagged with the server and preset.
+fn record(
+    samples: &mut Vec<Sample>,
+    reports: &mut Vec<serde_json::Value>,
+    server: &str,
+    preset: &Preset,
+    s: Sample,
+    rep: Report,
+    nodes: usize,
+) {
+    eprintln!(
+        "   {:.0} ops/s p50 {:.3} ms, {} errors",
+        s.ops_per_sec,
+        s.p50_us / 1000.0,
+        s.errors
+    );
+    samples.push(s);
+    reports.push(
+        serde_json::json!({"nodes": nodes, "server": server, "preset": preset.name, "report": rep}),
+    );
+}
+
 async fn one_run(spec: &Spec, preset: &Preset) -> Result<(Sample, Report), String> {
     let cluster = Cluster::start(spec).await?;
     let mut cfg = preset.config.clone();
@@ -218,14 +241,7 @@ pub async fn run(cc: CompareConfig) -> Result<String, String> {
                     round + 1
                 );
                 let (s, rep) = one_run(&etcd, preset).await?;
-                eprintln!(
-                    "   {:.0} ops/s p50 {:.3} ms, {} errors",
-                    s.ops_per_sec,
-                    s.p50_us / 1000.0,
-                    s.errors
-                );
-                row.etcd.push(s);
-                reports.push(serde_json::json!({"nodes": nodes, "server": "etcd", "preset": preset.name, "report": rep}));
+                record(&mut row.etcd, &mut reports, "etcd", preset, s, rep, nodes);
                 if ferrite_skip.is_none() {
                     let spec = Spec {
                         kind: Kind::Ferrite,
@@ -239,14 +255,15 @@ pub async fn run(cc: CompareConfig) -> Result<String, String> {
                     );
                     match one_run(&spec, preset).await {
                         Ok((s, rep)) => {
-                            eprintln!(
-                                "   {:.0} ops/s p50 {:.3} ms, {} errors",
-                                s.ops_per_sec,
-                                s.p50_us / 1000.0,
-                                s.errors
+                            record(
+                                &mut row.ferrite,
+                                &mut reports,
+                                "ferrite",
+                                preset,
+                                s,
+                                rep,
+                                nodes,
                             );
-                            row.ferrite.push(s);
-                            reports.push(serde_json::json!({"nodes": nodes, "server": "ferrite", "preset": preset.name, "report": rep}));
                         }
                         Err(e) => {
                             let first = e.lines().take(12).collect::<Vec<_>>().join("\n    ");
@@ -259,14 +276,15 @@ pub async fn run(cc: CompareConfig) -> Result<String, String> {
                     eprintln!("== {}, round {}: grpc-echo", preset.name, round + 1);
                     match echo_run(bin, cc.pidfile.as_deref(), preset).await {
                         Ok((s, rep)) => {
-                            eprintln!(
-                                "   {:.0} ops/s p50 {:.3} ms, {} errors",
-                                s.ops_per_sec,
-                                s.p50_us / 1000.0,
-                                s.errors
+                            record(
+                                &mut row.echo,
+                                &mut reports,
+                                "grpc-echo",
+                                preset,
+                                s,
+                                rep,
+                                nodes,
                             );
-                            row.echo.push(s);
-                            reports.push(serde_json::json!({"nodes": nodes, "server": "grpc-echo", "preset": preset.name, "report": rep}));
                         }
                         Err(e) => eprintln!("   grpc-echo failed: {e}"),
                     }

@@ -486,21 +486,13 @@ fn mutual_tls_refuses_a_peer_signed_by_another_ca() {
     let (_, good) = mutual_tls(&ca, &ca, "m9");
     let (_, bad) = mutual_tls(&ca, &other, "m9");
     let urls = vec![https(&a)];
-    let got = std::thread::spawn(move || {
-        glommio::LocalExecutorBuilder::default()
-            .io_memory(1 << 20)
-            .make()
-            .unwrap()
-            .run(async move {
-                let t = Duration::from_secs(10);
-                (
-                    fetch_cluster_info(&urls, Some(good), t).await.is_ok(),
-                    fetch_cluster_info(&urls, Some(bad), t).await.is_err(),
-                )
-            })
-    })
-    .join()
-    .unwrap();
+    let got = on_executor(move || async move {
+        let t = Duration::from_secs(10);
+        (
+            fetch_cluster_info(&urls, Some(good), t).await.is_ok(),
+            fetch_cluster_info(&urls, Some(bad), t).await.is_err(),
+        )
+    });
     assert!(got.0, "cluster info with the cluster's certificate");
     assert!(got.1, "cluster info with a foreign certificate is refused");
     a.stop();
@@ -540,25 +532,16 @@ fn fetch_cluster_info_from_a_running_member() {
     let dead = format!("http://{}", free_addr());
     let urls = vec![dead.clone(), a.url()];
     let tls_urls = vec![format!("https://{}", t.addr)];
-    let got = std::thread::spawn(move || {
-        glommio::LocalExecutorBuilder::default()
-            .io_memory(1 << 20)
-            .make()
-            .unwrap()
-            .run(async move {
-                let plain = fetch_cluster_info(&urls, None, Duration::from_secs(20)).await;
-                let tls =
-                    fetch_cluster_info(&tls_urls, Some(client), Duration::from_secs(20)).await;
-                let none = fetch_cluster_info(&[dead], None, Duration::from_secs(5)).await;
-                (
-                    plain.map_err(|e| e.to_string()),
-                    tls.map_err(|e| e.to_string()),
-                    none.is_err(),
-                )
-            })
-    })
-    .join()
-    .unwrap();
+    let got = on_executor(move || async move {
+        let plain = fetch_cluster_info(&urls, None, Duration::from_secs(20)).await;
+        let tls = fetch_cluster_info(&tls_urls, Some(client), Duration::from_secs(20)).await;
+        let none = fetch_cluster_info(&[dead], None, Duration::from_secs(5)).await;
+        (
+            plain.map_err(|e| e.to_string()),
+            tls.map_err(|e| e.to_string()),
+            none.is_err(),
+        )
+    });
     assert_eq!(got.0.unwrap(), info);
     assert_eq!(got.1.unwrap(), info);
     assert!(got.2, "nobody listening: an error");

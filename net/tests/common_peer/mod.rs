@@ -17,6 +17,25 @@ use futures_lite::StreamExt;
 /// Generous: the test machine is a loaded 2-core box.
 pub const WAIT: Duration = Duration::from_secs(30);
 
+/// Runs `make()`'s future to completion on a fresh glommio executor thread (for calls such as
+/// `fetch_cluster_info` that must run inside one) and returns its output.
+pub fn on_executor<T, F, Fut>(make: F) -> T
+where
+    T: Send + 'static,
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = T>,
+{
+    std::thread::spawn(move || {
+        glommio::LocalExecutorBuilder::default()
+            .io_memory(1 << 20)
+            .make()
+            .expect("glommio executor")
+            .run(make())
+    })
+    .join()
+    .expect("executor thread")
+}
+
 pub enum Cmd {
     SetPeer(u64, Vec<String>),
     RemovePeer(u64),
