@@ -84,6 +84,9 @@ pub struct RangeOptions {
     pub max_mod_revision: i64,
     pub min_create_revision: i64,
     pub max_create_revision: i64,
+    /// Stop at `limit` instead of counting every key to the end of the range: `count` is then
+    /// only the keys visited. Not an etcd option; for the server's own scans in pages.
+    pub stop_at_limit: bool,
 }
 
 /// `count` counts every live key in the range at the revision (before the min/max filters, as
@@ -480,6 +483,9 @@ fn range_in<S: PageSource>(
             let (rec, _) = decode_record(src, k, v)?;
             if !rec.tombstone {
                 visit(src, k, v, &mut res)?;
+                if res.more && o.stop_at_limit {
+                    break;
+                }
             }
             // Skip the rest of this key's history.
             let mut skip = prefix.to_vec();

@@ -96,6 +96,11 @@ fn range_limit_count_more_and_filters() {
     assert_eq!(r.kvs[1].key, b"b");
     let r = all(5, |_| {});
     assert_eq!((r.kvs.len(), r.count, r.more), (5, 5, false));
+    // The server's paged scans stop one key past the limit instead of counting the rest.
+    let r = all(2, |o| o.stop_at_limit = true);
+    assert_eq!((r.kvs.len(), r.count, r.more), (2, 3, true));
+    let r = all(5, |o| o.stop_at_limit = true);
+    assert_eq!((r.kvs.len(), r.count, r.more), (5, 5, false));
     let r = all(0, |o| o.count_only = true);
     assert_eq!((r.kvs.len(), r.count, r.more), (0, 5, false));
     let r = all(0, |o| o.keys_only = true);

@@ -192,10 +192,8 @@ fn join_identity(
     Ok((id, m, Bootstrap::Join))
 }
 
-/// The lease re-attach scan at start reads at least this many keys per page...
-const LEASE_SCAN_PAGE_KEYS_MIN: i64 = 10_000;
-/// ...and, after its first page (which counts the keyspace), at most this many more pages.
-const LEASE_SCAN_PAGES_MAX: i64 = 8;
+/// Keys per page of the lease re-attach scan at start.
+const LEASE_SCAN_PAGE_KEYS: i64 = 10_000;
 
 /// Rebuilds the lessor from the metadata and the keys' lease fields.
 pub fn recover_lessor(store: &MvccStore, ttl_min: i64) -> Result<Lessor, String> {
@@ -210,33 +208,28 @@ pub fn recover_lessor(store: &MvccStore, ttl_min: i64) -> Result<Lessor, String>
             lessor.restore(id, ttl, now);
         }
     }
-    // Attach keys, scanning the keyspace in pages. Without leases no key can carry one (a
-    // revoke deletes its keys), and the scan is skipped. The store's range always counts every
-    // key from the page's start to the end of the keyspace (etcd's `count`), so pages of a
-    // fixed size made the scan quadratic (1M keys: 100 pages, ~50M keys visited, 25-116 s).
-    // The first page's count is the number of keys; later pages hold at least 1/8 of them, so
-    // the scan is at most 1 + LEASE_SCAN_PAGES_MAX pages and visits each key at most
-    // ~(LEASE_SCAN_PAGES_MAX + 3) / 2 times, holding at most a page of keys (without values).
+    // Attach keys, scanning the keyspace in pages of keys only. Without leases no key can carry
+    // one (a revoke deletes its keys), and the scan is skipped. Each page stops at its limit
+    // (`stop_at_limit`) instead of counting the rest of the keyspace as etcd's `count` does,
+    // so the scan visits each key once (pages that counted made it quadratic: 1M keys,
+    // 25-116 s).
     if lessor.ids().is_empty() {
         return Ok(lessor);
     }
     let mut key = vec![0u8];
-    let mut limit = LEASE_SCAN_PAGE_KEYS_MIN;
     let mut pages = 0usize;
     loop {
         let rr = view
             .range(&RangeOptions {
                 key: key.clone(),
                 range_end: vec![0],
-                limit,
+                limit: LEASE_SCAN_PAGE_KEYS,
                 keys_only: true,
+                stop_at_limit: true,
                 ..Default::default()
             })
             .map_err(|e| format!("scanning keys for leases: {e}"))?;
         pages += 1;
-        if pages == 1 {
-            limit = limit.max((rr.count + LEASE_SCAN_PAGES_MAX - 1) / LEASE_SCAN_PAGES_MAX);
-        }
         for kv in &rr.kvs {
             if kv.lease != 0 {
                 lessor.attach(kv.lease, &kv.key);
