@@ -43,11 +43,37 @@ pub struct Cluster {
     children: Vec<Child>,
 }
 
+/// Ports [`free_port`] picks from (inclusive; 0..0: the OS picks), and the next one to try.
+static PORT_RANGE: std::sync::Mutex<(u16, u16, u16)> = std::sync::Mutex::new((0, 0, 0));
+
+/// Makes [`free_port`] pick from `lo..=hi` (in turn, skipping ports in use) instead of the OS.
+pub fn set_port_range(lo: u16, hi: u16) {
+    assert!(0 < lo && lo < hi);
+    *PORT_RANGE.lock().expect("port range lock") = (lo, hi, lo);
+}
+
 /// A free loopback TCP port (bound then released; good enough for tests on one machine).
 pub fn free_port() -> std::io::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
+    let mut range = PORT_RANGE.lock().expect("port range lock");
+    let (lo, hi, next) = *range;
+    if lo == 0 {
+        return Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port());
+    }
+    // In turn through the range, so a port just handed out is not handed out again at once.
+    let span = u32::from(hi - lo) + 1;
+    for i in 0..span {
+        let p = lo + ((u32::from(next - lo) + i) % span) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", p)).is_ok() {
+            range.2 = if p == hi { lo } else { p + 1 };
+            return Ok(p);
+        }
+    }
+    Err(std::io::Error::new(
+        std::io::ErrorKind::AddrInUse,
+        format!("no free loopback port in {lo}-{hi}"),
+    ))
 }
 
 fn tail(path: &Path, bytes: usize) -> String {

@@ -29,6 +29,7 @@ pub mod cluster;
 pub mod compare;
 pub mod failover;
 pub mod floor;
+pub mod lean;
 pub mod procfs;
 pub mod stats;
 pub mod workload;

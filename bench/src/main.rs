@@ -4,7 +4,7 @@
 use clap::{Parser, Subcommand};
 use ferrite_bench::compare::{self, CompareConfig};
 use ferrite_bench::stats::render;
-use ferrite_bench::workload::{self, Config, Workload};
+use ferrite_bench::workload::{self, ClientKind, Config, Workload};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -95,9 +95,22 @@ struct RunArgs {
     server_pid: Vec<u32>,
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    #[command(flatten)]
+    client: ClientArgs,
     /// Write the report as JSON to this file ("-" for stdout, replacing the table).
     #[arg(long)]
     json: Option<PathBuf>,
+}
+
+#[derive(clap::Args, Clone, Copy)]
+struct ClientArgs {
+    /// The client of the measured phase: `lean` (HTTP/2 on current-thread runtimes; put,
+    /// range-*, txn-cas; other workloads fall back to etcd-client) or `etcd-client`.
+    #[arg(long, value_enum, default_value = "lean")]
+    client: ClientKind,
+    /// Threads of the lean client (one current-thread runtime each, at most --connections).
+    #[arg(long, default_value_t = 1)]
+    lean_threads: usize,
 }
 
 #[derive(clap::Args)]
@@ -136,6 +149,11 @@ struct SbsArgs {
     /// fsync-floor probe operations, before and after each round of put-1-client (0: none).
     #[arg(long, default_value_t = 1000)]
     floor_iterations: usize,
+    #[command(flatten)]
+    client: ClientArgs,
+    /// Loopback ports for the servers, FROM-TO (default: ports the OS picks).
+    #[arg(long)]
+    ports: Option<String>,
 }
 
 fn main() {
@@ -239,6 +257,8 @@ async fn run_one(a: RunArgs) -> Result<i32, String> {
         progress_every: (a.progress > 0.0).then(|| Duration::from_secs_f64(a.progress)),
         server_pids: a.server_pid,
         seed: a.seed,
+        client: a.client.client,
+        lean_threads: a.client.lean_threads,
     };
     let report = workload::run(cfg).await?;
     let json = serde_json::to_string_pretty(&report).expect("report serializes");
@@ -255,7 +275,19 @@ async fn run_one(a: RunArgs) -> Result<i32, String> {
 }
 
 async fn side_by_side(a: SbsArgs) -> Result<i32, String> {
+    if let Some(r) = &a.ports {
+        let (lo, hi) = r
+            .split_once('-')
+            .and_then(|(l, h)| Some((l.parse::<u16>().ok()?, h.parse::<u16>().ok()?)))
+            .filter(|(l, h)| l < h)
+            .ok_or_else(|| format!("--ports {r:?}: expected FROM-TO, e.g. 29000-29499"))?;
+        ferrite_bench::cluster::set_port_range(lo, hi);
+    }
     let mut presets = compare::presets(Duration::from_secs_f64(a.duration));
+    for p in &mut presets {
+        p.config.client = a.client.client;
+        p.config.lean_threads = a.client.lean_threads;
+    }
     if !a.only.is_empty() {
         for o in &a.only {
             if !presets.iter().any(|p| p.name == o) {

@@ -141,6 +141,12 @@ pub struct Report {
     pub server_cpu_us_per_op: Option<f64>,
     /// Resident set size of each --server-pid at the end, bytes.
     pub server_rss_bytes: Vec<u64>,
+    /// The client used in the measured phase ("lean" or "etcd-client").
+    pub client: String,
+    /// CPU (user + system) of this load generator process during the measured phase.
+    pub client_cpu_secs: Option<f64>,
+    /// Load generator CPU microseconds per successful primary operation.
+    pub client_cpu_us_per_op: Option<f64>,
 }
 
 impl Report {
@@ -172,8 +178,8 @@ pub fn kind_report(s: &KindStats, elapsed: Duration) -> KindReport {
 pub fn render(r: &Report) -> String {
     let mut out = String::new();
     out.push_str(&format!(
-        "workload {} on {:?}: {} clients over {} connections, {:.1} s measured\n",
-        r.workload, r.endpoints, r.clients, r.connections, r.elapsed_secs
+        "workload {} on {:?}: {} clients over {} connections ({} client), {:.1} s measured\n",
+        r.workload, r.endpoints, r.clients, r.connections, r.client, r.elapsed_secs
     ));
     out.push_str(&format!(
         "{:<16} {:>10} {:>8} {:>11} {:>9} {:>9} {:>9} {:>9} {:>9}\n",
@@ -210,6 +216,14 @@ pub fn render(r: &Report) -> String {
             } else {
                 &r.primary
             }
+        ));
+    }
+    if let Some(cpu) = r.client_cpu_secs {
+        out.push_str(&format!(
+            "client cpu: {:.2} s, {:.1} us per {} op\n",
+            cpu,
+            r.client_cpu_us_per_op.unwrap_or(0.0),
+            r.primary
         ));
     }
     if !r.server_rss_bytes.is_empty() {

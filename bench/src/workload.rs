@@ -1,12 +1,14 @@
 //! The workloads: each client task loops issuing one kind of request until the operation cap or
 //! the deadline, timing every request; failures are counted by message and never as successes.
 
+use crate::lean::{self, LeanKv};
 use crate::procfs;
 use crate::stats::{error_text, kind_report, Recorder, Report};
 use etcd_client::{
     Client, Compare, CompareOp, ConnectOptions, GetOptions, KvClient, PutOptions, Txn, TxnOp,
     TxnOpResponse, WatchOptions,
 };
+use ferrite_net::pb::etcdserverpb as pb;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -72,10 +74,35 @@ impl Workload {
     ];
 }
 
+/// Which client library speaks to the server during the measured phase.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ClientKind {
+    /// [`crate::lean`]: HTTP/2 with `h2` on current-thread runtimes, for put, range-linearizable,
+    /// range-serializable and txn-cas; the other workloads use etcd-client regardless.
+    Lean,
+    /// The `etcd-client` crate (tonic) on the multi-thread runtime: every workload.
+    EtcdClient,
+}
+
+impl ClientKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            ClientKind::Lean => "lean",
+            ClientKind::EtcdClient => "etcd-client",
+        }
+    }
+}
+
 /// Everything a run needs. `Default` gives small, quick settings.
 #[derive(Clone, Debug)]
 pub struct Config {
     pub workload: Workload,
+    /// The client asked for; see [`Config::client_used`].
+    pub client: ClientKind,
+    /// Threads (one current-thread runtime each) of the lean client; connections are spread
+    /// over them. At most `connections`.
+    pub lean_threads: usize,
     pub endpoints: Vec<String>,
     /// Concurrent client tasks, each with at most one request in flight.
     pub clients: usize,
@@ -111,6 +138,8 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             workload: Workload::Put,
+            client: ClientKind::Lean,
+            lean_threads: 1,
             endpoints: vec!["127.0.0.1:2379".into()],
             clients: 16,
             connections: 4,
@@ -128,6 +157,22 @@ impl Default for Config {
             progress_every: Some(Duration::from_secs(5)),
             server_pids: vec![],
             seed: 1,
+        }
+    }
+}
+
+impl Config {
+    /// The client the measured phase uses: lean where it covers the workload, else etcd-client.
+    pub fn client_used(&self) -> ClientKind {
+        match (self.client, self.workload) {
+            (
+                ClientKind::Lean,
+                Workload::Put
+                | Workload::RangeLinearizable
+                | Workload::RangeSerializable
+                | Workload::TxnCas,
+            ) => ClientKind::Lean,
+            _ => ClientKind::EtcdClient,
         }
     }
 }
@@ -314,6 +359,18 @@ pub async fn run(cfg: Config) -> Result<Report, String> {
         }
     }
 
+    // The lean client's sockets are opened before the clock starts.
+    let lean_sockets = match cfg.client_used() {
+        ClientKind::Lean => Some(
+            (0..cfg.connections)
+                .map(|i| {
+                    let ep = &cfg.endpoints[i % cfg.endpoints.len()];
+                    lean::connect_tcp(ep, LEAN_CONNECT_TIMEOUT).map(|s| (ep.clone(), s))
+                })
+                .collect::<Result<Vec<_>, String>>()?,
+        ),
+        ClientKind::EtcdClient => None,
+    };
     let cpu_before: Option<f64> = cpu_total(&cfg.server_pids)?;
     let sh = Arc::new(Shared {
         deadline: Instant::now() + cfg.duration_max,
@@ -380,46 +437,22 @@ pub async fn run(cfg: Config) -> Result<Report, String> {
         })
     });
 
+    let client_cpu_before = procfs::cpu_secs(std::process::id()).ok();
     let measured_start = Instant::now();
-    let mut tasks = Vec::with_capacity(cfg.clients);
-    let per_client_leases = leases.len().div_ceil(cfg.clients).max(1);
-    for c in 0..cfg.clients {
-        let client = conns[c % conns.len()].clone();
-        let sh = sh.clone();
-        let value = value.clone();
-        let mine: Vec<i64> = leases
-            .iter()
-            .skip(c * per_client_leases)
-            .take(per_client_leases)
-            .copied()
-            .collect();
-        tasks.push(tokio::spawn(async move {
-            let mut rec = Recorder::default();
-            let mut rng = Rng::new(sh.cfg.seed.wrapping_mul(1_000_003).wrapping_add(c as u64));
-            client_loop(&sh, client, &value, &mut rng, &mut rec, mine).await;
-            rec
-        }));
-    }
-    let mut total = Recorder::default();
     // Every client stops at the deadline; one stuck past it (plus a request timeout) is aborted
     // and reported, so a run is always bounded.
     let hard_stop = sh.deadline + cfg.op_timeout + Duration::from_secs(5);
-    for t in tasks {
-        let abort = t.abort_handle();
-        match tokio::time::timeout_at(hard_stop.into(), t).await {
-            Ok(r) => total.merge(r.map_err(|e| format!("client task panicked: {e}"))?),
-            Err(_) => {
-                abort.abort();
-                total.err(
-                    cfg.workload.primary(),
-                    "client stuck past the deadline, aborted",
-                );
-            }
-        }
-    }
+    let mut total = match lean_sockets {
+        Some(socks) => lean_phase(&sh, socks, &value, hard_stop).await?,
+        None => etcd_client_phase(&sh, &conns, &value, &leases, hard_stop).await?,
+    };
     let elapsed = measured_start.elapsed();
     sh.stop.store(true, Ordering::Relaxed);
     let cpu_after = cpu_total(&cfg.server_pids)?;
+    let client_cpu_secs = match (client_cpu_before, procfs::cpu_secs(std::process::id()).ok()) {
+        (Some(b), Some(a)) => Some(a - b),
+        _ => None,
+    };
     if let Some(p) = progress {
         p.abort();
     }
@@ -484,9 +517,225 @@ pub async fn run(cfg: Config) -> Result<Report, String> {
         server_cpu_us_per_op: server_cpu_secs
             .filter(|_| primary_ok > 0)
             .map(|s| s * 1e6 / primary_ok as f64),
+        client: cfg.client_used().name().into(),
+        client_cpu_secs,
+        client_cpu_us_per_op: client_cpu_secs
+            .filter(|_| primary_ok > 0)
+            .map(|s| s * 1e6 / primary_ok as f64),
         server_cpu_secs,
         server_rss_bytes: rss,
     })
+}
+
+/// The clients on etcd-client: tasks on the multi-thread runtime, one per client.
+async fn etcd_client_phase(
+    sh: &Arc<Shared>,
+    conns: &[Client],
+    value: &[u8],
+    leases: &[i64],
+    hard_stop: Instant,
+) -> Result<Recorder, String> {
+    let cfg = &sh.cfg;
+    let mut tasks = Vec::with_capacity(cfg.clients);
+    let per_client_leases = leases.len().div_ceil(cfg.clients).max(1);
+    for c in 0..cfg.clients {
+        let client = conns[c % conns.len()].clone();
+        let sh = sh.clone();
+        let value = value.to_vec();
+        let mine: Vec<i64> = leases
+            .iter()
+            .skip(c * per_client_leases)
+            .take(per_client_leases)
+            .copied()
+            .collect();
+        tasks.push(tokio::spawn(async move {
+            let mut rec = Recorder::default();
+            let mut rng = Rng::new(client_seed(sh.cfg.seed, c));
+            client_loop(&sh, client, &value, &mut rng, &mut rec, mine).await;
+            rec
+        }));
+    }
+    join_clients(cfg.workload.primary(), tasks, hard_stop).await
+}
+
+/// Waits for the client tasks (on the current runtime); one stuck past `hard_stop` is aborted
+/// and counted as an error.
+async fn join_clients(
+    primary: &'static str,
+    tasks: Vec<tokio::task::JoinHandle<Recorder>>,
+    hard_stop: Instant,
+) -> Result<Recorder, String> {
+    let mut total = Recorder::default();
+    for t in tasks {
+        let abort = t.abort_handle();
+        match tokio::time::timeout_at(hard_stop.into(), t).await {
+            Ok(r) => total.merge(r.map_err(|e| format!("client task panicked: {e}"))?),
+            Err(_) => {
+                abort.abort();
+                total.err(primary, "client stuck past the deadline, aborted");
+            }
+        }
+    }
+    Ok(total)
+}
+
+fn client_seed(seed: u64, client: usize) -> u64 {
+    seed.wrapping_mul(1_000_003).wrapping_add(client as u64)
+}
+
+const LEAN_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The clients on the lean client: `lean_threads` OS threads, each a current-thread runtime
+/// driving its share of the connections and their clients (client c uses connection
+/// c mod connections, as on etcd-client), so a request never crosses threads.
+async fn lean_phase(
+    sh: &Arc<Shared>,
+    sockets: Vec<(String, std::net::TcpStream)>,
+    value: &[u8],
+    hard_stop: Instant,
+) -> Result<Recorder, String> {
+    let connections = sockets.len();
+    let threads = sh.cfg.lean_threads.clamp(1, connections);
+    let mut per_thread: Vec<Vec<(usize, String, std::net::TcpStream)>> =
+        (0..threads).map(|_| Vec::new()).collect();
+    for (i, (ep, s)) in sockets.into_iter().enumerate() {
+        per_thread[i % threads].push((i, ep, s));
+    }
+    let value = bytes::Bytes::copy_from_slice(value);
+    let mut results = Vec::with_capacity(threads);
+    for (t, mine) in per_thread.into_iter().enumerate() {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let (sh, value) = (sh.clone(), value.clone());
+        std::thread::Builder::new()
+            .name(format!("lean-{t}"))
+            .spawn(move || {
+                let _ = tx.send(lean_thread(&sh, mine, connections, value, hard_stop));
+            })
+            .map_err(|e| format!("starting lean client thread: {e}"))?;
+        results.push(rx);
+    }
+    let mut total = Recorder::default();
+    for rx in results {
+        total.merge(
+            rx.await
+                .map_err(|_| "lean client thread panicked".to_string())??,
+        );
+    }
+    Ok(total)
+}
+
+fn lean_thread(
+    sh: &Arc<Shared>,
+    mine: Vec<(usize, String, std::net::TcpStream)>,
+    connections: usize,
+    value: bytes::Bytes,
+    hard_stop: Instant,
+) -> Result<Recorder, String> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("lean client runtime: {e}"))?;
+    rt.block_on(async {
+        let mut tasks = Vec::new();
+        for (i, ep, sock) in mine {
+            let kv = LeanKv::handshake(sock, &ep).await?;
+            for c in (i..sh.cfg.clients).step_by(connections) {
+                let (sh, kv, value) = (sh.clone(), kv.clone(), value.clone());
+                tasks.push(tokio::spawn(async move {
+                    let mut rec = Recorder::default();
+                    let mut rng = Rng::new(client_seed(sh.cfg.seed, c));
+                    lean_loop(&sh, kv, value, &mut rng, &mut rec).await;
+                    rec
+                }));
+            }
+        }
+        join_clients(sh.cfg.workload.primary(), tasks, hard_stop).await
+    })
+}
+
+async fn timed_lean<T>(
+    sh: &Shared,
+    fut: impl std::future::Future<Output = Result<T, String>>,
+) -> (Duration, Result<T, String>) {
+    let start = Instant::now();
+    let r = match tokio::time::timeout(sh.cfg.op_timeout, fut).await {
+        Ok(r) => r,
+        Err(_) => Err("timeout".to_string()),
+    };
+    (start.elapsed(), r)
+}
+
+/// One client of the lean client: the same requests and checks as [`client_loop`].
+async fn lean_loop(
+    sh: &Shared,
+    mut kv: LeanKv,
+    value: bytes::Bytes,
+    rng: &mut Rng,
+    rec: &mut Recorder,
+) {
+    let cfg = &sh.cfg;
+    match cfg.workload {
+        Workload::Put => {
+            let mut req = pb::PutRequest {
+                value,
+                ..Default::default()
+            };
+            while sh.take() {
+                req.key = key_of(PREFIX_KV, rng.below(cfg.key_space), cfg.key_size).into();
+                let (took, r) = timed_lean(sh, kv.put(&req)).await;
+                record(
+                    sh,
+                    rec,
+                    "put",
+                    took,
+                    r.and_then(|p| lean::put_revision(&p).map(|_| ())),
+                );
+            }
+        }
+        Workload::RangeLinearizable | Workload::RangeSerializable => {
+            let mut req = pb::RangeRequest {
+                serializable: cfg.workload == Workload::RangeSerializable,
+                ..Default::default()
+            };
+            while sh.take() {
+                req.key = key_of(PREFIX_KV, rng.below(cfg.key_space), cfg.key_size).into();
+                let (took, r) = timed_lean(sh, kv.range(&req)).await;
+                let r = r.and_then(|g| {
+                    if cfg.no_prepare {
+                        return Ok(());
+                    }
+                    match g.kvs.as_slice() {
+                        [kv] if kv.key == req.key => Ok(()),
+                        [kv] => Err(format!("asked for {:?}, got {:?}", req.key, kv.key)),
+                        kvs => Err(format!("expected 1 kv, got {}", kvs.len())),
+                    }
+                });
+                record(sh, rec, "range", took, r);
+            }
+        }
+        Workload::TxnCas => {
+            while sh.take() {
+                let i = rng.below(cfg.key_space);
+                let key = key_of(PREFIX_KV, i, cfg.key_size).into();
+                let known = &sh.mod_revs[i as usize];
+                let req = lean::cas_request(key, known.load(Ordering::Relaxed), value.clone());
+                let (took, r) = timed_lean(sh, kv.txn(&req)).await;
+                let r = r.and_then(|t| match lean::cas_outcome(&t)? {
+                    lean::CasOutcome::Wrote(rev) => {
+                        known.fetch_max(rev, Ordering::Relaxed);
+                        Ok(())
+                    }
+                    lean::CasOutcome::Conflict(current) => {
+                        rec.count("cas_conflicts", 1);
+                        known.store(current, Ordering::Relaxed);
+                        Ok(())
+                    }
+                });
+                record(sh, rec, "txn_cas", took, r);
+            }
+        }
+        other => unreachable!("{other:?} has no lean client (Config::client_used)"),
+    }
 }
 
 fn cpu_total(pids: &[u32]) -> Result<Option<f64>, String> {

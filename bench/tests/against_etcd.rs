@@ -3,7 +3,7 @@
 //! Skipped with a message when /usr/bin/etcd is absent (scripts/test.sh installs it).
 
 use ferrite_bench::cluster::{Cluster, Kind, Spec};
-use ferrite_bench::workload::{run, Config, Workload};
+use ferrite_bench::workload::{run, ClientKind, Config, Workload};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -22,9 +22,16 @@ async fn every_workload_runs_clean_against_etcd() {
         pidfile: None,
     };
     let cluster = Cluster::start(&spec).await.expect("etcd starts");
-    for w in Workload::ALL {
+    // Both clients where the lean one covers the workload (it falls back to etcd-client elsewhere).
+    let runs = Workload::ALL.iter().flat_map(|&w| {
+        [ClientKind::Lean, ClientKind::EtcdClient]
+            .into_iter()
+            .map(move |c| (w, c))
+    });
+    for (w, client) in runs {
         let cfg = Config {
             workload: w,
+            client,
             endpoints: cluster.endpoints.clone(),
             clients: 8,
             connections: 2,
@@ -38,9 +45,11 @@ async fn every_workload_runs_clean_against_etcd() {
             server_pids: cluster.pids(),
             ..Config::default()
         };
+        let used = cfg.client_used().name();
         let r = run(cfg)
             .await
             .unwrap_or_else(|e| panic!("{}: {e}", w.name()));
+        assert_eq!(r.client, used);
         assert_eq!(r.total_errors, 0, "{}: {:?}", w.name(), r.ops);
         assert!(r.violations.is_empty(), "{}: {:?}", w.name(), r.violations);
         let p = r
@@ -60,19 +69,22 @@ async fn every_workload_runs_clean_against_etcd() {
             );
         }
     }
-    // An operation cap is honoured exactly.
-    let r = run(Config {
-        workload: Workload::Put,
-        endpoints: cluster.endpoints.clone(),
-        clients: 4,
-        connections: 1,
-        total_ops_max: 37,
-        progress_every: None,
-        ..Config::default()
-    })
-    .await
-    .unwrap();
-    assert_eq!(r.ops["put"].ok, 37);
+    // An operation cap is honoured exactly, by both clients.
+    for client in [ClientKind::Lean, ClientKind::EtcdClient] {
+        let r = run(Config {
+            workload: Workload::Put,
+            client,
+            endpoints: cluster.endpoints.clone(),
+            clients: 4,
+            connections: 1,
+            total_ops_max: 37,
+            progress_every: None,
+            ..Config::default()
+        })
+        .await
+        .unwrap();
+        assert_eq!(r.ops["put"].ok, 37);
+    }
     // Dropping the cluster kills and reaps its servers.
     let pids = cluster.pids();
     drop(cluster);
