@@ -428,6 +428,9 @@ pub struct DbWriter {
     /// Pages changed or allocated since the last commit, under placeholder ids (see
     /// `VIRTUAL_BASE`) until `commit` gives them real ones.
     dirty: HashMap<PageId, Dirty>,
+    /// The buffer pages are encoded into for their pwrite (kept: one commit fills up to
+    /// `WRITE_BATCH_BYTES_MAX` of it).
+    write_buf: Vec<u8>,
     /// The next placeholder id (`VIRTUAL_BASE + virtual_next`).
     virtual_next: u64,
     /// Give this commit's pages the lowest free ids (defragmentation moves pages down).
@@ -817,6 +820,7 @@ impl DbWriter {
             file_len,
             app: meta.app,
             dirty: HashMap::new(),
+            write_buf: Vec::new(),
             virtual_next: 0,
             alloc_low: false,
             free,
@@ -916,20 +920,23 @@ impl DbWriter {
         self.freed_now.push(id);
     }
 
-    /// `n` free page ids for one commit, ascending, in few runs so that the commit goes out
-    /// as a few large writes: the shortest free run that holds all `n` if there is one; else,
-    /// once a quarter of the file is free (which bounds its growth), the longest free runs; else
-    /// the end of the file. Defragmentation (`alloc_low`) takes the lowest free pages instead.
-    fn take_pages(&mut self, n: u64) -> Vec<PageId> {
+    /// `n` free page ids for one commit, ascending. A durable commit takes them in few runs
+    /// so that it goes out as a few large writes and its fdatasync flushes a few extents: the
+    /// shortest free run that holds all `n` if there is one; else, once a quarter of the file
+    /// is free (which bounds the file's growth), the longest free runs; then the end of the
+    /// file. A non-durable commit has no sync to save: it takes the lowest free pages (the
+    /// pages it rewrites most, so the ones most likely cached), as does defragmentation
+    /// (`alloc_low`), which moves pages down.
+    fn take_pages(&mut self, n: u64, durable: bool) -> Vec<PageId> {
         if n == 0 {
             return Vec::new();
         }
         let free = self.free.len() as u64;
-        let mut ids = if self.alloc_low {
+        let mut ids = if self.alloc_low || !durable {
             self.free.take_lowest(n)
         } else if let Some(start) = self.free.take_run(n) {
             (start..start + n).collect()
-        } else if free >= n && free * FREE_SHARE_REUSE_DIVISOR >= self.page_count {
+        } else if free * FREE_SHARE_REUSE_DIVISOR >= self.page_count {
             let mut ids: Vec<PageId> = self
                 .free
                 .take_longest(n, 1)
@@ -948,9 +955,10 @@ impl DbWriter {
         ids
     }
 
-    /// Gives the pages allocated since the last commit (all of `dirty`) the real ids `ids`,
-    /// rewriting every pointer to them (children, overflow heads, overflow chains, the root).
-    fn assign_pages(&mut self, ids: &[PageId]) {
+    /// Gives the pages allocated since the last commit (all of `dirty`, which this empties)
+    /// the real ids `ids`, rewriting every pointer to them (children, overflow heads, overflow
+    /// chains, the root). Returns the pages under their real ids, ascending.
+    fn assign_pages(&mut self, ids: &[PageId]) -> Vec<(PageId, Dirty)> {
         let mut pages: Vec<(PageId, Dirty)> = self.dirty.drain().collect();
         assert_eq!(pages.len(), ids.len(), "one id per new page");
         pages.sort_unstable_by_key(|(id, _)| *id);
@@ -991,10 +999,13 @@ impl DbWriter {
             }
         }
         remap(&mut self.root);
-        self.dirty
-            .extend(pages.into_iter().zip(ids).map(|((_, d), real)| (*real, d)));
         self.virtual_next = 0;
         self.alloc_low = false;
+        pages
+            .into_iter()
+            .zip(ids)
+            .map(|((_, d), real)| (*real, d))
+            .collect()
     }
 
     /// Makes `id` writable, copying it to a new page if it is committed. Returns the new id.
@@ -1924,12 +1935,13 @@ impl DbWriter {
         let mut new_freelist = Vec::new();
         let mut freelist_head = 0;
         let mut new_records = Vec::new();
-        self.trim_tail();
         let new_pages = self.dirty.len();
+        let mut writes;
         if !durable {
-            let ids = self.take_pages(new_pages as u64);
-            self.assign_pages(&ids);
+            let ids = self.take_pages(new_pages as u64, false);
+            writes = self.assign_pages(&ids);
         } else {
+            self.trim_tail();
             // Pages the new durable tree does not reach: all of them are free after a reopen.
             let old_lists = std::mem::take(&mut self.freelist_pages);
             let old_records = std::mem::take(&mut self.record_pages);
@@ -1944,11 +1956,11 @@ impl DbWriter {
             let entries_max = self.written_live.len() + new_pages + list_pages;
             let record_pages = entries_max.div_ceil(RECORD_ENTRIES_MAX);
             // One run for the whole commit: free list, record, then the tree's pages.
-            let mut ids = self.take_pages((list_pages + record_pages + new_pages) as u64);
+            let mut ids = self.take_pages((list_pages + record_pages + new_pages) as u64, true);
             let data = ids.split_off(list_pages + record_pages);
             new_records = ids.split_off(list_pages);
             new_freelist = ids;
-            self.assign_pages(&data);
+            writes = self.assign_pages(&data);
             let mut ids: Vec<PageId> = self.free.iter().collect();
             ids.extend(self.pending.iter().flat_map(|(_, v)| v.iter().copied()));
             ids.extend(self.freed_now.iter().copied());
@@ -1971,7 +1983,7 @@ impl DbWriter {
                     wr_u64(&mut p, FREELIST_OFF_IDS + 8 * j, *id);
                 }
                 seal(&mut p, KIND_FREELIST, chunk.len() as u16, *pid);
-                self.dirty.insert(*pid, Dirty::Raw(p));
+                writes.push((*pid, Dirty::Raw(p)));
             }
             freelist_head = new_freelist.first().copied().unwrap_or(0);
         }
@@ -1984,7 +1996,8 @@ impl DbWriter {
             self.shared.storage.set_len(new_len)?;
             self.file_len = new_len;
         }
-        self.write_dirty()?;
+        writes.sort_unstable_by_key(|(id, _)| *id);
+        self.write_pages(writes)?;
         let storage = self.shared.storage.clone();
         if durable {
             // The commit record: every page written since the last durable commit that the new
@@ -2092,18 +2105,20 @@ impl DbWriter {
         }
     }
 
-    fn write_dirty(&mut self) -> Result<(), StoreError> {
-        let mut ids: Vec<PageId> = self.dirty.keys().copied().collect();
-        ids.sort_unstable();
-        let mut buf: Vec<u8> = Vec::with_capacity(WRITE_BATCH_BYTES_MAX.min(ids.len() * PAGE_SIZE));
+    /// Encodes and writes `pages` (ascending ids), consecutive ids in one pwrite each (up to
+    /// `WRITE_BATCH_BYTES_MAX`).
+    fn write_pages(&mut self, pages: Vec<(PageId, Dirty)>) -> Result<(), StoreError> {
+        let mut buf = std::mem::take(&mut self.write_buf);
+        buf.clear();
         let mut start: Option<PageId> = None;
         let mut next_id = 0;
         let storage = self.shared.storage.clone();
-        for id in ids {
+        for (id, d) in pages {
             assert!(
                 id >= 2 && id < self.page_count,
                 "dirty page {id} outside the tree"
             );
+            assert!(start.is_none() || id >= next_id, "pages out of order");
             if start.is_some() && (id != next_id || buf.len() >= WRITE_BATCH_BYTES_MAX) {
                 storage.write_at(&buf, start.expect("start") * PAGE_SIZE as u64)?;
                 buf.clear();
@@ -2114,9 +2129,12 @@ impl DbWriter {
             }
             let at = buf.len();
             buf.resize(at + PAGE_SIZE, 0);
-            match self.dirty.get(&id).expect("dirty") {
-                Dirty::Node(n, _) => n.encode(id, &mut buf[at..]),
-                Dirty::Raw(b) => buf[at..].copy_from_slice(b),
+            match d {
+                Dirty::Node(n, _) => {
+                    n.encode(id, &mut buf[at..]);
+                    self.pool.put(n);
+                }
+                Dirty::Raw(b) => buf[at..].copy_from_slice(&b),
             }
             self.written_live.insert(id, rd_u32(&buf[at..], OFF_CRC));
             next_id = id + 1;
@@ -2124,10 +2142,8 @@ impl DbWriter {
         if let Some(s) = start {
             storage.write_at(&buf, s * PAGE_SIZE as u64)?;
         }
-        for (_, d) in self.dirty.drain() {
-            if let Dirty::Node(n, _) = d {
-                self.pool.put(n);
-            }
+        if buf.capacity() <= WRITE_BATCH_BYTES_MAX + PAGE_SIZE {
+            self.write_buf = buf;
         }
         Ok(())
     }
