@@ -36,6 +36,11 @@ pub struct DbOptions {
     pub unsynced_freed_bytes_max: u64,
     /// The file grows by at least this many bytes (and at least 1/8 of its size) at a time.
     pub grow_bytes_min: u64,
+    /// Past `unsynced_freed_bytes_max`, do not sync inside `commit(false)`: report it through
+    /// `DbWriter::wants_durable` and let the caller run a durable commit whose fdatasync it
+    /// runs off its own thread (`commit_durable_start`). Past four times the limit, or while
+    /// such a sync is in flight and a durable commit is asked for, the commit syncs inline.
+    pub defer_forced_sync: bool,
 }
 
 impl Default for DbOptions {
@@ -44,7 +49,44 @@ impl Default for DbOptions {
             verify_checksums: true,
             unsynced_freed_bytes_max: 64 << 20,
             grow_bytes_min: 1 << 20,
+            defer_forced_sync: false,
         }
+    }
+}
+
+/// A durable commit whose pages, free list, commit record and meta page are written but not
+/// yet synced (`DbWriter::commit_durable_start`). Until `sync` returns and the writer is told
+/// (`commit_durable_finish`), the previous durable commit stays the one a crash falls back
+/// to, and no page it reaches is reused.
+#[must_use = "a started durable commit needs its sync and commit_durable_finish"]
+pub struct PendingSync {
+    txn: u64,
+    storage: Arc<dyn Storage>,
+}
+
+impl PendingSync {
+    /// The commit's txn id.
+    pub fn txn(&self) -> u64 {
+        self.txn
+    }
+
+    /// The commit's one fdatasync; blocking, safe on any thread (the writer keeps committing
+    /// non-durably meanwhile).
+    pub fn sync(self) -> std::io::Result<SyncedCommit> {
+        self.storage.sync_data()?;
+        Ok(SyncedCommit { txn: self.txn })
+    }
+}
+
+/// Proof that a started durable commit's sync returned: hand it to `commit_durable_finish`.
+#[derive(Debug)]
+pub struct SyncedCommit {
+    txn: u64,
+}
+
+impl SyncedCommit {
+    pub fn txn(&self) -> u64 {
+        self.txn
     }
 }
 
@@ -401,6 +443,8 @@ pub struct DbWriter {
     pool: NodePool,
     readers: Vec<(u64, Weak<Snapshot>)>,
     unsynced_freed_pages: u64,
+    /// The txn of a durable commit written but not yet known synced (`commit_durable_start`).
+    sync_in_flight: Option<u64>,
     poisoned: bool,
     /// Base pages whose checksum this writer verified since `base` was last replaced (a
     /// small ring). A put reads its leaf twice (the key's latest version, then the copy-on-write
@@ -765,6 +809,7 @@ impl DbWriter {
             pool: NodePool::default(),
             readers: Vec::new(),
             unsynced_freed_pages: 0,
+            sync_in_flight: None,
             poisoned: false,
             verified: std::cell::Cell::new([0; VERIFIED_RING_PAGES]),
             verified_next: std::cell::Cell::new(0),
@@ -1663,23 +1708,105 @@ impl DbWriter {
     /// survive a crash (pages, free list, commit record and meta page written, then one
     /// fdatasync; see `verify_record` for how open tells a torn commit).
     pub fn commit(&mut self, durable: bool) -> Result<(), StoreError> {
+        self.commit_checked(durable, false).map(|_| ())
+    }
+
+    /// A durable commit without its fdatasync: pages, free list, commit record and meta page
+    /// are written and the commit is published to readers, but it becomes the crash-safe
+    /// one only once the returned `PendingSync::sync` has returned (on any thread) and
+    /// `commit_durable_finish` is called. Meanwhile non-durable commits go on; pages freed
+    /// since the previous durable commit stay unused. A durable commit in flight is synced
+    /// inline first (at most one is in flight).
+    pub fn commit_durable_start(&mut self) -> Result<PendingSync, StoreError> {
+        let txn = self.commit_checked(true, true)?;
+        Ok(PendingSync {
+            txn,
+            storage: self.shared.storage.clone(),
+        })
+    }
+
+    /// Records that a started durable commit is on disk: the pages it no longer reaches may be
+    /// reused. A commit already completed inline (a later durable commit synced it) is a no-op.
+    pub fn commit_durable_finish(&mut self, done: SyncedCommit) -> Result<(), StoreError> {
+        if self.sync_in_flight != Some(done.txn) {
+            assert!(
+                done.txn <= self.last_durable_txn,
+                "unknown durable commit {done:?}"
+            );
+            return Ok(());
+        }
+        let r = self.after_sync(done.txn);
+        if r.is_err() {
+            self.poisoned = true;
+        }
+        self.reclaim();
+        r
+    }
+
+    /// With `DbOptions::defer_forced_sync`: pages freed since the last durable commit exceed
+    /// `unsynced_freed_bytes_max` and no durable commit is in flight, so it is time for
+    /// `commit_durable_start`.
+    pub fn wants_durable(&self) -> bool {
+        self.sync_in_flight.is_none()
+            && self.unsynced_freed_bytes() > self.opts.unsynced_freed_bytes_max
+    }
+
+    /// The txn of the durable commit whose sync is in flight, if any.
+    pub fn sync_in_flight(&self) -> Option<u64> {
+        self.sync_in_flight
+    }
+
+    fn unsynced_freed_bytes(&self) -> u64 {
+        (self.unsynced_freed_pages + self.freed_now.len() as u64) * PAGE_SIZE as u64
+    }
+
+    /// Returns the txn id of the commit made.
+    fn commit_checked(&mut self, durable: bool, defer_sync: bool) -> Result<u64, StoreError> {
         // Checksums are trusted for one commit at most, even one with no changes.
         self.verified.set([0; VERIFIED_RING_PAGES]);
         if self.poisoned {
             return Err(StoreError::Poisoned);
         }
-        let r = self.commit_inner(durable);
+        let txn = self.txn;
+        let r = self.commit_inner(durable, defer_sync);
         if r.is_err() {
             // The in-memory state may no longer match the file: refuse further writes.
             self.poisoned = true;
         }
-        r
+        r.map(|_| txn)
     }
 
-    fn commit_inner(&mut self, durable: bool) -> Result<(), StoreError> {
+    /// After the sync of durable commit `txn`: it is the one a crash reopens, so what it no
+    /// longer reaches may be reused; the file may shrink.
+    fn after_sync(&mut self, txn: u64) -> Result<(), StoreError> {
+        assert_eq!(self.sync_in_flight, Some(txn));
+        self.sync_in_flight = None;
+        self.last_durable_txn = txn;
+        let file_target = self.page_count * PAGE_SIZE as u64;
+        if self.file_len > file_target + 2 * self.opts.grow_bytes_min {
+            self.shared.storage.set_len(file_target)?;
+            self.file_len = file_target;
+            self.shared
+                .file_bytes
+                .store(self.file_len, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    fn commit_inner(&mut self, durable: bool, defer_sync: bool) -> Result<(), StoreError> {
+        let unsynced = self.unsynced_freed_bytes();
+        let max = self.opts.unsynced_freed_bytes_max;
         let durable = durable
-            || (self.unsynced_freed_pages + self.freed_now.len() as u64) * PAGE_SIZE as u64
-                > self.opts.unsynced_freed_bytes_max;
+            || (unsynced > max && !self.opts.defer_forced_sync)
+            || unsynced > max.saturating_mul(4);
+        if durable {
+            // At most one durable commit in flight: its meta slot is the one this commit
+            // would overwrite next but one, and the crash fallback must stay intact.
+            if let Some(t) = self.sync_in_flight {
+                self.shared.storage.sync_data()?;
+                self.after_sync(t)?;
+            }
+        }
         if !durable && !self.has_changes() {
             return Ok(());
         }
@@ -1773,17 +1900,15 @@ impl DbWriter {
                 record_crc,
             };
             storage.write_at(&meta.encode(slot), slot * PAGE_SIZE as u64)?;
-            storage.sync_data()?;
             self.durable_meta_slot = slot;
-            self.last_durable_txn = txn;
             self.freelist_pages = new_freelist;
             self.record_pages = new_records;
             self.written_live.clear();
             self.unsynced_freed_pages = 0;
-            let file_target = self.page_count * PAGE_SIZE as u64;
-            if self.file_len > file_target + 2 * self.opts.grow_bytes_min {
-                storage.set_len(file_target)?;
-                self.file_len = file_target;
+            self.sync_in_flight = Some(txn);
+            if !defer_sync {
+                storage.sync_data()?;
+                self.after_sync(txn)?;
             }
         } else {
             self.unsynced_freed_pages += self.freed_now.len() as u64;

@@ -1194,6 +1194,34 @@ impl Writer {
         });
         poison_on_err(&mut w, r)
     }
+
+    /// `commit(true)` without its fdatasync, which the caller runs off this thread
+    /// (`DbWriter::commit_durable_start`): the server's forced durable commits, so the Raft
+    /// core never blocks on writeback. Publishes like `commit`.
+    pub fn commit_durable_start(&mut self) -> Result<crate::db::PendingSync, StoreError> {
+        let mut w = self.lock();
+        if let Some(e) = w.deferred.take() {
+            w.deferred = Some(StoreError::Poisoned);
+            return Err(e);
+        }
+        let r = w.db.commit_durable_start();
+        poison_on_err(&mut w, r)
+    }
+
+    /// Records that a started durable commit's sync returned.
+    pub fn commit_durable_finish(
+        &mut self,
+        done: crate::db::SyncedCommit,
+    ) -> Result<(), StoreError> {
+        let mut w = self.lock();
+        let r = w.db.commit_durable_finish(done);
+        poison_on_err(&mut w, r)
+    }
+
+    /// Time for `commit_durable_start` (see `DbWriter::wants_durable`).
+    pub fn wants_durable(&self) -> bool {
+        self.lock().db.wants_durable()
+    }
 }
 
 impl Txn<'_> {

@@ -29,7 +29,9 @@ fn fingerprint(s: &MvccStore) -> Fingerprint {
     (v.revision(), kvs, s.hash_kv(0).unwrap().0)
 }
 
-fn opts() -> StoreOptions {
+/// `deferred`: the server's way, forced durable commits are started by the caller and their
+/// fdatasync runs later (`commit_durable_start` / `commit_durable_finish`).
+fn opts_deferred(deferred: bool) -> StoreOptions {
     let mut o = StoreOptions {
         compaction_entries_per_commit: 7,
         defrag_pages_per_slice: 4,
@@ -38,13 +40,25 @@ fn opts() -> StoreOptions {
     o.db.grow_bytes_min = 16 << 10;
     // Small, so that some non-durable commits are forced durable.
     o.db.unsynced_freed_bytes_max = 40 * 4096;
+    o.db.defer_forced_sync = deferred;
     o
 }
 
-/// Runs the workload until an operation fails. Calls `on_commit(n, store)` after each
-/// successful commit `n` and returns the durable commits reached (by number).
-fn workload(s: &MvccStore, mut on_commit: impl FnMut(u64, &MvccStore)) -> Result<(), StoreError> {
+/// Runs the workload until an operation fails. Calls `on_commit(n, acked, store)` after each
+/// successful commit `n`, `acked` being the newest commit known durable.
+///
+/// Not `deferred`: every fourth commit is durable (others may be forced durable). `deferred`:
+/// every fourth commit, and any commit once the writer wants one, starts a durable commit
+/// whose sync runs two commits later, with non-durable commits in between (as the server's
+/// `store-sync` thread does).
+fn workload(
+    s: &MvccStore,
+    deferred: bool,
+    mut on_commit: impl FnMut(u64, u64, &MvccStore),
+) -> Result<(), StoreError> {
     let mut w = s.writer();
+    let mut acked = 0;
+    let mut in_flight: Option<(u64, ferrite_btree::PendingSync)> = None;
     let big: Vec<u8> = (0..100_000u32).map(|i| (i % 253) as u8).collect();
     for n in 1..=40u64 {
         {
@@ -66,8 +80,30 @@ fn workload(s: &MvccStore, mut on_commit: impl FnMut(u64, &MvccStore)) -> Result
             t.end();
         }
         w.put_meta(b"commit", &n.to_le_bytes());
-        w.commit(n % 4 == 0)?;
-        on_commit(n, s);
+        if !deferred {
+            w.commit(n % 4 == 0)?;
+            if n % 4 == 0 {
+                acked = n;
+            }
+        } else {
+            w.commit(false)?;
+            if n % 4 == 0 || (in_flight.is_none() && w.wants_durable()) {
+                if let Some((m, p)) = in_flight.take() {
+                    // Starting another durable commit syncs the one in flight first.
+                    drop(p);
+                    w.commit_durable_start().map(|p| in_flight = Some((n, p)))?;
+                    acked = m;
+                } else {
+                    w.commit_durable_start().map(|p| in_flight = Some((n, p)))?;
+                }
+            } else if n % 4 == 2 {
+                if let Some((m, p)) = in_flight.take() {
+                    w.commit_durable_finish(p.sync()?)?;
+                    acked = m;
+                }
+            }
+        }
+        on_commit(n, acked, s);
         if n == 20 {
             let rev = s.read().revision();
             s.compact(rev - 5).map_err(|e| match e {
@@ -84,13 +120,23 @@ fn workload(s: &MvccStore, mut on_commit: impl FnMut(u64, &MvccStore)) -> Result
 
 #[test]
 fn crash_at_every_io_reopens_a_durable_commit() {
+    crash_at_every_io(false);
+}
+
+/// As above, with durable commits synced a few commits after they were written.
+#[test]
+fn crash_at_every_io_with_deferred_syncs_reopens_a_durable_commit() {
+    crash_at_every_io(true);
+}
+
+fn crash_at_every_io(deferred: bool) {
     // Reference run: fingerprints of every commit and the op count.
     let sim = Arc::new(SimStorage::new(Vec::new()));
-    let s = MvccStore::open_storage(sim.clone(), opts()).unwrap();
+    let s = MvccStore::open_storage(sim.clone(), opts_deferred(deferred)).unwrap();
     let mut prints: HashMap<u64, Fingerprint> = HashMap::new();
     prints.insert(0, fingerprint(&s));
     let ops_at_open = sim.ops_done();
-    workload(&s, |n, s| {
+    workload(&s, deferred, |n, _, s| {
         let commit = s
             .read()
             .get_meta(b"commit")
@@ -109,12 +155,10 @@ fn crash_at_every_io_reopens_a_durable_commit() {
     let mut discarded = 0;
     for cut in 0..total_ops {
         let sim = Arc::new(SimStorage::new(Vec::new()));
-        let s = MvccStore::open_storage(sim.clone(), opts()).unwrap();
+        let s = MvccStore::open_storage(sim.clone(), opts_deferred(deferred)).unwrap();
         sim.fail_after_ops(Some(cut));
-        let mut last_ok = 0;
-        let r = workload(&s, |n, _| last_ok = n);
-        // Every fourth commit is durable (others may be forced durable): acknowledged.
-        let acked = last_ok / 4 * 4;
+        let (mut last_ok, mut acked) = (0, 0);
+        let r = workload(&s, deferred, |n, a, _| (last_ok, acked) = (n, a));
         assert!(
             r.is_err(),
             "cut {cut} of {total_ops} did not fail the workload"
@@ -123,7 +167,7 @@ fn crash_at_every_io_reopens_a_durable_commit() {
         for seed in 0..8 {
             let img = sim.crash_image(seed * 7919 + cut);
             let sim2 = Arc::new(SimStorage::new(img));
-            let s2 = MvccStore::open_storage(sim2, opts())
+            let s2 = MvccStore::open_storage(sim2, opts_deferred(deferred))
                 .unwrap_or_else(|e| panic!("cut {cut} seed {seed}: reopen failed: {e}"));
             let commit = s2
                 .read()

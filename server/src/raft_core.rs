@@ -352,6 +352,7 @@ pub async fn start(
         durable_index: last_index,
         force_snapshot: false,
         publish_waiter: None,
+        store_sync: None,
         publish_applied: false,
         log_last_at_start: last_index,
         publish_retry_at: Instant::now(),
@@ -581,6 +582,9 @@ pub struct RaftCore {
     force_snapshot: bool,
     /// Waiter id of this member's pending publish.
     publish_waiter: Option<u64>,
+    /// A forced durable store commit whose fdatasync runs on a `store-sync` thread
+    /// (`sync_store_in_background`): its result arrives here.
+    store_sync: Option<std::sync::mpsc::Receiver<std::io::Result<ferrite_btree::SyncedCommit>>>,
     /// This member's publish entry was applied in the batch being applied: `shared.published`
     /// is raised only after that batch's store commit, so a client served from then on sees
     /// the publish in every read (Maintenance.Hash included).
@@ -824,6 +828,7 @@ impl RaftCore {
                 }
                 Wake::Tick => {
                     ticker.set(glommio::timer::Timer::new(self.opts.tick));
+                    self.sync_store_in_background();
                     self.node.tick();
                     for id in self.transport.take_unreachable() {
                         self.node.report_unreachable(id);
@@ -1429,7 +1434,7 @@ impl RaftCore {
         let store = match ferrite_btree::MvccStore::restore(
             &tmp,
             &mut snap.data.as_slice(),
-            ferrite_btree::StoreOptions::default(),
+            crate::server::store_options(),
         ) {
             Ok(s) => Arc::new(s),
             Err(e) => panic!(
@@ -1477,6 +1482,8 @@ impl RaftCore {
             panic!("ferrite: {e}");
         }
         self.writer = self.shared.store.writer();
+        // A sync still running was the old store's; the new one starts durable.
+        self.store_sync = None;
         *self.shared.lessor.lock().unwrap_or_else(|p| p.into_inner()) = lessor;
         let nospace = alarms
             .iter()
@@ -1661,6 +1668,7 @@ impl RaftCore {
         if let Err(e) = self.writer.commit(false) {
             panic!("ferrite: MVCC commit failed at applied index {last_index}: {e}");
         }
+        self.sync_store_in_background();
         crate::metrics::metrics()
             .backend_commit_seconds
             .observe_duration(commit_started.elapsed());
@@ -1886,6 +1894,47 @@ impl RaftCore {
             });
             self.propose_queued();
         }
+    }
+
+    /// The store's pages freed since its last durable commit cannot be reused before the next
+    /// one, so past `unsynced_freed_bytes_max` (64 MiB) a durable commit is due. Its
+    /// fdatasync writes back everything the non-durable commits wrote since (tens of MiB): run
+    /// inline it blocked this core, its client connections and every put for 100+ ms. So the
+    /// commit is written here and synced on a `store-sync` thread; the next call after the
+    /// sync returned records it (the WAL, not the store, is what acknowledges writes, so
+    /// nothing waits for it). Called after each apply commit and at each tick.
+    fn sync_store_in_background(&mut self) {
+        if let Some(rx) = &self.store_sync {
+            match rx.try_recv() {
+                Ok(Ok(done)) => {
+                    self.store_sync = None;
+                    if let Err(e) = self.writer.commit_durable_finish(done) {
+                        panic!("ferrite: finishing a durable MVCC commit failed: {e}");
+                    }
+                }
+                Ok(Err(e)) => panic!("ferrite: syncing the store failed: {e}"),
+                Err(std::sync::mpsc::TryRecvError::Empty) => return,
+                Err(std::sync::mpsc::TryRecvError::Disconnected) => {
+                    panic!("ferrite: the store-sync thread ended without a result")
+                }
+            }
+        }
+        if !self.writer.wants_durable() {
+            return;
+        }
+        let pending = match self.writer.commit_durable_start() {
+            Ok(p) => p,
+            Err(e) => panic!("ferrite: durable MVCC commit failed: {e}"),
+        };
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
+            .name("store-sync".into())
+            .spawn(move || {
+                // The receiver is gone only if the store was replaced meanwhile.
+                let _ = tx.send(pending.sync());
+            })
+            .expect("spawning the store-sync thread");
+        self.store_sync = Some(rx);
     }
 
     /// Every `snapshot_count` applied entries: make the store durable, log a snapshot marker,

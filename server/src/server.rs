@@ -311,7 +311,7 @@ pub fn run(config: Config) -> Result<(), String> {
     crate::logging::log_starting(&config, member_initialized);
 
     let store = Arc::new(
-        MvccStore::open(&db_path, StoreOptions::default())
+        MvccStore::open(&db_path, store_options())
             .map_err(|e| format!("opening the store {}: {e}", db_path.display()))?,
     );
     let report = store.open_report();
@@ -697,6 +697,14 @@ pub fn build_router(shared: &Arc<Shared>) -> Router {
         guard: Some(learner_guard(shared)),
     });
     crate::http::add_routes(builder, gateway).build()
+}
+
+/// The store's options in the server: forced durable commits are synced off the Raft core
+/// (`RaftCore::sync_store_in_background`).
+pub(crate) fn store_options() -> StoreOptions {
+    let mut o = StoreOptions::default();
+    o.db.defer_forced_sync = true;
+    o
 }
 
 #[cfg(test)]
