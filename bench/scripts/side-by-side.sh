@@ -7,6 +7,7 @@
 #   bench/scripts/side-by-side.sh                 # defaults: 1 and 3 nodes, 2 rounds, 5 s per run
 #   ROUNDS=3 DURATION=10 NODES=1 ONLY=put-100-clients,txn-cas-100 bench/scripts/side-by-side.sh
 #   APPEND=0 ...                                  # print only, do not touch docs/benchmarks.md
+#   CLIENT=etcd-client LEAN_THREADS=2 PORTS=29000-29499 ...   # load generator client, server ports
 #
 # Bounded: the whole run is killed after TIME_LIMIT seconds (default 1800). Every server it starts
 # is stopped by pid: by ferrite-bench itself, and by this script's trap from the pid file.
@@ -20,6 +21,9 @@ DURATION=${DURATION:-5}
 ONLY=${ONLY:-}
 APPEND=${APPEND:-1}
 TIME_LIMIT=${TIME_LIMIT:-1800}
+CLIENT=${CLIENT:-}
+LEAN_THREADS=${LEAN_THREADS:-}
+PORTS=${PORTS:-}
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 FERRITE=${FERRITE:-$TARGET_DIR/release/ferrite}
 
@@ -59,6 +63,9 @@ args=(side-by-side --etcd "$ETCD" --nodes "$NODES" --rounds "$ROUNDS" --duration
       --work-dir "$WORK" --pidfile "$PIDFILE" --json "$WORK/results.json")
 [ -x "$FERRITE" ] && args+=(--ferrite "$FERRITE") || echo "!! no ferrite binary at $FERRITE: etcd only"
 [ -n "$ONLY" ] && args+=(--only "$ONLY")
+[ -n "$CLIENT" ] && args+=(--client "$CLIENT")
+[ -n "$LEAN_THREADS" ] && args+=(--lean-threads "$LEAN_THREADS")
+[ -n "$PORTS" ] && args+=(--ports "$PORTS")
 [ "$APPEND" = 1 ] && args+=(--append-to "$ROOT/docs/benchmarks.md")
 
 timeout --signal=TERM --kill-after=15 "$TIME_LIMIT" "$TARGET_DIR/release/ferrite-bench" "${args[@]}" &

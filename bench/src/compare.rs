@@ -4,7 +4,7 @@
 use crate::cluster::{Cluster, Echo, Kind, Spec};
 use crate::floor::{self, FloorSample};
 use crate::stats::Report;
-use crate::workload::{self, Config, Workload};
+use crate::workload::{self, ClientKind, Config, Workload};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -87,6 +87,8 @@ pub struct Sample {
     pub rss_bytes: u64,
     pub data_bytes: u64,
     pub cpu_us_per_op: Option<f64>,
+    /// The load generator's own CPU per operation (this process).
+    pub client_cpu_us_per_op: Option<f64>,
 }
 
 #[derive(serde::Serialize)]
@@ -136,6 +138,7 @@ async fn echo_run(
         rss_bytes: crate::procfs::rss_bytes(echo.pid()).unwrap_or(0),
         data_bytes: 0,
         cpu_us_per_op: report.server_cpu_us_per_op,
+        client_cpu_us_per_op: report.client_cpu_us_per_op,
     };
     drop(echo);
     Ok((s, report))
@@ -200,6 +203,7 @@ async fn one_run(spec: &Spec, preset: &Preset) -> Result<(Sample, Report), Strin
         rss_bytes: cluster.rss_bytes(),
         data_bytes: cluster.data_bytes(),
         cpu_us_per_op: report.server_cpu_us_per_op,
+        client_cpu_us_per_op: report.client_cpu_us_per_op,
     };
     drop(cluster);
     Ok((s, report))
@@ -356,6 +360,31 @@ pub fn machine_description() -> String {
     )
 }
 
+/// Which client the presets' runs used, e.g. "lean (1 thread) for put-1-client, ...;
+/// etcd-client for list-10".
+fn client_description(presets: &[Preset]) -> String {
+    let mut lean = Vec::new();
+    let mut other = Vec::new();
+    for p in presets {
+        match p.config.client_used() {
+            ClientKind::Lean => lean.push(p.name),
+            ClientKind::EtcdClient => other.push(p.name),
+        }
+    }
+    let mut parts = Vec::new();
+    if !lean.is_empty() {
+        let threads = presets[0].config.lean_threads;
+        parts.push(format!(
+            "lean (`bench/src/lean.rs`, {threads} thread(s)) for {}",
+            lean.join(", ")
+        ));
+    }
+    if !other.is_empty() {
+        parts.push(format!("etcd-client for {}", other.join(", ")));
+    }
+    parts.join("; ")
+}
+
 fn markdown(cc: &CompareConfig, rows: &[Row]) -> String {
     let now = std::process::Command::new("date")
         .args(["-u", "+%Y-%m-%d %H:%M UTC"])
@@ -378,17 +407,19 @@ fn markdown(cc: &CompareConfig, rows: &[Row]) -> String {
     let mut s = format!(
         "\n### Run of {now}\n\nMachine: {}. Reference: {etcd_version}. {} round(s) per server, alternating, a fresh \
          cluster per run; medians shown; throughput and latency are of each workload's primary operation; \
-         RSS and data size at the end of the run, summed over members.\n\nCommand: `{}`\n\n",
+         RSS and data size at the end of the run, summed over members. Client: {}.\n\nCommand: `{}`\n\n",
         machine_description(),
         cc.rounds,
+        client_description(&cc.presets),
         cc.command_line
     );
-    s.push_str("| nodes | workload | etcd ops/s | ferrite ops/s | ratio | etcd p50 ms | ferrite p50 ms | etcd p99 ms | ferrite p99 ms | etcd cpu µs/op | ferrite cpu µs/op | etcd RSS MiB | ferrite RSS MiB | etcd data MiB | ferrite data MiB | errors e/f |\n");
-    s.push_str("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+    s.push_str("| nodes | workload | etcd ops/s | ferrite ops/s | ratio | etcd p50 ms | ferrite p50 ms | etcd p99 ms | ferrite p99 ms | etcd cpu µs/op | ferrite cpu µs/op | client cpu µs/op e/f | etcd RSS MiB | ferrite RSS MiB | etcd data MiB | ferrite data MiB | errors e/f |\n");
+    s.push_str("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
     let mut skipped = Vec::new();
     for r in rows {
         let m = |v: &[Sample], f: &dyn Fn(&Sample) -> f64| median(v.iter().map(f).collect());
         let mc = |v: &[Sample]| median(v.iter().filter_map(|s| s.cpu_us_per_op).collect());
+        let mcc = |v: &[Sample]| median(v.iter().filter_map(|s| s.client_cpu_us_per_op).collect());
         let (e, f) = (&r.etcd, &r.ferrite);
         let tput = (m(e, &|s| s.ops_per_sec), m(f, &|s| s.ops_per_sec));
         let errs = |v: &[Sample]| {
@@ -397,7 +428,7 @@ fn markdown(cc: &CompareConfig, rows: &[Row]) -> String {
                 .sum::<u64>()
         };
         s.push_str(&format!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {}/{} |\n",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {}/{} | {} | {} | {} | {} | {}/{} |\n",
             r.nodes,
             r.preset,
             fmt_opt(tput.0, 1.0, 0),
@@ -409,6 +440,8 @@ fn markdown(cc: &CompareConfig, rows: &[Row]) -> String {
             fmt_opt(m(f, &|s| s.p99_us), 1000.0, 3),
             fmt_opt(mc(e), 1.0, 1),
             fmt_opt(mc(f), 1.0, 1),
+            fmt_opt(mcc(e), 1.0, 1),
+            fmt_opt(mcc(f), 1.0, 1),
             fmt_opt(m(e, &|s| s.rss_bytes as f64), 1048576.0, 1),
             fmt_opt(m(f, &|s| s.rss_bytes as f64), 1048576.0, 1),
             fmt_opt(m(e, &|s| s.data_bytes as f64), 1048576.0, 1),
@@ -447,22 +480,32 @@ fn baselines_markdown(rows: &[Row]) -> String {
          zero-filled file + fdatasync in the work dir, probed before and after each put-1-client \
          round):\n\n",
     );
-    s.push_str("| baseline | ops/s | p50 ms | p99 ms | server cpu µs/op | rounds |\n|---|---|---|---|---|---|\n");
+    s.push_str("| baseline | ops/s | p50 ms | p99 ms | server cpu µs/op | client cpu µs/op | rounds |\n|---|---|---|---|---|---|---|\n");
     for r in &echo_rows {
         s.push_str(&format!(
-            "| grpc-echo {} | {} | {} | {} | {} | {} |\n",
+            "| grpc-echo {} | {} | {} | {} | {} | {} | {} |\n",
             r.preset,
             fmt_opt(m(&r.echo, &|s| s.ops_per_sec), 1.0, 0),
             fmt_opt(m(&r.echo, &|s| s.p50_us), 1000.0, 3),
             fmt_opt(m(&r.echo, &|s| s.p99_us), 1000.0, 3),
             fmt_opt(mc(&r.echo), 1.0, 1),
+            fmt_opt(
+                median(
+                    r.echo
+                        .iter()
+                        .filter_map(|s| s.client_cpu_us_per_op)
+                        .collect()
+                ),
+                1.0,
+                1
+            ),
             r.echo.len()
         ));
     }
     let floor_p50 = median(floors.iter().map(|f| f.p50_us).collect());
     if !floors.is_empty() {
         s.push_str(&format!(
-            "| fsync floor ({} ops per probe) | {} | {} | {} | – | {} probes |\n",
+            "| fsync floor ({} ops per probe) | {} | {} | {} | – | – | {} probes |\n",
             floors[0].iterations,
             fmt_opt(
                 median(floors.iter().map(|f| f.ops_per_sec).collect()),

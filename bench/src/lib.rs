@@ -6,7 +6,11 @@
 //!   lists, Kubernetes-style CAS txns, watch fan-out, lease keep-alive storms, a mixed Kubernetes-like
 //!   load) from many concurrent clients over a chosen number of gRPC connections, and returns a
 //!   [`stats::Report`]: p50/p90/p99/p99.9/max latency per operation kind, throughput, errors by
-//!   message, server CPU per operation and RSS (from /proc, given the server's pid).
+//!   message, server CPU per operation and RSS (from /proc, given the server's pid), and the load
+//!   generator's own CPU per operation.
+//! - [`lean`] is the default client of the put, range and txn-cas workloads: etcd's KV calls as
+//!   plain HTTP/2 streams (h2 + prost) on current-thread runtimes, about a third of the CPU per
+//!   request of the `etcd-client` crate, which the other workloads (and `--client etcd-client`) use.
 //! - [`cluster`] starts etcd or ferrite with etcd's flags on loopback (1 or 3 members), waits until
 //!   it serves, and kills it by pid when dropped.
 //! - [`floor`] probes the fsync floor (4 KiB overwrite + fdatasync) and `grpc-echo` (src/bin) is a

@@ -108,9 +108,10 @@ struct ClientArgs {
     /// range-*, txn-cas; other workloads fall back to etcd-client) or `etcd-client`.
     #[arg(long, value_enum, default_value = "lean")]
     client: ClientKind,
-    /// Threads of the lean client (one current-thread runtime each, at most --connections).
-    #[arg(long, default_value_t = 1)]
-    lean_threads: usize,
+    /// Threads of the lean client (one current-thread runtime each, at most --connections;
+    /// default: one per core, as many as etcd-client's runtime has).
+    #[arg(long)]
+    lean_threads: Option<usize>,
 }
 
 #[derive(clap::Args)]
@@ -258,7 +259,10 @@ async fn run_one(a: RunArgs) -> Result<i32, String> {
         server_pids: a.server_pid,
         seed: a.seed,
         client: a.client.client,
-        lean_threads: a.client.lean_threads,
+        lean_threads: a
+            .client
+            .lean_threads
+            .unwrap_or_else(workload::default_lean_threads),
     };
     let report = workload::run(cfg).await?;
     let json = serde_json::to_string_pretty(&report).expect("report serializes");
@@ -286,7 +290,9 @@ async fn side_by_side(a: SbsArgs) -> Result<i32, String> {
     let mut presets = compare::presets(Duration::from_secs_f64(a.duration));
     for p in &mut presets {
         p.config.client = a.client.client;
-        p.config.lean_threads = a.client.lean_threads;
+        if let Some(t) = a.client.lean_threads {
+            p.config.lean_threads = t;
+        }
     }
     if !a.only.is_empty() {
         for o in &a.only {

@@ -139,7 +139,7 @@ impl Default for Config {
         Config {
             workload: Workload::Put,
             client: ClientKind::Lean,
-            lean_threads: 1,
+            lean_threads: default_lean_threads(),
             endpoints: vec!["127.0.0.1:2379".into()],
             clients: 16,
             connections: 4,
@@ -159,6 +159,13 @@ impl Default for Config {
             seed: 1,
         }
     }
+}
+
+/// One lean client thread per core (what etcd-client's multi-thread runtime has by default).
+pub fn default_lean_threads() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
 }
 
 impl Config {
