@@ -23,6 +23,7 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use arc_swap::ArcSwap;
 
 use crate::error::StoreError;
+use crate::free::FreePages;
 use crate::page::*;
 use crate::storage::{FileStorage, Mapping, Storage};
 
@@ -424,8 +425,17 @@ pub struct DbWriter {
     page_count: u64,
     file_len: u64,
     app: [u64; META_APP_WORDS],
+    /// Pages changed or allocated since the last commit, under placeholder ids (see
+    /// `VIRTUAL_BASE`) until `commit` gives them real ones.
     dirty: HashMap<PageId, Dirty>,
-    free: BTreeSet<PageId>,
+    /// The buffer pages are encoded into for their pwrite (kept: one commit fills up to
+    /// `WRITE_BATCH_BYTES_MAX` of it).
+    write_buf: Vec<u8>,
+    /// The next placeholder id (`VIRTUAL_BASE + virtual_next`).
+    virtual_next: u64,
+    /// Give this commit's pages the lowest free ids (defragmentation moves pages down).
+    alloc_low: bool,
+    free: FreePages,
     pending: VecDeque<(u64, Vec<PageId>)>,
     pending_count: u64,
     freed_now: Vec<PageId>,
@@ -452,6 +462,21 @@ pub struct DbWriter {
     /// `base` are immutable until the next commit replaces it; every `commit` clears the ring.
     verified: std::cell::Cell<[PageId; VERIFIED_RING_PAGES]>,
     verified_next: std::cell::Cell<usize>,
+}
+
+/// Pages allocated since the last commit get placeholder ids from here up; `commit` assigns
+/// all of them real ids at once, from one run of free pages when it can, so the commit's pages
+/// are consecutive in the file and go out in a few large writes (`DbWriter::take_pages`).
+const VIRTUAL_BASE: PageId = 1 << 62;
+
+/// A commit that finds no free run long enough takes scattered free pages (longest runs
+/// first) once `1 / FREE_SHARE_REUSE_DIVISOR` of the file is free, else grows the file: a
+/// quarter trades file size (at most ~4/3 of the live pages plus the pages freed by the last
+/// commits) for commits written in few runs.
+const FREE_SHARE_REUSE_DIVISOR: u64 = 4;
+
+fn is_virtual(id: PageId) -> bool {
+    id >= VIRTUAL_BASE
 }
 
 /// Entries of `DbWriter::verified`: a few root-to-leaf paths.
@@ -749,7 +774,7 @@ impl DbWriter {
             verify,
         });
         // Load the free list.
-        let mut free = BTreeSet::new();
+        let mut free = FreePages::default();
         let mut freelist_pages = Vec::new();
         let mut id = meta.freelist;
         while id != 0 {
@@ -795,6 +820,9 @@ impl DbWriter {
             file_len,
             app: meta.app,
             dirty: HashMap::new(),
+            write_buf: Vec::new(),
+            virtual_next: 0,
+            alloc_low: false,
             free,
             pending: VecDeque::new(),
             pending_count: 0,
@@ -863,30 +891,121 @@ impl DbWriter {
         Ok(n)
     }
 
+    /// A placeholder id for a new page (`commit` assigns the real one).
     fn alloc(&mut self) -> PageId {
-        match self.free.pop_first() {
-            Some(id) => id,
-            None => {
-                let id = self.page_count;
-                self.page_count += 1;
-                id
-            }
-        }
+        let id = VIRTUAL_BASE + self.virtual_next;
+        self.virtual_next += 1;
+        id
     }
 
     fn free_page(&mut self, id: PageId) {
+        if is_virtual(id) {
+            // Allocated since the last commit: nobody else has seen it, and it has no page yet.
+            assert!(
+                self.dirty.remove(&id).is_some(),
+                "freeing unknown new page {id:#x}"
+            );
+            return;
+        }
         assert!(
             id >= 2 && id < self.page_count,
             "freeing page {id} outside the file"
         );
-        if self.dirty.remove(&id).is_some() {
-            // Allocated since the last commit: nobody else has seen it.
-            self.free.insert(id);
-        } else {
-            // The next durable tree does not reach it: its content need not be verified.
-            self.written_live.remove(&id);
-            self.freed_now.push(id);
+        debug_assert!(
+            !self.dirty.contains_key(&id),
+            "committed page {id} is dirty"
+        );
+        // The next durable tree does not reach it: its content need not be verified.
+        self.written_live.remove(&id);
+        self.freed_now.push(id);
+    }
+
+    /// `n` free page ids for one commit, ascending. A durable commit takes them in few runs
+    /// so that it goes out as a few large writes and its fdatasync flushes a few extents: the
+    /// shortest free run that holds all `n` if there is one; else, once a quarter of the file
+    /// is free (which bounds the file's growth), the longest free runs; then the end of the
+    /// file. A non-durable commit has no sync to save: it takes the lowest free pages (the
+    /// pages it rewrites most, so the ones most likely cached), as does defragmentation
+    /// (`alloc_low`), which moves pages down.
+    fn take_pages(&mut self, n: u64, durable: bool) -> Vec<PageId> {
+        if n == 0 {
+            return Vec::new();
         }
+        let free = self.free.len() as u64;
+        let mut ids = if self.alloc_low || !durable {
+            self.free.take_lowest(n)
+        } else if let Some(start) = self.free.take_run(n) {
+            (start..start + n).collect()
+        } else if free * FREE_SHARE_REUSE_DIVISOR >= self.page_count {
+            let mut ids: Vec<PageId> = self
+                .free
+                .take_longest(n, 1)
+                .into_iter()
+                .flat_map(|(s, l)| s..s + l)
+                .collect();
+            ids.sort_unstable();
+            ids
+        } else {
+            Vec::new()
+        };
+        while (ids.len() as u64) < n {
+            ids.push(self.page_count);
+            self.page_count += 1;
+        }
+        ids
+    }
+
+    /// Gives the pages allocated since the last commit (all of `dirty`, which this empties)
+    /// the real ids `ids`, rewriting every pointer to them (children, overflow heads, overflow
+    /// chains, the root). Returns the pages under their real ids, ascending.
+    fn assign_pages(&mut self, ids: &[PageId]) -> Vec<(PageId, Dirty)> {
+        let mut pages: Vec<(PageId, Dirty)> = self.dirty.drain().collect();
+        assert_eq!(pages.len(), ids.len(), "one id per new page");
+        pages.sort_unstable_by_key(|(id, _)| *id);
+        let mut map = vec![0 as PageId; self.virtual_next as usize];
+        for ((v, _), real) in pages.iter().zip(ids) {
+            assert!(
+                is_virtual(*v),
+                "page {v} dirty before the commit assigns ids"
+            );
+            map[(*v - VIRTUAL_BASE) as usize] = *real;
+        }
+        let remap = |id: &mut PageId| {
+            if is_virtual(*id) {
+                let real = map[(*id - VIRTUAL_BASE) as usize];
+                assert!(real != 0, "pointer to freed new page {:#x}", *id);
+                *id = real;
+            }
+        };
+        for ((_, d), real) in pages.iter_mut().zip(ids) {
+            match d {
+                Dirty::Node(Node::Branch { children, .. }, _) => {
+                    children.iter_mut().for_each(remap)
+                }
+                Dirty::Node(Node::Leaf { vals, .. }, _) => {
+                    for v in vals.iter_mut() {
+                        if let LeafVal::Overflow { first, .. } = v {
+                            remap(first);
+                        }
+                    }
+                }
+                Dirty::Raw(p) => {
+                    assert_eq!(p[OFF_KIND], KIND_OVERFLOW, "new raw page is not overflow");
+                    let mut next = rd_u64(p, OVERFLOW_OFF_NEXT);
+                    remap(&mut next);
+                    wr_u64(p, OVERFLOW_OFF_NEXT, next);
+                    seal(p, KIND_OVERFLOW, 0, *real);
+                }
+            }
+        }
+        remap(&mut self.root);
+        self.virtual_next = 0;
+        self.alloc_low = false;
+        pages
+            .into_iter()
+            .zip(ids)
+            .map(|((_, d), real)| (*real, d))
+            .collect()
     }
 
     /// Makes `id` writable, copying it to a new page if it is committed. Returns the new id.
@@ -1473,6 +1592,8 @@ impl DbWriter {
         if self.root == 0 {
             return Ok((0, None));
         }
+        // The pages this slice moves must land below the cutoff.
+        self.alloc_low = true;
         let mut w = Walk {
             cutoff,
             budget: pages_max,
@@ -1587,7 +1708,7 @@ impl DbWriter {
     fn chain_reaches(&self, first: PageId, len: u32, cutoff: PageId) -> Result<bool, StoreError> {
         let mut id = first;
         for _ in 0..(len as usize).div_ceil(OVERFLOW_DATA_BYTES) {
-            if id >= cutoff {
+            if id >= cutoff && !is_virtual(id) {
                 return Ok(true);
             }
             let b = self.raw_page(id)?;
@@ -1671,14 +1792,14 @@ impl DbWriter {
         for id in self
             .free
             .iter()
-            .chain(self.pending.iter().flat_map(|(_, v)| v.iter()))
-            .chain(self.freelist_pages.iter())
-            .chain(self.record_pages.iter())
+            .chain(self.pending.iter().flat_map(|(_, v)| v.iter().copied()))
+            .chain(self.freelist_pages.iter().copied())
+            .chain(self.record_pages.iter().copied())
         {
-            if *id < 2 || *id >= self.page_count {
+            if id < 2 || id >= self.page_count {
                 return Err(format!("free page {id} outside the file"));
             }
-            if !seen.insert(*id) {
+            if !seen.insert(id) {
                 return Err(format!("page {id} both in use and free (or free twice)"));
             }
             accounted += 1;
@@ -1695,7 +1816,7 @@ impl DbWriter {
 
     /// Reusable free pages below `cutoff` (where defragmentation can move pages to).
     pub fn free_below(&self, cutoff: PageId) -> usize {
-        self.free.range(..cutoff).count()
+        self.free.count_below(cutoff)
     }
 
     /// Pages in use, free, and the file's page count (for defragmentation decisions).
@@ -1814,7 +1935,12 @@ impl DbWriter {
         let mut new_freelist = Vec::new();
         let mut freelist_head = 0;
         let mut new_records = Vec::new();
-        if durable {
+        let new_pages = self.dirty.len();
+        let mut writes;
+        if !durable {
+            let ids = self.take_pages(new_pages as u64, false);
+            writes = self.assign_pages(&ids);
+        } else {
             self.trim_tail();
             // Pages the new durable tree does not reach: all of them are free after a reopen.
             let old_lists = std::mem::take(&mut self.freelist_pages);
@@ -1827,11 +1953,15 @@ impl DbWriter {
                 + old_lists.len()
                 + old_records.len();
             let list_pages = ids_max.div_ceil(FREELIST_IDS_MAX);
-            let entries_max = self.written_live.len() + self.dirty.len() + list_pages;
+            let entries_max = self.written_live.len() + new_pages + list_pages;
             let record_pages = entries_max.div_ceil(RECORD_ENTRIES_MAX);
-            new_freelist = (0..list_pages).map(|_| self.alloc()).collect();
-            new_records = (0..record_pages).map(|_| self.alloc()).collect();
-            let mut ids: Vec<PageId> = self.free.iter().copied().collect();
+            // One run for the whole commit: free list, record, then the tree's pages.
+            let mut ids = self.take_pages((list_pages + record_pages + new_pages) as u64, true);
+            let data = ids.split_off(list_pages + record_pages);
+            new_records = ids.split_off(list_pages);
+            new_freelist = ids;
+            writes = self.assign_pages(&data);
+            let mut ids: Vec<PageId> = self.free.iter().collect();
             ids.extend(self.pending.iter().flat_map(|(_, v)| v.iter().copied()));
             ids.extend(self.freed_now.iter().copied());
             ids.extend(old_lists.iter().copied());
@@ -1853,7 +1983,7 @@ impl DbWriter {
                     wr_u64(&mut p, FREELIST_OFF_IDS + 8 * j, *id);
                 }
                 seal(&mut p, KIND_FREELIST, chunk.len() as u16, *pid);
-                self.dirty.insert(*pid, Dirty::Raw(p));
+                writes.push((*pid, Dirty::Raw(p)));
             }
             freelist_head = new_freelist.first().copied().unwrap_or(0);
         }
@@ -1866,7 +1996,8 @@ impl DbWriter {
             self.shared.storage.set_len(new_len)?;
             self.file_len = new_len;
         }
-        self.write_dirty()?;
+        writes.sort_unstable_by_key(|(id, _)| *id);
+        self.write_pages(writes)?;
         let storage = self.shared.storage.clone();
         if durable {
             // The commit record: every page written since the last durable commit that the new
@@ -1968,24 +2099,26 @@ impl DbWriter {
     /// Drops free pages at the end of the file from the free set (the file shrinks at the next
     /// durable commit).
     fn trim_tail(&mut self) {
-        while self.page_count > 2 && self.free.last() == Some(&(self.page_count - 1)) {
+        while self.page_count > 2 && self.free.last() == Some(self.page_count - 1) {
             self.free.pop_last();
             self.page_count -= 1;
         }
     }
 
-    fn write_dirty(&mut self) -> Result<(), StoreError> {
-        let mut ids: Vec<PageId> = self.dirty.keys().copied().collect();
-        ids.sort_unstable();
-        let mut buf: Vec<u8> = Vec::with_capacity(WRITE_BATCH_BYTES_MAX.min(ids.len() * PAGE_SIZE));
+    /// Encodes and writes `pages` (ascending ids), consecutive ids in one pwrite each (up to
+    /// `WRITE_BATCH_BYTES_MAX`).
+    fn write_pages(&mut self, pages: Vec<(PageId, Dirty)>) -> Result<(), StoreError> {
+        let mut buf = std::mem::take(&mut self.write_buf);
+        buf.clear();
         let mut start: Option<PageId> = None;
         let mut next_id = 0;
         let storage = self.shared.storage.clone();
-        for id in ids {
+        for (id, d) in pages {
             assert!(
                 id >= 2 && id < self.page_count,
                 "dirty page {id} outside the tree"
             );
+            assert!(start.is_none() || id >= next_id, "pages out of order");
             if start.is_some() && (id != next_id || buf.len() >= WRITE_BATCH_BYTES_MAX) {
                 storage.write_at(&buf, start.expect("start") * PAGE_SIZE as u64)?;
                 buf.clear();
@@ -1996,9 +2129,12 @@ impl DbWriter {
             }
             let at = buf.len();
             buf.resize(at + PAGE_SIZE, 0);
-            match self.dirty.get(&id).expect("dirty") {
-                Dirty::Node(n, _) => n.encode(id, &mut buf[at..]),
-                Dirty::Raw(b) => buf[at..].copy_from_slice(b),
+            match d {
+                Dirty::Node(n, _) => {
+                    n.encode(id, &mut buf[at..]);
+                    self.pool.put(n);
+                }
+                Dirty::Raw(b) => buf[at..].copy_from_slice(&b),
             }
             self.written_live.insert(id, rd_u32(&buf[at..], OFF_CRC));
             next_id = id + 1;
@@ -2006,10 +2142,8 @@ impl DbWriter {
         if let Some(s) = start {
             storage.write_at(&buf, s * PAGE_SIZE as u64)?;
         }
-        for (_, d) in self.dirty.drain() {
-            if let Dirty::Node(n, _) = d {
-                self.pool.put(n);
-            }
+        if buf.capacity() <= WRITE_BATCH_BYTES_MAX + PAGE_SIZE {
+            self.write_buf = buf;
         }
         Ok(())
     }

@@ -28,6 +28,7 @@
 
 pub mod db;
 pub mod error;
+mod free;
 pub mod mvcc;
 pub mod page;
 pub mod storage;

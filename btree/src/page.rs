@@ -413,9 +413,10 @@ pub fn compact_heap(vals: &mut [LeafVal], heap: &[u8]) -> Vec<u8> {
 pub const LEAF_HEAP_BYTES_MAX: usize = 4 * PAGE_SIZE;
 
 /// Bytes of a key kept inline in a decoded node (no heap allocation): covers MVCC keys of
-/// user keys up to ~29 bytes, revision keys and most branch separators. Decoding a page is the
-/// writer's first step on every page a commit touches, so per-key allocations dominated it.
-pub const NODE_KEY_INLINE_BYTES: usize = 48;
+/// user keys up to ~45 bytes, revision keys, most branch separators and the side-by-side
+/// benchmark's 8–64-byte keys. Decoding a page is the writer's first step on every page a
+/// commit touches, so per-key allocations dominated it.
+pub const NODE_KEY_INLINE_BYTES: usize = 64;
 
 /// A key in a decoded node: inline up to `NODE_KEY_INLINE_BYTES`, on the heap beyond.
 pub type NodeKey = smallvec::SmallVec<[u8; NODE_KEY_INLINE_BYTES]>;
