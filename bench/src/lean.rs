@@ -73,6 +73,46 @@ pub fn connect_tcp(endpoint: &str, timeout: Duration) -> Result<std::net::TcpStr
     Ok(s)
 }
 
+/// A TCP stream that says it has no vectored writes. h2 then copies DATA payloads of up to 1 KiB
+/// into its write buffer instead of chaining them (the threshold is 256 bytes with vectored
+/// writes, and a chained payload is flushed before the next frame): a put with a 256-byte value
+/// no longer costs one `writev` of its own, the frames of all requests queued since the last
+/// flush go out in one `write` (measured: 1.0 writev per put before, docs/benchmarks.md).
+struct Unvectored(tokio::net::TcpStream);
+
+impl tokio::io::AsyncRead for Unvectored {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for Unvectored {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+    // is_write_vectored: the default, false.
+}
+
 /// One HTTP/2 connection's KV calls. Clones share the connection (one stream per call).
 #[derive(Clone)]
 pub struct LeanKv {
@@ -89,6 +129,7 @@ impl LeanKv {
         let authority = plain_address(endpoint)?;
         let tcp = tokio::net::TcpStream::from_std(tcp)
             .map_err(|e| format!("lean client: registering socket of {authority}: {e}"))?;
+        let tcp = Unvectored(tcp);
         let (send, conn) = h2::client::Builder::new()
             .initial_window_size(WINDOW_BYTES)
             .initial_connection_window_size(WINDOW_BYTES)

@@ -38,16 +38,17 @@ async fn start_ferrite(name: &str) -> Cluster {
         let (lo, hi) = r.split_once('-').expect("FERRITE_BENCH_PORTS=FROM-TO");
         cluster::set_port_range(lo.parse().expect("FROM"), hi.parse().expect("TO"));
     }
-    let work_dir = std::env::temp_dir().join(format!("lean-ferrite-{name}-{}", std::process::id()));
-    std::fs::create_dir_all(&work_dir).expect("work dir");
+    // The cluster's own data directory (under the temp dir) is removed when it is dropped.
     let spec = Spec {
         kind: Kind::Ferrite,
         binary: ferrite_binary(),
         nodes: 1,
-        work_dir,
+        work_dir: std::env::temp_dir(),
         pidfile: None,
     };
-    Cluster::start(&spec).await.expect("ferrite starts")
+    Cluster::start(&spec)
+        .await
+        .unwrap_or_else(|e| panic!("ferrite starts ({name}): {e}"))
 }
 
 async fn lean_kv(endpoint: &str) -> LeanKv {

@@ -77,6 +77,10 @@ pub struct AuthRequest {
 pub const MEMBER_ATTR_PUBLISH: u32 = 1;
 /// `MemberAttr.kind`: MemberUpdate of a member's peer URLs.
 pub const MEMBER_ATTR_PEER_URLS: u32 = 2;
+/// `MemberAttr.kind` (no `member`): the leader sets the cluster version, once per cluster,
+/// after its publish (etcd 3.4's ClusterVersionSet: an entry of its own, so Raft indexes count
+/// as etcd's do).
+pub const MEMBER_ATTR_CLUSTER_VERSION: u32 = 3;
 
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct MemberAttr {

@@ -43,7 +43,8 @@ use prost::Message as _;
 use crate::apply::{self, ApplyCtx};
 use crate::errors::EtcdError;
 use crate::internal::{
-    InternalRequest, MemberAttr, Op, RaftBatch, MEMBER_ATTR_PEER_URLS, MEMBER_ATTR_PUBLISH,
+    InternalRequest, MemberAttr, Op, RaftBatch, MEMBER_ATTR_CLUSTER_VERSION, MEMBER_ATTR_PEER_URLS,
+    MEMBER_ATTR_PUBLISH,
 };
 use crate::lessor::LEASES_META_KEY;
 use crate::membership::{ConfChangeCtx, MemberPb, Membership, MEMBERSHIP_META_KEY};
@@ -53,6 +54,10 @@ use crate::watch_hub::HubBatch;
 
 /// Metadata key of the last applied Raft index (u64 LE).
 pub const APPLIED_INDEX_META_KEY: &[u8] = b"ferrite/applied_index";
+/// The cluster version set through Raft (`MEMBER_ATTR_CLUSTER_VERSION`).
+pub const CLUSTER_VERSION_META_KEY: &[u8] = b"ferrite/cluster_version";
+/// The cluster version a leader sets (etcd 3.4 stores "3.4.0").
+const CLUSTER_VERSION: &[u8] = b"3.4.0";
 /// Metadata key of the applied term (u64 LE), for the snapshot marker.
 pub const APPLIED_TERM_META_KEY: &[u8] = b"ferrite/applied_term";
 /// Metadata key of the active alarms.
@@ -353,6 +358,12 @@ pub async fn start(
         force_snapshot: false,
         publish_waiter: None,
         store_sync: None,
+        cluster_version_set: shared
+            .store
+            .read()
+            .get_meta(CLUSTER_VERSION_META_KEY)
+            .is_some(),
+        cluster_version_retry_at: Instant::now(),
         publish_applied: false,
         log_last_at_start: last_index,
         publish_retry_at: Instant::now(),
@@ -582,6 +593,10 @@ pub struct RaftCore {
     force_snapshot: bool,
     /// Waiter id of this member's pending publish.
     publish_waiter: Option<u64>,
+    /// The cluster version entry has been applied (`maybe_set_cluster_version`).
+    cluster_version_set: bool,
+    /// A leader proposes the cluster version again after this if it was not applied.
+    cluster_version_retry_at: Instant,
     /// A forced durable store commit whose fdatasync runs on a `store-sync` thread
     /// (`sync_store_in_background`): its result arrives here.
     store_sync: Option<std::sync::mpsc::Receiver<std::io::Result<ferrite_btree::SyncedCommit>>>,
@@ -837,6 +852,7 @@ impl RaftCore {
                     self.retry_reads();
                     self.expire_waiters();
                     self.maybe_publish();
+                    self.maybe_set_cluster_version();
                     self.maybe_check_removed();
                     self.expire_leases();
                     self.auto_compact();
@@ -1254,6 +1270,34 @@ impl RaftCore {
         self.publish_waiter = Some(id);
     }
 
+    /// As etcd 3.4's leader (`monitorVersions`): once this member has published, a leader of a
+    /// cluster whose version is not yet set proposes it, in an entry of its own.
+    fn maybe_set_cluster_version(&mut self) {
+        if self.cluster_version_set
+            || self.node.role() != Role::Leader
+            || !self.shared.published.load(Ordering::Acquire)
+        {
+            return;
+        }
+        let now = Instant::now();
+        if now < self.cluster_version_retry_at {
+            return;
+        }
+        self.cluster_version_retry_at = now + PUBLISH_RETRY;
+        let id = self.new_waiter_id();
+        self.queued.push_back(InternalRequest {
+            id,
+            member_id: self.shared.member_id,
+            op: None,
+            member_attr: Some(MemberAttr {
+                kind: MEMBER_ATTR_CLUSTER_VERSION,
+                member: None,
+            }),
+            ..Default::default()
+        });
+        self.propose_queued();
+    }
+
     /// Without a leader for two election timeouts, ask the peers whether this member is still
     /// one of them (a removed member is not told by Raft; see `transport::spawn_removal_check`).
     fn maybe_check_removed(&mut self) {
@@ -1484,6 +1528,12 @@ impl RaftCore {
         self.writer = self.shared.store.writer();
         // A sync still running was the old store's; the new one starts durable.
         self.store_sync = None;
+        self.cluster_version_set = self
+            .shared
+            .store
+            .read()
+            .get_meta(CLUSTER_VERSION_META_KEY)
+            .is_some();
         *self.shared.lessor.lock().unwrap_or_else(|p| p.into_inner()) = lessor;
         let nospace = alarms
             .iter()
@@ -1674,6 +1724,9 @@ impl RaftCore {
             .observe_duration(commit_started.elapsed());
         if std::mem::take(&mut self.publish_applied) {
             self.shared.published.store(true, Ordering::Release);
+            // Queued before any client request can be (the port opens only now), as etcd
+            // sets the version before it serves.
+            self.maybe_set_cluster_version();
         }
         for rev in compactions {
             if let Err(e) = self.shared.store.compact(rev) {
@@ -1781,6 +1834,12 @@ impl RaftCore {
         m: &mut Membership,
     ) {
         let me = self.shared.member_id;
+        if attr.kind == MEMBER_ATTR_CLUSTER_VERSION {
+            self.writer
+                .put_meta(CLUSTER_VERSION_META_KEY, CLUSTER_VERSION);
+            self.cluster_version_set = true;
+            return;
+        }
         let Some(upd) = &attr.member else { return };
         let result = match m.members.get_mut(&upd.id) {
             None => Err(EtcdError::MemberNotFound),
