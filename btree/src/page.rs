@@ -346,16 +346,6 @@ impl<'a> PageRef<'a> {
     }
 }
 
-/// Size a leaf entry takes in a page (slot included).
-pub fn leaf_entry_bytes(key_len: usize, val: &LeafVal) -> usize {
-    SLOT_BYTES
-        + LEAF_ENTRY_HEADER_BYTES
-        + key_len
-        + match val {
-            LeafVal::Inline { len, .. } => *len as usize,
-            LeafVal::Overflow { .. } => 8,
-        }
-}
 pub fn branch_entry_bytes(key_len: usize) -> usize {
     SLOT_BYTES + BRANCH_ENTRY_HEADER_BYTES + key_len
 }
