@@ -121,9 +121,8 @@ impl<'a> NodeRef<'a> {
     pub fn len(&self) -> usize {
         match self {
             NodeRef::Page(p) => p.len(),
-            NodeRef::Mem(Node::Leaf { keys, .. }) | NodeRef::Mem(Node::Branch { keys, .. }) => {
-                keys.len()
-            }
+            NodeRef::Mem(Node::Leaf { ents, .. }) => ents.len(),
+            NodeRef::Mem(Node::Branch { keys, .. }) => keys.len(),
         }
     }
     pub fn is_empty(&self) -> bool {
@@ -132,9 +131,8 @@ impl<'a> NodeRef<'a> {
     pub fn key(&self, i: usize) -> &'a [u8] {
         match self {
             NodeRef::Page(p) => p.key(i),
-            NodeRef::Mem(Node::Leaf { keys, .. }) | NodeRef::Mem(Node::Branch { keys, .. }) => {
-                &keys[i]
-            }
+            NodeRef::Mem(Node::Leaf { ents, heap }) => heap_key(heap, ents[i]),
+            NodeRef::Mem(Node::Branch { keys, .. }) => &keys[i],
         }
     }
     pub fn child(&self, i: usize) -> PageId {
@@ -147,7 +145,7 @@ impl<'a> NodeRef<'a> {
     pub fn value(&self, i: usize) -> ValRef<'a> {
         match self {
             NodeRef::Page(p) => p.value(i),
-            NodeRef::Mem(Node::Leaf { vals, heap, .. }) => vals[i].as_ref(heap),
+            NodeRef::Mem(Node::Leaf { ents, heap }) => heap_value(heap, ents[i]),
             NodeRef::Mem(Node::Branch { .. }) => unreachable!("value of a branch"),
         }
     }
@@ -982,11 +980,16 @@ impl DbWriter {
                 Dirty::Node(Node::Branch { children, .. }, _) => {
                     children.iter_mut().for_each(remap)
                 }
-                Dirty::Node(Node::Leaf { vals, .. }, _) => {
-                    for v in vals.iter_mut() {
-                        if let LeafVal::Overflow { first, .. } = v {
-                            remap(first);
+                Dirty::Node(Node::Leaf { ents, heap }, _) => {
+                    for &e in ents.iter() {
+                        if let LeafVal::Inline { .. } = heap_stored(heap, e) {
+                            continue;
                         }
+                        // The overflow head sits right after the key.
+                        let at = e as usize + LEAF_ENTRY_HEADER_BYTES + heap_key(heap, e).len();
+                        let mut first = rd_u64(heap, at);
+                        remap(&mut first);
+                        wr_u64(heap, at, first);
                     }
                 }
                 Dirty::Raw(p) => {
@@ -1128,13 +1131,12 @@ impl DbWriter {
         if self.root == 0 {
             let id = self.alloc();
             let mut heap = Vec::new();
-            let v = LeafVal::push(&mut heap, val);
+            let e = heap_push(&mut heap, key, val);
             self.dirty.insert(
                 id,
                 Dirty::Node(
                     Node::Leaf {
-                        keys: vec![NodeKey::from_slice(key)],
-                        vals: vec![v],
+                        ents: vec![e],
                         heap,
                     },
                     SIZE_UNKNOWN,
@@ -1218,28 +1220,32 @@ impl DbWriter {
         key: &[u8],
         hi_in_prefix: bool,
         make: &mut NextFn<'_>,
-    ) -> Result<Option<LeafVal>, StoreError> {
+    ) -> Result<Option<u32>, StoreError> {
         let value = {
-            let Some(NodeRef::Mem(Node::Leaf { keys, vals, heap })) = self.node(id).ok() else {
+            let Some(NodeRef::Mem(Node::Leaf { ents, heap })) = self.node(id).ok() else {
                 unreachable!("value_from_next: page {id} is not a dirty leaf");
             };
-            match keys.binary_search_by(|k| k.as_slice().cmp(key)) {
-                Err(i) if i < keys.len() => {
-                    let next = read_value(self, vals[i].as_ref(heap))?;
-                    make(Some((keys[i].as_slice(), &next)))?
+            match ents.binary_search_by(|&e| heap_key(heap, e).cmp(key)) {
+                Err(i) if i < ents.len() => {
+                    let next = read_value(self, heap_value(heap, ents[i]))?;
+                    make(Some((heap_key(heap, ents[i]), &next)))?
                 }
                 Err(_) if !hi_in_prefix => make(None)?,
                 _ => return Ok(None),
             }
         };
         Self::check_limits(key, &value)?;
-        Ok(Some(if value_is_inline(key.len(), value.len()) {
-            match &mut *self.node_mut_sized_ref(id) {
-                Node::Leaf { heap, .. } => LeafVal::push(heap, ValRef::Inline(&value)),
-                Node::Branch { .. } => unreachable!("leaf"),
-            }
+        let val = if value_is_inline(key.len(), value.len()) {
+            ValRef::Inline(&value)
         } else {
-            self.write_overflow(&value)
+            match self.write_overflow(&value) {
+                LeafVal::Overflow { first, len } => ValRef::Overflow { first, len },
+                LeafVal::Inline { .. } => unreachable!("write_overflow returns a chain"),
+            }
+        };
+        Ok(Some(match &mut *self.node_mut_sized_ref(id) {
+            Node::Leaf { heap, .. } => heap_push(heap, key, val),
+            Node::Branch { .. } => unreachable!("leaf"),
         }))
     }
 
@@ -1282,27 +1288,28 @@ impl DbWriter {
         }
         let (node, size) = self.node_sized(id);
         let child = match node {
-            Node::Leaf { keys, vals, heap } => {
-                let v = match (from_next, &ins) {
-                    (Some(v), _) => v,
-                    (None, Ins::Val(val)) => LeafVal::push(heap, *val),
+            Node::Leaf { ents, heap } => {
+                let found = ents.binary_search_by(|&e| heap_key(heap, e).cmp(key));
+                let e = match (from_next, &ins) {
+                    (Some(e), _) => e,
+                    (None, Ins::Val(val)) => heap_push(heap, key, *val),
                     (None, Ins::FromNext { .. }) => unreachable!("leaf value built above"),
                 };
-                let entry = leaf_entry_bytes(key.len(), &v);
-                match keys.binary_search_by(|k| k.as_slice().cmp(key)) {
+                let entry = SLOT_BYTES + heap_entry_len(heap, e);
+                match found {
                     Ok(i) => {
-                        *size = *size + entry - leaf_entry_bytes(key.len(), &vals[i]);
-                        old = Some(std::mem::replace(&mut vals[i], v));
+                        *size = *size + entry - SLOT_BYTES - heap_entry_len(heap, ents[i]);
+                        old = Some(heap_stored(heap, ents[i]));
+                        ents[i] = e;
                     }
                     Err(i) => {
-                        appended = i == keys.len();
+                        appended = i == ents.len();
                         *size += entry;
-                        keys.insert(i, NodeKey::from_slice(key));
-                        vals.insert(i, v);
+                        ents.insert(i, e);
                     }
                 }
                 if heap.len() > LEAF_HEAP_BYTES_MAX {
-                    *heap = compact_heap(vals, heap);
+                    *heap = compact_heap(ents, heap);
                 }
                 None
             }
@@ -1353,23 +1360,23 @@ impl DbWriter {
         }
         let node = self.node_mut(id);
         let (sep, right) = match node {
-            Node::Leaf { keys, vals, heap } => {
-                let sizes: Vec<usize> = keys
+            Node::Leaf { ents, heap } => {
+                let sizes: Vec<usize> = ents
                     .iter()
-                    .zip(vals.iter())
-                    .map(|(k, v)| leaf_entry_bytes(k.len(), v))
+                    .map(|&e| SLOT_BYTES + heap_entry_len(heap, e))
                     .collect();
                 let s = split_point(&sizes, LEAF_OFF_SLOTS, appended, 1);
-                let rk = keys.split_off(s);
-                let mut rv = vals.split_off(s);
-                let rheap = compact_heap(&mut rv, heap);
-                *heap = compact_heap(vals, heap);
-                let sep = separator(keys.last().expect("left half"), &rk[0]);
+                let mut re = ents.split_off(s);
+                let sep = separator(
+                    heap_key(heap, *ents.last().expect("left half")),
+                    heap_key(heap, re[0]),
+                );
+                let rheap = compact_heap(&mut re, heap);
+                *heap = compact_heap(ents, heap);
                 (
                     sep,
                     Node::Leaf {
-                        keys: rk,
-                        vals: rv,
+                        ents: re,
                         heap: rheap,
                     },
                 )
@@ -1426,7 +1433,7 @@ impl DbWriter {
         }
         loop {
             let collapse = match self.node_mut(self.root) {
-                Node::Leaf { keys, .. } if keys.is_empty() => Some(0),
+                Node::Leaf { ents, .. } if ents.is_empty() => Some(0),
                 Node::Branch { keys, children } if keys.is_empty() => Some(children[0]),
                 _ => None,
             };
@@ -1455,10 +1462,7 @@ impl DbWriter {
             }
             let id = self.make_dirty(page)?;
             let v = match self.node_mut(id) {
-                Node::Leaf { keys, vals, .. } => {
-                    keys.remove(i);
-                    vals.remove(i)
-                }
+                Node::Leaf { ents, heap } => heap_stored(heap, ents.remove(i)),
                 Node::Branch { .. } => unreachable!(),
             };
             self.free_value(&v)?;
@@ -1527,23 +1531,15 @@ impl DbWriter {
         self.free_page(rid);
         match (self.node_mut(lid), right) {
             (
-                Node::Leaf { keys, vals, heap },
+                Node::Leaf { ents, heap },
                 Node::Leaf {
-                    keys: rk,
-                    vals: rv,
+                    ents: re,
                     heap: rheap,
                 },
             ) => {
                 let base = heap.len() as u32;
                 heap.extend_from_slice(&rheap);
-                keys.extend(rk);
-                vals.extend(rv.into_iter().map(|v| match v {
-                    LeafVal::Inline { off, len } => LeafVal::Inline {
-                        off: off + base,
-                        len,
-                    },
-                    v => v,
-                }));
+                ents.extend(re.into_iter().map(|e| e + base));
             }
             (
                 Node::Branch { keys, children },
@@ -1651,7 +1647,7 @@ impl DbWriter {
                 id = self.make_dirty(id)?;
                 for i in moves {
                     let v = match self.node_mut(id) {
-                        Node::Leaf { vals, .. } => vals[i],
+                        Node::Leaf { ents, heap } => heap_stored(heap, ents[i]),
                         Node::Branch { .. } => unreachable!(),
                     };
                     // Only overflow values were picked (same index in the copied node).
@@ -1661,8 +1657,8 @@ impl DbWriter {
                     let bytes = read_value(self, ValRef::Overflow { first, len })?.into_owned();
                     self.free_value(&v)?;
                     let nv = self.write_overflow(&bytes);
-                    if let Node::Leaf { vals, .. } = self.node_mut(id) {
-                        vals[i] = nv;
+                    if let Node::Leaf { ents, heap } = self.node_mut(id) {
+                        ents[i] = heap_push_overflow_for(heap, ents[i], nv);
                     }
                 }
             }

@@ -301,7 +301,7 @@ impl<'a> PageRef<'a> {
     pub fn is_empty(&self) -> bool {
         self.count == 0
     }
-    fn slot(&self, i: usize) -> usize {
+    pub fn slot(&self, i: usize) -> usize {
         let base = if self.leaf {
             LEAF_OFF_SLOTS
         } else {
@@ -346,16 +346,6 @@ impl<'a> PageRef<'a> {
     }
 }
 
-/// Size a leaf entry takes in a page (slot included).
-pub fn leaf_entry_bytes(key_len: usize, val: &LeafVal) -> usize {
-    SLOT_BYTES
-        + LEAF_ENTRY_HEADER_BYTES
-        + key_len
-        + match val {
-            LeafVal::Inline { len, .. } => *len as usize,
-            LeafVal::Overflow { .. } => 8,
-        }
-}
 pub fn branch_entry_bytes(key_len: usize) -> usize {
     SLOT_BYTES + BRANCH_ENTRY_HEADER_BYTES + key_len
 }
@@ -364,70 +354,127 @@ pub fn value_is_inline(key_len: usize, value_len: usize) -> bool {
     LEAF_ENTRY_HEADER_BYTES + key_len + value_len <= ENTRY_INLINE_BYTES_MAX
 }
 
-/// A leaf value in the writer's dirty nodes: inline bytes at `heap[off..off + len]` of its
-/// node (one buffer per leaf, so decoding a leaf allocates three times, not once per value), or
-/// the head of an overflow chain.
+/// A leaf value as a dirty leaf stores it: inline bytes at `heap[off..off + len]` of its node,
+/// or the head of an overflow chain.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LeafVal {
     Inline { off: u32, len: u32 },
     Overflow { first: PageId, len: u32 },
 }
 
-impl LeafVal {
-    /// The value as stored, its inline bytes in `heap` (the node's).
-    pub fn as_ref<'a>(&self, heap: &'a [u8]) -> ValRef<'a> {
-        match *self {
-            LeafVal::Inline { off, len } => {
-                ValRef::Inline(&heap[off as usize..off as usize + len as usize])
-            }
-            LeafVal::Overflow { first, len } => ValRef::Overflow { first, len },
+// A dirty leaf keeps its entries in its `heap` exactly as a leaf page stores them (`key_len
+// u16 | flags u8 | value_len u32 | key | value or first overflow page u64`) and only their
+// offsets in `ents`, in key order: decoding a leaf page is one copy of the page (the page is
+// the heap, offsets unchanged), inserting an entry appends it to the heap and shifts 4-byte
+// offsets, and encoding copies each entry as one block. Entries the leaf no longer uses stay
+// in the heap as garbage until it is compacted.
+
+/// Bytes of the entry at `off` in a leaf heap (slot excluded).
+pub fn heap_entry_len(heap: &[u8], off: u32) -> usize {
+    let off = off as usize;
+    let klen = rd_u16(heap, off) as usize;
+    let stored = if heap[off + 2] == LEAF_FLAG_OVERFLOW {
+        8
+    } else {
+        rd_u32(heap, off + 3) as usize
+    };
+    LEAF_ENTRY_HEADER_BYTES + klen + stored
+}
+/// The key of the entry at `off` in a leaf heap.
+pub fn heap_key(heap: &[u8], off: u32) -> &[u8] {
+    let off = off as usize;
+    let klen = rd_u16(heap, off) as usize;
+    &heap[off + LEAF_ENTRY_HEADER_BYTES..off + LEAF_ENTRY_HEADER_BYTES + klen]
+}
+/// The value of the entry at `off` in a leaf heap.
+pub fn heap_value(heap: &[u8], off: u32) -> ValRef<'_> {
+    match heap_stored(heap, off) {
+        LeafVal::Inline { off, len } => {
+            ValRef::Inline(&heap[off as usize..off as usize + len as usize])
         }
+        LeafVal::Overflow { first, len } => ValRef::Overflow { first, len },
     }
-    /// Stores `v` for a node whose value bytes live in `heap`.
-    pub fn push(heap: &mut Vec<u8>, v: ValRef<'_>) -> LeafVal {
-        match v {
-            ValRef::Inline(b) => {
-                let off = heap.len() as u32;
-                heap.extend_from_slice(b);
-                LeafVal::Inline {
-                    off,
-                    len: b.len() as u32,
-                }
-            }
-            ValRef::Overflow { first, len } => LeafVal::Overflow { first, len },
+}
+/// Where the value of the entry at `off` in a leaf heap is.
+pub fn heap_stored(heap: &[u8], off: u32) -> LeafVal {
+    let o = off as usize;
+    let klen = rd_u16(heap, o) as usize;
+    let vlen = rd_u32(heap, o + 3);
+    let start = o + LEAF_ENTRY_HEADER_BYTES + klen;
+    if heap[o + 2] == LEAF_FLAG_OVERFLOW {
+        LeafVal::Overflow {
+            first: rd_u64(heap, start),
+            len: vlen,
+        }
+    } else {
+        LeafVal::Inline {
+            off: start as u32,
+            len: vlen,
         }
     }
 }
-
-/// A leaf node's value buffer holding only the bytes `vals` use (their offsets rewritten).
-pub fn compact_heap(vals: &mut [LeafVal], heap: &[u8]) -> Vec<u8> {
+/// Appends an entry for `key` and `val` to a leaf heap; returns its offset.
+pub fn heap_push(heap: &mut Vec<u8>, key: &[u8], val: ValRef<'_>) -> u32 {
+    let off = heap.len();
+    let (flags, vlen) = match val {
+        ValRef::Inline(v) => (0u8, v.len() as u32),
+        ValRef::Overflow { len, .. } => (LEAF_FLAG_OVERFLOW, len),
+    };
+    heap.extend_from_slice(&(key.len() as u16).to_le_bytes());
+    heap.push(flags);
+    heap.extend_from_slice(&vlen.to_le_bytes());
+    heap.extend_from_slice(key);
+    match val {
+        ValRef::Inline(v) => heap.extend_from_slice(v),
+        ValRef::Overflow { first, .. } => heap.extend_from_slice(&first.to_le_bytes()),
+    }
+    u32::try_from(off).expect("leaf heap under 4 GiB")
+}
+/// Appends an entry with the key of the entry at `old` and the overflow value `val`; returns
+/// its offset.
+pub fn heap_push_overflow_for(heap: &mut Vec<u8>, old: u32, val: LeafVal) -> u32 {
+    let LeafVal::Overflow { first, len } = val else {
+        panic!("heap_push_overflow_for takes an overflow value");
+    };
+    let o = old as usize;
+    let klen = rd_u16(heap, o) as usize;
+    let off = heap.len();
+    heap.extend_from_within(o..o + 2);
+    heap.push(LEAF_FLAG_OVERFLOW);
+    heap.extend_from_slice(&len.to_le_bytes());
+    heap.extend_from_within(o + LEAF_ENTRY_HEADER_BYTES..o + LEAF_ENTRY_HEADER_BYTES + klen);
+    heap.extend_from_slice(&first.to_le_bytes());
+    u32::try_from(off).expect("leaf heap under 4 GiB")
+}
+/// A leaf heap holding only the entries `ents` use (their offsets rewritten).
+pub fn compact_heap(ents: &mut [u32], heap: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(PAGE_SIZE);
-    for v in vals.iter_mut() {
-        let r = v.as_ref(heap);
-        *v = LeafVal::push(&mut out, r);
+    for e in ents.iter_mut() {
+        let (o, n) = (*e as usize, heap_entry_len(heap, *e));
+        *e = out.len() as u32;
+        out.extend_from_slice(&heap[o..o + n]);
     }
     out
 }
 
-/// A dirty leaf's heap is compacted once it exceeds this (replaced values leave garbage).
+/// A dirty leaf's heap is compacted once it exceeds this (replaced entries leave garbage).
 pub const LEAF_HEAP_BYTES_MAX: usize = 4 * PAGE_SIZE;
 
-/// Bytes of a key kept inline in a decoded node (no heap allocation): covers MVCC keys of
+/// Bytes of a key kept inline in a decoded branch (no heap allocation): covers MVCC keys of
 /// user keys up to ~45 bytes, revision keys, most branch separators and the side-by-side
-/// benchmark's 8–64-byte keys. Decoding a page is the writer's first step on every page a
-/// commit touches, so per-key allocations dominated it.
+/// benchmark's 8–64-byte keys.
 pub const NODE_KEY_INLINE_BYTES: usize = 64;
 
-/// A key in a decoded node: inline up to `NODE_KEY_INLINE_BYTES`, on the heap beyond.
+/// A branch key in a decoded node: inline up to `NODE_KEY_INLINE_BYTES`, on the heap beyond.
 pub type NodeKey = smallvec::SmallVec<[u8; NODE_KEY_INLINE_BYTES]>;
 
 /// Writer-side decoded nodes.
 #[derive(Clone, Debug)]
 pub enum Node {
     Leaf {
-        keys: Vec<NodeKey>,
-        vals: Vec<LeafVal>,
-        /// Inline values' bytes (see `LeafVal`).
+        /// Heap offsets of the entries, in key order (see `heap_push`).
+        ents: Vec<u32>,
+        /// The entries' bytes, page layout (a decoded leaf's heap is its page).
         heap: Vec<u8>,
     },
     Branch {
@@ -441,7 +488,7 @@ pub enum Node {
 #[derive(Default)]
 pub struct NodePool {
     keys: Vec<Vec<NodeKey>>,
-    vals: Vec<Vec<LeafVal>>,
+    ents: Vec<Vec<u32>>,
     heaps: Vec<Vec<u8>>,
     children: Vec<Vec<PageId>>,
 }
@@ -459,9 +506,8 @@ impl NodePool {
             }
         }
         match n {
-            Node::Leaf { keys, vals, heap } => {
-                keep(&mut self.keys, keys);
-                keep(&mut self.vals, vals);
+            Node::Leaf { ents, heap } => {
+                keep(&mut self.ents, ents);
                 keep(&mut self.heaps, heap);
             }
             Node::Branch { keys, children } => {
@@ -490,23 +536,13 @@ impl Node {
     /// Decodes `p`, reusing buffers from `pool`.
     pub fn from_page_in(p: &PageRef<'_>, pool: &mut NodePool) -> Node {
         if p.is_leaf() {
-            let mut keys = take(&mut pool.keys, p.len());
-            let mut vals = take(&mut pool.vals, p.len());
-            // The page itself is the heap: values keep their offsets, one copy in all.
-            let mut heap = take(&mut pool.heaps, PAGE_SIZE);
+            // The page itself is the heap: entries keep their offsets, one copy in all
+            // (`PageRef::parse` checked every entry lies inside the page).
+            let mut heap = take(&mut pool.heaps, 2 * PAGE_SIZE);
             heap.extend_from_slice(p.bytes);
-            let base = p.bytes.as_ptr() as usize;
-            for i in 0..p.len() {
-                keys.push(NodeKey::from_slice(p.key(i)));
-                vals.push(match p.value(i) {
-                    ValRef::Inline(v) => LeafVal::Inline {
-                        off: (v.as_ptr() as usize - base) as u32,
-                        len: v.len() as u32,
-                    },
-                    ValRef::Overflow { first, len } => LeafVal::Overflow { first, len },
-                });
-            }
-            Node::Leaf { keys, vals, heap }
+            let mut ents = take(&mut pool.ents, p.len() + 8);
+            ents.extend((0..p.len()).map(|i| p.slot(i) as u32));
+            Node::Leaf { ents, heap }
         } else {
             let mut keys = take(&mut pool.keys, p.len());
             keys.extend((0..p.len()).map(|i| NodeKey::from_slice(p.key(i))));
@@ -519,12 +555,11 @@ impl Node {
     /// Bytes this node needs in a page.
     pub fn encoded_bytes(&self) -> usize {
         match self {
-            Node::Leaf { keys, vals, .. } => {
+            Node::Leaf { ents, heap } => {
                 LEAF_OFF_SLOTS
-                    + keys
+                    + ents
                         .iter()
-                        .zip(vals)
-                        .map(|(k, v)| leaf_entry_bytes(k.len(), v))
+                        .map(|&e| SLOT_BYTES + heap_entry_len(heap, e))
                         .sum::<usize>()
             }
             Node::Branch { keys, .. } => {
@@ -543,35 +578,17 @@ impl Node {
             self.encoded_bytes() <= PAGE_SIZE,
             "node {id} overflows its page"
         );
-        page.fill(0);
         match self {
-            Node::Leaf { keys, vals, heap } => {
-                let mut off = LEAF_OFF_SLOTS + keys.len() * SLOT_BYTES;
-                for (i, (k, v)) in keys.iter().zip(vals).enumerate() {
+            Node::Leaf { ents, heap } => {
+                let mut off = LEAF_OFF_SLOTS + ents.len() * SLOT_BYTES;
+                for (i, &e) in ents.iter().enumerate() {
                     wr_u16(page, LEAF_OFF_SLOTS + i * SLOT_BYTES, off as u16);
-                    wr_u16(page, off, k.len() as u16);
-                    let (flags, vlen) = match v {
-                        LeafVal::Inline { len, .. } => (0u8, *len),
-                        LeafVal::Overflow { len, .. } => (LEAF_FLAG_OVERFLOW, *len),
-                    };
-                    page[off + 2] = flags;
-                    wr_u32(page, off + 3, vlen);
-                    off += LEAF_ENTRY_HEADER_BYTES;
-                    page[off..off + k.len()].copy_from_slice(k);
-                    off += k.len();
-                    match v {
-                        LeafVal::Inline { off: at, len } => {
-                            let (at, len) = (*at as usize, *len as usize);
-                            page[off..off + len].copy_from_slice(&heap[at..at + len]);
-                            off += len;
-                        }
-                        LeafVal::Overflow { first, .. } => {
-                            wr_u64(page, off, *first);
-                            off += 8;
-                        }
-                    }
+                    let n = heap_entry_len(heap, e);
+                    page[off..off + n].copy_from_slice(&heap[e as usize..e as usize + n]);
+                    off += n;
                 }
-                seal(page, KIND_LEAF, keys.len() as u16, id);
+                page[off..].fill(0);
+                seal(page, KIND_LEAF, ents.len() as u16, id);
             }
             Node::Branch { keys, children } => {
                 assert_eq!(children.len(), keys.len() + 1);
@@ -585,6 +602,7 @@ impl Node {
                     page[off..off + k.len()].copy_from_slice(k);
                     off += k.len();
                 }
+                page[off..].fill(0);
                 seal(page, KIND_BRANCH, keys.len() as u16, id);
             }
         }
