@@ -18,22 +18,12 @@ use ferrite_btree::db::Db;
 use ferrite_btree::{DbOptions, MvccStore, StoreOptions};
 use redb::TableDefinition;
 
+#[allow(dead_code)] // the examples use the rest
+mod support;
+use support::Rng;
+
 const T: TableDefinition<&[u8], &[u8]> = TableDefinition::new("t");
 const VALUE_BYTES: usize = 256;
-
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn key(&mut self) -> Vec<u8> {
-        let len = 8 + (self.next() % 57) as usize;
-        (0..len).map(|_| self.next() as u8).collect()
-    }
-}
 
 fn keys(n: usize, seed: u64) -> Vec<Vec<u8>> {
     let mut r = Rng(seed);

@@ -7,12 +7,10 @@ use std::time::{Duration, Instant};
 
 use ferrite_btree::{MvccStore, StoreOptions};
 
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
+#[allow(dead_code)] // each example uses part of it
+#[path = "../benches/support/mod.rs"]
+mod support;
+use support::{env_usize, Rng};
 
 /// CPU time of this thread so far (ns), from the scheduler: steadier than wall time on a
 /// shared machine.
@@ -21,16 +19,6 @@ fn thread_cpu_ns() -> u64 {
         .ok()
         .and_then(|s| s.split_whitespace().next()?.parse().ok())
         .unwrap_or(0)
-}
-
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
 }
 
 fn main() {

@@ -10,12 +10,10 @@ use std::time::Instant;
 use ferrite_btree::db::Db;
 use ferrite_btree::DbOptions;
 
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
+#[allow(dead_code)] // each example uses part of it
+#[path = "../benches/support/mod.rs"]
+mod support;
+use support::{env_usize, Rng};
 
 /// CPU time (user + system) of this process so far, in µs.
 fn process_cpu_us() -> u64 {
@@ -28,20 +26,6 @@ fn process_cpu_us() -> u64 {
     };
     let us = |t: libc::timeval| t.tv_sec as u64 * 1_000_000 + t.tv_usec as u64;
     us(ru.ru_utime) + us(ru.ru_stime)
-}
-
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn key(&mut self) -> Vec<u8> {
-        let len = 8 + (self.next() % 57) as usize;
-        (0..len).map(|_| self.next() as u8).collect()
-    }
 }
 
 const T: redb::TableDefinition<&[u8], &[u8]> = redb::TableDefinition::new("t");
