@@ -627,6 +627,10 @@ fn perm_strategy() -> impl Strategy<Value = (u8, Vec<u8>, RangeKind)> {
     )
 }
 
+/// A permission in the brute-force model: type, key, range_end as granted, and the interval's
+/// end (None = +inf).
+type ModelPerm = (PermType, Vec<u8>, Vec<u8>, Option<Vec<u8>>);
+
 /// Does [key, end) (end None = +inf) contain s?
 fn in_range(s: &[u8], key: &[u8], end: Option<&[u8]>) -> bool {
     s >= key && end.is_none_or(|e| s < e)
@@ -648,9 +652,8 @@ proptest! {
         add_user(&mut st, "u").unwrap();
         st.apply_unchecked(&C::RoleAdd { name: s("r") }).unwrap();
         st.apply_unchecked(&C::UserGrantRole { user: s("u"), role: s("r") }).unwrap();
-        // (type, key, range_end as granted, the interval's end: None = +inf), in the role's
-        // order: sorted by key, equal keys in grant order.
-        let mut model: Vec<(PermType, Vec<u8>, Vec<u8>, Option<Vec<u8>>)> = vec![];
+        // In the role's order: sorted by key, equal keys in grant order.
+        let mut model: Vec<ModelPerm> = vec![];
         for (t, key, kind) in perms {
             let t = PermType::from_i32(t as i32).unwrap();
             let (range_end, end) = match kind {
