@@ -304,13 +304,7 @@ async fn timed<T>(
     sh: &Shared,
     fut: impl std::future::Future<Output = Result<T, etcd_client::Error>>,
 ) -> (Duration, Result<T, String>) {
-    let start = Instant::now();
-    let r = match tokio::time::timeout(sh.cfg.op_timeout, fut).await {
-        Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => Err(error_text(&e)),
-        Err(_) => Err("timeout".to_string()),
-    };
-    (start.elapsed(), r)
+    timed_text(sh, async { fut.await.map_err(|e| error_text(&e)) }).await
 }
 
 pub async fn connect(endpoints: &[String]) -> Result<Client, String> {
@@ -660,7 +654,8 @@ fn lean_thread(
     })
 }
 
-async fn timed_lean<T>(
+/// Times `fut` (bounded by the op timeout, which is the error "timeout"); errors as text.
+async fn timed_text<T>(
     sh: &Shared,
     fut: impl std::future::Future<Output = Result<T, String>>,
 ) -> (Duration, Result<T, String>) {
@@ -689,7 +684,7 @@ async fn lean_loop(
             };
             while sh.take() {
                 req.key = key_of(PREFIX_KV, rng.below(cfg.key_space), cfg.key_size).into();
-                let (took, r) = timed_lean(sh, kv.put(&req)).await;
+                let (took, r) = timed_text(sh, kv.put(&req)).await;
                 record(
                     sh,
                     rec,
@@ -706,7 +701,7 @@ async fn lean_loop(
             };
             while sh.take() {
                 req.key = key_of(PREFIX_KV, rng.below(cfg.key_space), cfg.key_size).into();
-                let (took, r) = timed_lean(sh, kv.range(&req)).await;
+                let (took, r) = timed_text(sh, kv.range(&req)).await;
                 let r = r.and_then(|g| {
                     if cfg.no_prepare {
                         return Ok(());
@@ -726,7 +721,7 @@ async fn lean_loop(
                 let key = key_of(PREFIX_KV, i, cfg.key_size).into();
                 let known = &sh.mod_revs[i as usize];
                 let req = lean::cas_request(key, known.load(Ordering::Relaxed), value.clone());
-                let (took, r) = timed_lean(sh, kv.txn(&req)).await;
+                let (took, r) = timed_text(sh, kv.txn(&req)).await;
                 let r = r.and_then(|t| match lean::cas_outcome(&t)? {
                     lean::CasOutcome::Wrote(rev) => {
                         known.fetch_max(rev, Ordering::Relaxed);

@@ -39,8 +39,9 @@ pub struct DbOptions {
     pub grow_bytes_min: u64,
     /// Past `unsynced_freed_bytes_max`, do not sync inside `commit(false)`: report it through
     /// `DbWriter::wants_durable` and let the caller run a durable commit whose fdatasync it
-    /// runs off its own thread (`commit_durable_start`). Past four times the limit, or while
-    /// such a sync is in flight and a durable commit is asked for, the commit syncs inline.
+    /// runs off its own thread (`commit_durable_start`). Past `UNSYNCED_FREED_DEFERRED_FACTOR_MAX`
+    /// (4) times the limit, or while such a sync is in flight and a durable commit is asked
+    /// for, the commit syncs inline.
     pub defer_forced_sync: bool,
 }
 
@@ -66,11 +67,6 @@ pub struct PendingSync {
 }
 
 impl PendingSync {
-    /// The commit's txn id.
-    pub fn txn(&self) -> u64 {
-        self.txn
-    }
-
     /// The commit's one fdatasync; blocking, safe on any thread (the writer keeps committing
     /// non-durably meanwhile).
     pub fn sync(self) -> std::io::Result<SyncedCommit> {
@@ -83,12 +79,6 @@ impl PendingSync {
 #[derive(Debug)]
 pub struct SyncedCommit {
     txn: u64,
-}
-
-impl SyncedCommit {
-    pub fn txn(&self) -> u64 {
-        self.txn
-    }
 }
 
 /// Bytes written by one pwrite at most when coalescing consecutive dirty pages.
@@ -476,6 +466,11 @@ const FREE_SHARE_REUSE_DIVISOR: u64 = 4;
 fn is_virtual(id: PageId) -> bool {
     id >= VIRTUAL_BASE
 }
+
+/// With `DbOptions::defer_forced_sync`, a non-durable commit still syncs inline once the pages
+/// freed since the last durable commit exceed this many times `unsynced_freed_bytes_max`
+/// (the caller's deferred durable commit is late: bounds the file's growth).
+const UNSYNCED_FREED_DEFERRED_FACTOR_MAX: u64 = 4;
 
 /// Entries of `DbWriter::verified`: a few root-to-leaf paths.
 const VERIFIED_RING_PAGES: usize = 8;
@@ -1868,11 +1863,6 @@ impl DbWriter {
             && self.unsynced_freed_bytes() > self.opts.unsynced_freed_bytes_max
     }
 
-    /// The txn of the durable commit whose sync is in flight, if any.
-    pub fn sync_in_flight(&self) -> Option<u64> {
-        self.sync_in_flight
-    }
-
     fn unsynced_freed_bytes(&self) -> u64 {
         (self.unsynced_freed_pages + self.freed_now.len() as u64) * PAGE_SIZE as u64
     }
@@ -1915,7 +1905,7 @@ impl DbWriter {
         let max = self.opts.unsynced_freed_bytes_max;
         let durable = durable
             || (unsynced > max && !self.opts.defer_forced_sync)
-            || unsynced > max.saturating_mul(4);
+            || unsynced > max.saturating_mul(UNSYNCED_FREED_DEFERRED_FACTOR_MAX);
         if durable {
             // At most one durable commit in flight: its meta slot is the one this commit
             // would overwrite next but one, and the crash fallback must stay intact.

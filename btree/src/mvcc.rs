@@ -969,6 +969,18 @@ impl MvccStore {
 
 const SNAPSHOT_MAGIC: &[u8] = b"FeSNAP01";
 
+/// An error recorded inside a txn since the last commit: the txns are incomplete, so nothing
+/// may be published (the writer stays poisoned).
+fn take_deferred(w: &mut WState) -> Result<(), StoreError> {
+    match w.deferred.take() {
+        Some(e) => {
+            w.deferred = Some(StoreError::Poisoned);
+            Err(e)
+        }
+        None => Ok(()),
+    }
+}
+
 /// A failure half-way through maintenance leaves uncommitted changes that must never be
 /// published: refuse every later commit.
 fn poison_on_err<T>(w: &mut WState, r: Result<T, StoreError>) -> Result<T, StoreError> {
@@ -1178,11 +1190,7 @@ impl Writer {
     /// writer.
     pub fn commit(&mut self, durable: bool) -> Result<(), StoreError> {
         let mut w = self.lock();
-        if let Some(e) = w.deferred.take() {
-            // The txns since the last commit are incomplete: never publish them.
-            w.deferred = Some(StoreError::Poisoned);
-            return Err(e);
-        }
+        take_deferred(&mut w)?;
         let opts = &self.inner.opts;
         let defrag = self.inner.defrag_requested.load(Ordering::Acquire);
         let ws = &mut *w;
@@ -1200,10 +1208,7 @@ impl Writer {
     /// core never blocks on writeback. Publishes like `commit`.
     pub fn commit_durable_start(&mut self) -> Result<crate::db::PendingSync, StoreError> {
         let mut w = self.lock();
-        if let Some(e) = w.deferred.take() {
-            w.deferred = Some(StoreError::Poisoned);
-            return Err(e);
-        }
+        take_deferred(&mut w)?;
         let r = w.db.commit_durable_start();
         poison_on_err(&mut w, r)
     }
@@ -1261,11 +1266,13 @@ impl Txn<'_> {
         let rev = self.begin_rev + 1;
         let sub = self.events.len() as i64;
         let k = enc_key(key, rev, sub);
+        // create_revision and version of the new version, from the key's latest live one.
+        let create_version = |prev: &Option<KeyValue>| match prev {
+            Some(p) => (p.create_revision, p.version + 1),
+            None => (rev, 1),
+        };
         let record_for = |prev: &Option<KeyValue>| {
-            let (create, version) = match prev {
-                Some(p) => (p.create_revision, p.version + 1),
-                None => (rev, 1),
-            };
+            let (create, version) = create_version(prev);
             encode_record(false, create, version, lease, value)
         };
         // The key's latest version (if any) is the entry right after `k`, in the leaf `k` goes
@@ -1298,10 +1305,7 @@ impl Txn<'_> {
         }
         let r = self.w.db.insert(&rev_key(rev, sub), key);
         self.record(r);
-        let (create, version) = match &prev {
-            Some(p) => (p.create_revision, p.version + 1),
-            None => (rev, 1),
-        };
+        let (create, version) = create_version(&prev);
         self.events.push(Event {
             kind: EventKind::Put,
             kv: KeyValue {

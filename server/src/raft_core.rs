@@ -58,6 +58,14 @@ pub const APPLIED_INDEX_META_KEY: &[u8] = b"ferrite/applied_index";
 pub const CLUSTER_VERSION_META_KEY: &[u8] = b"ferrite/cluster_version";
 /// The cluster version a leader sets (etcd 3.4 stores "3.4.0").
 const CLUSTER_VERSION: &[u8] = b"3.4.0";
+/// Whether the store holds the cluster version a leader set (`MEMBER_ATTR_CLUSTER_VERSION`).
+fn cluster_version_set(shared: &Shared) -> bool {
+    shared
+        .store
+        .read()
+        .get_meta(CLUSTER_VERSION_META_KEY)
+        .is_some()
+}
 /// Metadata key of the applied term (u64 LE), for the snapshot marker.
 pub const APPLIED_TERM_META_KEY: &[u8] = b"ferrite/applied_term";
 /// Metadata key of the active alarms.
@@ -358,11 +366,7 @@ pub async fn start(
         force_snapshot: false,
         publish_waiter: None,
         store_sync: None,
-        cluster_version_set: shared
-            .store
-            .read()
-            .get_meta(CLUSTER_VERSION_META_KEY)
-            .is_some(),
+        cluster_version_set: cluster_version_set(&shared),
         cluster_version_retry_at: Instant::now(),
         publish_applied: false,
         log_last_at_start: last_index,
@@ -1528,12 +1532,7 @@ impl RaftCore {
         self.writer = self.shared.store.writer();
         // A sync still running was the old store's; the new one starts durable.
         self.store_sync = None;
-        self.cluster_version_set = self
-            .shared
-            .store
-            .read()
-            .get_meta(CLUSTER_VERSION_META_KEY)
-            .is_some();
+        self.cluster_version_set = cluster_version_set(&self.shared);
         *self.shared.lessor.lock().unwrap_or_else(|p| p.into_inner()) = lessor;
         let nospace = alarms
             .iter()
