@@ -444,12 +444,45 @@ pub struct DbWriter {
     /// The txn of a durable commit written but not yet known synced (`commit_durable_start`).
     sync_in_flight: Option<u64>,
     poisoned: bool,
-    /// Base pages whose checksum this writer verified since `base` was last replaced (a
-    /// small ring). A put reads its leaf twice (the key's latest version, then the copy-on-write
-    /// decode): the second read skips the crc32c but still checks header and bounds. Pages of
-    /// `base` are immutable until the next commit replaces it; every `commit` clears the ring.
-    verified: std::cell::Cell<[PageId; VERIFIED_RING_PAGES]>,
-    verified_next: std::cell::Cell<usize>,
+    /// Pages whose bytes in the file this writer wrote itself or verified (crc32c) since open;
+    /// it reads them without recomputing the checksum (header and bounds are still checked).
+    /// Every other page the writer reads is verified first. See `Trusted`.
+    trusted: Trusted,
+}
+
+/// One bit per page id: set once the page's bytes in the file are known to be what this
+/// writer wrote, or were read and verified (crc32c) by it, since open. The file changes only
+/// through the writer's own writes, and every write sets the bits of the pages it covers, so a
+/// set bit stays true until the process ends; a reopen starts with none set (only the pages
+/// open's commit-record check verified). Readers (`Snapshot`) do not use it: they verify
+/// every page they read.
+#[derive(Default)]
+struct Trusted {
+    words: Vec<std::cell::Cell<u64>>,
+}
+
+impl Trusted {
+    fn get(&self, id: PageId) -> bool {
+        self.words
+            .get((id / 64) as usize)
+            .is_some_and(|w| w.get() & (1 << (id % 64)) != 0)
+    }
+    /// Sets the bit of `id` (ids past the bitmap are left untrusted until `cover` grows it).
+    fn set(&self, id: PageId) {
+        if let Some(w) = self.words.get((id / 64) as usize) {
+            w.set(w.get() | 1 << (id % 64));
+        }
+    }
+    /// Makes room for ids below `page_count`; drops the bits of ids at or past it (pages cut
+    /// off the file's end come back later as fresh pages).
+    fn cover(&mut self, page_count: u64) {
+        let words = page_count.div_ceil(64) as usize;
+        self.words.resize_with(words, Default::default);
+        if page_count % 64 != 0 {
+            let last = &self.words[words - 1];
+            last.set(last.get() & ((1u64 << (page_count % 64)) - 1));
+        }
+    }
 }
 
 /// Pages allocated since the last commit get placeholder ids from here up; `commit` assigns
@@ -472,9 +505,6 @@ fn is_virtual(id: PageId) -> bool {
 /// (the caller's deferred durable commit is late: bounds the file's growth).
 const UNSYNCED_FREED_DEFERRED_FACTOR_MAX: u64 = 4;
 
-/// Entries of `DbWriter::verified`: a few root-to-leaf paths.
-const VERIFIED_RING_PAGES: usize = 8;
-
 /// Which durable commit `Db::open` chose, and why.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct OpenReport {
@@ -490,12 +520,12 @@ pub struct OpenReport {
 }
 
 /// Checks the commit record of `m` against the file: every listed page must hold the crc32c
-/// the record names (in its header, and computed). Returns the record's pages and the number
-/// of pages checked. Cost: one read + crc32c of each page written since the previous durable
-/// commit.
-fn verify_record(file: &[u8], m: &Meta) -> Result<(Vec<PageId>, u64), StoreError> {
+/// the record names (in its header, and computed). Returns the record's pages and the pages it
+/// lists (each checked). Cost: one read + crc32c of each page written since the previous
+/// durable commit.
+fn verify_record(file: &[u8], m: &Meta) -> Result<(Vec<PageId>, Vec<PageId>), StoreError> {
     if m.record == 0 {
-        return Ok((Vec::new(), 0));
+        return Ok((Vec::new(), Vec::new()));
     }
     let page = |id: PageId| -> Result<&[u8], StoreError> {
         if id < 2 || id >= m.page_count {
@@ -520,6 +550,7 @@ fn verify_record(file: &[u8], m: &Meta) -> Result<(Vec<PageId>, u64), StoreError
     let mut pages = Vec::new();
     let mut crc = 0u32;
     let mut checked = 0u64;
+    let mut listed = Vec::new();
     let mut id = m.record;
     while id != 0 {
         if pages.len() as u64 >= m.page_count {
@@ -552,6 +583,7 @@ fn verify_record(file: &[u8], m: &Meta) -> Result<(Vec<PageId>, u64), StoreError
                     ),
                 });
             }
+            listed.push(pid);
         }
         pages.push(id);
         id = next;
@@ -566,7 +598,7 @@ fn verify_record(file: &[u8], m: &Meta) -> Result<(Vec<PageId>, u64), StoreError
             ),
         });
     }
-    Ok((pages, checked))
+    Ok((pages, listed))
 }
 
 /// A cheap, cloneable handle that pins the latest committed tree without locks.
@@ -673,6 +705,7 @@ impl DbWriter {
     fn open(storage: Arc<dyn Storage>, opts: DbOptions) -> Result<DbWriter, StoreError> {
         let mut file_len = storage.len()?;
         let mut report = OpenReport::default();
+        let mut verified_at_open = Vec::new();
         let (meta, slot, record_pages) = if file_len == 0 {
             let meta = Meta {
                 txn: 0,
@@ -721,9 +754,10 @@ impl DbWriter {
             let mut failures = Vec::new();
             for (m, slot) in candidates {
                 match verify_record(b, &m) {
-                    Ok((pages, verified)) => {
+                    Ok((pages, listed)) => {
                         chosen = Some((m, slot, pages));
-                        report.verified_pages = verified;
+                        report.verified_pages = listed.len() as u64;
+                        verified_at_open = listed;
                         break;
                     }
                     Err(e) => failures.push((m.txn, e)),
@@ -798,6 +832,11 @@ impl DbWriter {
             id = rd_u64(b, FREELIST_OFF_NEXT);
         }
         let in_use = meta.page_count - free.len() as u64;
+        let mut trusted = Trusted::default();
+        trusted.cover(meta.page_count);
+        for id in verified_at_open {
+            trusted.set(id);
+        }
         let shared = Arc::new(Shared {
             storage,
             current: ArcSwap::new(base.clone()),
@@ -832,8 +871,7 @@ impl DbWriter {
             unsynced_freed_pages: 0,
             sync_in_flight: None,
             poisoned: false,
-            verified: std::cell::Cell::new([0; VERIFIED_RING_PAGES]),
-            verified_next: std::cell::Cell::new(0),
+            trusted,
         })
     }
 
@@ -864,24 +902,15 @@ impl DbWriter {
         self.shared.in_use_bytes.load(Ordering::Relaxed)
     }
 
-    /// A node of the committed tree `base`, its checksum verified once per commit (see
-    /// `verified`).
+    /// A node of the committed tree `base`; its checksum is verified unless this writer wrote
+    /// or verified the page since open (see `Trusted`).
     fn base_node(&self, id: PageId) -> Result<NodeRef<'_>, StoreError> {
-        let ring = self.verified.get();
-        if id >= 2 && self.base.verify && ring.contains(&id) {
-            return Ok(NodeRef::Page(PageRef::parse(
-                self.base.bytes_of(id)?,
-                id,
-                false,
-            )?));
+        let verify = self.base.verify && !self.trusted.get(id);
+        let p = PageRef::parse(self.base.bytes_of(id)?, id, verify)?;
+        if verify {
+            self.trusted.set(id);
         }
-        let n = self.base.node(id)?;
-        let mut ring = ring;
-        let at = self.verified_next.get();
-        ring[at] = id;
-        self.verified.set(ring);
-        self.verified_next.set((at + 1) % VERIFIED_RING_PAGES);
-        Ok(n)
+        Ok(NodeRef::Page(p))
     }
 
     /// A placeholder id for a new page (`commit` assigns the real one).
@@ -1013,15 +1042,15 @@ impl DbWriter {
         }
         let mut pool = std::mem::take(&mut self.pool);
         let node = match self.base_node(id) {
-            Ok(NodeRef::Page(p)) => Ok(Node::from_page_in(&p, &mut pool)),
-            Ok(NodeRef::Mem(n)) => Ok(n.clone()),
+            Ok(NodeRef::Page(p)) => Ok((Node::from_page_in(&p, &mut pool), p.encoded_bytes())),
+            Ok(NodeRef::Mem(n)) => Ok((n.clone(), SIZE_UNKNOWN)),
             Err(e) => Err(e),
         };
         self.pool = pool;
-        let node = node?;
+        let (node, size) = node?;
         self.free_page(id);
         let new = self.alloc();
-        self.dirty.insert(new, Dirty::Node(node, SIZE_UNKNOWN));
+        self.dirty.insert(new, Dirty::Node(node, size));
         Ok(new)
     }
 
@@ -1869,8 +1898,6 @@ impl DbWriter {
 
     /// Returns the txn id of the commit made.
     fn commit_checked(&mut self, durable: bool, defer_sync: bool) -> Result<u64, StoreError> {
-        // Checksums are trusted for one commit at most, even one with no changes.
-        self.verified.set([0; VERIFIED_RING_PAGES]);
         if self.poisoned {
             return Err(StoreError::Poisoned);
         }
@@ -1973,6 +2000,7 @@ impl DbWriter {
             }
             freelist_head = new_freelist.first().copied().unwrap_or(0);
         }
+        self.trusted.cover(self.page_count);
         // Grow the file.
         let need = self.page_count * PAGE_SIZE as u64;
         if need > self.file_len {
@@ -2004,6 +2032,7 @@ impl DbWriter {
                     &p[RECORD_OFF_ENTRIES..RECORD_OFF_ENTRIES + chunk.len() * RECORD_ENTRY_BYTES],
                 );
                 storage.write_at(&p, *pid * PAGE_SIZE as u64)?;
+                self.trusted.set(*pid);
             }
             let slot = 1 - self.durable_meta_slot;
             let meta = Meta {
@@ -2043,7 +2072,6 @@ impl DbWriter {
         self.readers.push((old.txn, Arc::downgrade(&old)));
         drop(old);
         self.base = snap;
-        self.verified.set([0; VERIFIED_RING_PAGES]);
         if !self.freed_now.is_empty() {
             self.pending_count += self.freed_now.len() as u64;
             self.pending
@@ -2089,6 +2117,7 @@ impl DbWriter {
             self.free.pop_last();
             self.page_count -= 1;
         }
+        self.trusted.cover(self.page_count);
     }
 
     /// Encodes and writes `pages` (ascending ids), consecutive ids in one pwrite each (up to
@@ -2106,7 +2135,9 @@ impl DbWriter {
             );
             assert!(start.is_none() || id >= next_id, "pages out of order");
             if start.is_some() && (id != next_id || buf.len() >= WRITE_BATCH_BYTES_MAX) {
-                storage.write_at(&buf, start.expect("start") * PAGE_SIZE as u64)?;
+                let s = start.expect("start");
+                storage.write_at(&buf, s * PAGE_SIZE as u64)?;
+                (s..next_id).for_each(|w| self.trusted.set(w));
                 buf.clear();
                 start = None;
             }
@@ -2127,6 +2158,7 @@ impl DbWriter {
         }
         if let Some(s) = start {
             storage.write_at(&buf, s * PAGE_SIZE as u64)?;
+            (s..next_id).for_each(|w| self.trusted.set(w));
         }
         if buf.capacity() <= WRITE_BATCH_BYTES_MAX + PAGE_SIZE {
             self.write_buf = buf;

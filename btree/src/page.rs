@@ -184,6 +184,8 @@ pub struct PageRef<'a> {
     bytes: &'a [u8],
     leaf: bool,
     count: usize,
+    /// Bytes the node's content takes (`encoded_bytes`), summed while parsing.
+    content_bytes: usize,
 }
 
 /// A leaf value as stored: inline bytes or the head of an overflow chain.
@@ -209,6 +211,7 @@ impl<'a> PageRef<'a> {
         }
         // A branch may have no keys (one child) after merges below it.
         let mut prev_end = entries_start;
+        let mut content_bytes = slots;
         for i in 0..count {
             let off = rd_u16(bytes, slots + i * SLOT_BYTES) as usize;
             if off < prev_end {
@@ -244,6 +247,7 @@ impl<'a> PageRef<'a> {
             if end > PAGE_SIZE {
                 return Err(corrupt(id, format!("slot {i} entry ends past the page")));
             }
+            content_bytes += SLOT_BYTES + (end - off);
             prev_end = end;
         }
         // Key order is not re-checked here (the checksum covers it, and out-of-order keys can
@@ -253,34 +257,16 @@ impl<'a> PageRef<'a> {
             bytes,
             leaf,
             count,
+            content_bytes,
         })
     }
 
     pub fn is_leaf(&self) -> bool {
         self.leaf
     }
-    /// Bytes the node's content takes (as `Node::encoded_bytes`).
+    /// Bytes the node's content takes (as `Node::encoded_bytes` of the node decoded from it).
     pub fn encoded_bytes(&self) -> usize {
-        let mut total = if self.leaf {
-            LEAF_OFF_SLOTS
-        } else {
-            BRANCH_OFF_SLOTS
-        };
-        for i in 0..self.count {
-            let klen = self.key(i).len();
-            total += if self.leaf {
-                SLOT_BYTES
-                    + LEAF_ENTRY_HEADER_BYTES
-                    + klen
-                    + match self.value(i) {
-                        ValRef::Inline(v) => v.len(),
-                        ValRef::Overflow { .. } => 8,
-                    }
-            } else {
-                branch_entry_bytes(klen)
-            };
-        }
-        total
+        self.content_bytes
     }
     /// Checks that keys are strictly ascending.
     pub fn check_order(&self) -> Result<(), StoreError> {
