@@ -500,6 +500,10 @@ fn is_virtual(id: PageId) -> bool {
     id >= VIRTUAL_BASE
 }
 
+/// `DbWriter::spread_leaf` spreads two leaves' entries over two pages while they average at
+/// most this many bytes, else over three (each then about two thirds full).
+const SPREAD_TWO_BYTES_MAX: usize = PAGE_SIZE * 15 / 16;
+
 /// With `DbOptions::defer_forced_sync`, a non-durable commit still syncs inline once the pages
 /// freed since the last durable commit exceed this many times `unsynced_freed_bytes_max`
 /// (the caller's deferred durable commit is late: bounds the file's growth).
@@ -1040,14 +1044,26 @@ impl DbWriter {
         if matches!(self.dirty.get(&id), Some(Dirty::Node(..))) {
             return Ok(id);
         }
-        let mut pool = std::mem::take(&mut self.pool);
-        let node = match self.base_node(id) {
-            Ok(NodeRef::Page(p)) => Ok((Node::from_page_in(&p, &mut pool), p.encoded_bytes())),
-            Ok(NodeRef::Mem(n)) => Ok((n.clone(), SIZE_UNKNOWN)),
-            Err(e) => Err(e),
-        };
-        self.pool = pool;
-        let (node, size) = node?;
+        if self.dirty.contains_key(&id) {
+            return Err(StoreError::Corrupt {
+                page: id,
+                reason: "tree node points at an overflow page".into(),
+            });
+        }
+        // One pread of the committed page straight into the buffer the node keeps (no copy
+        // through the map: no page faults, and the writer's copies do not add to the mapped
+        // set that `FileStorage` releases).
+        self.base.bytes_of(id)?;
+        let mut buf = self.pool.take_heap();
+        buf.resize(PAGE_SIZE, 0);
+        self.shared
+            .storage
+            .read_at(&mut buf, id * PAGE_SIZE as u64)?;
+        let verify = self.base.verify && !self.trusted.get(id);
+        let (node, size) = Node::from_page_buf(buf, id, verify, &mut self.pool)?;
+        if verify {
+            self.trusted.set(id);
+        }
         self.free_page(id);
         let new = self.alloc();
         self.dirty.insert(new, Dirty::Node(node, size));
@@ -1169,7 +1185,7 @@ impl DbWriter {
             self.root = id;
             return Ok(());
         }
-        let (root, split) = self.insert_rec(self.root, key, Ins::Val(val))?;
+        let (root, split) = self.insert_rec(self.root, key, Ins::Val(val), false)?;
         self.set_root(root, split);
         Ok(())
     }
@@ -1231,6 +1247,7 @@ impl DbWriter {
                 hi_in_prefix: false,
                 inserted: &mut inserted,
             },
+            false,
         )?;
         self.set_root(root, split);
         Ok(inserted)
@@ -1282,12 +1299,17 @@ impl DbWriter {
         }
     }
 
+    /// Inserts into the subtree at `page`; returns its new id and, if it split, the separator
+    /// and the new right sibling. Under a parent (`in_branch`), a leaf that overflows from an
+    /// insert inside it is returned overfull, unsplit: the parent spreads it over a sibling
+    /// (`spread_leaf`).
     #[allow(clippy::type_complexity)]
     fn insert_rec(
         &mut self,
         page: PageId,
         key: &[u8],
         mut ins: Ins<'_, '_>,
+        in_branch: bool,
     ) -> Result<(PageId, Option<(NodeKey, PageId)>), StoreError> {
         let id = self.make_dirty(page)?;
         let mut appended = false;
@@ -1356,8 +1378,9 @@ impl DbWriter {
             self.free_value(&v)?;
         }
         if let Some((idx, child)) = child {
-            let (new_child, split) = self.insert_rec(child, key, ins)?;
+            let (new_child, split) = self.insert_rec(child, key, ins, true)?;
             let (node, size) = self.node_sized(id);
+            let mut spill = false;
             if let Node::Branch { keys, children } = node {
                 children[idx] = new_child;
                 if let Some((sep, right)) = split {
@@ -1365,11 +1388,173 @@ impl DbWriter {
                     *size += branch_entry_bytes(sep.len());
                     keys.insert(idx, sep);
                     children.insert(idx + 1, right);
+                } else {
+                    spill = true;
                 }
             }
+            if spill && *self.node_sized(new_child).1 > PAGE_SIZE {
+                appended = self.spread_leaf(id, idx)?;
+            }
+        } else if in_branch && !appended {
+            // An overfull leaf goes back to the parent, which spreads it over a sibling.
+            return Ok((id, None));
         }
         let split = self.split_if_needed(id, appended);
         Ok((id, split))
+    }
+
+    /// Child `idx` of dirty branch `id` is a dirty leaf over a page. Spreads its entries and a
+    /// neighbour's (made dirty) evenly over two leaves, or over three when two would be more
+    /// than `SPREAD_TWO_BYTES_MAX` full on average: leaves end up fuller than with halving
+    /// splits (fewer leaves, so fewer pages a batch of random inserts rewrites). Returns
+    /// whether a separator was added at the end of `id` (for its own split point).
+    fn spread_leaf(&mut self, id: PageId, idx: usize) -> Result<bool, StoreError> {
+        let nchildren = match self.node_mut_sized_ref(id) {
+            Node::Branch { children, .. } => children.len(),
+            Node::Leaf { .. } => unreachable!("spread_leaf under a leaf"),
+        };
+        if nchildren < 2 {
+            let child = match self.node_mut_sized_ref(id) {
+                Node::Branch { children, .. } => children[idx],
+                Node::Leaf { .. } => unreachable!(),
+            };
+            let (sep, right) = self
+                .split_if_needed(child, false)
+                .expect("overfull leaf splits");
+            let (node, size) = self.node_sized(id);
+            if let Node::Branch { keys, children } = node {
+                *size += branch_entry_bytes(sep.len());
+                keys.insert(idx, sep);
+                children.insert(idx + 1, right);
+            }
+            return Ok(false);
+        }
+        let l = if idx + 1 < nchildren { idx } else { idx - 1 };
+        let (lid, rid) = match self.node_mut_sized_ref(id) {
+            Node::Branch { children, .. } => (children[l], children[l + 1]),
+            Node::Leaf { .. } => unreachable!(),
+        };
+        let (lid, rid) = if l == idx {
+            (lid, self.make_dirty(rid)?)
+        } else {
+            (self.make_dirty(lid)?, rid)
+        };
+        let (
+            Some(Dirty::Node(Node::Leaf { ents: le, heap: lh }, _)),
+            Some(Dirty::Node(Node::Leaf { ents: re, heap: rh }, _)),
+        ) = (self.dirty.get(&lid), self.dirty.get(&rid))
+        else {
+            return Err(StoreError::Corrupt {
+                page: rid,
+                reason: "a leaf's sibling is not a leaf".into(),
+            });
+        };
+        // Entries of both, in key order: (from the right leaf, heap offset, encoded bytes).
+        let all: Vec<(bool, u32, usize)> = le
+            .iter()
+            .map(|&e| (false, e, SLOT_BYTES + heap_entry_len(lh, e)))
+            .chain(
+                re.iter()
+                    .map(|&e| (true, e, SLOT_BYTES + heap_entry_len(rh, e))),
+            )
+            .collect();
+        let total: usize = all.iter().map(|a| a.2).sum();
+        let parts = if total <= 2 * SPREAD_TWO_BYTES_MAX {
+            2
+        } else {
+            3
+        };
+        // Cut points: the first entry of each part after the first, each part as close to
+        // total / parts as entry boundaries allow.
+        let mut cuts = Vec::with_capacity(parts - 1);
+        let mut acc = 0;
+        for (i, a) in all.iter().enumerate() {
+            let goal = total * (cuts.len() + 1) / parts;
+            if cuts.len() + 1 < parts
+                && acc + a.2 / 2 >= goal
+                && i > cuts.last().copied().unwrap_or(0)
+            {
+                cuts.push(i);
+            }
+            acc += a.2;
+        }
+        let bounds: Vec<usize> = std::iter::once(0)
+            .chain(cuts.iter().copied())
+            .chain(std::iter::once(all.len()))
+            .collect();
+        let fits = cuts.len() + 1 == parts
+            && bounds.windows(2).all(|w| {
+                w[0] < w[1]
+                    && LEAF_OFF_SLOTS + all[w[0]..w[1]].iter().map(|a| a.2).sum::<usize>()
+                        <= PAGE_SIZE
+            });
+        if !fits {
+            // Odd entry sizes: split the overfull leaf by itself.
+            let child = if l == idx { lid } else { rid };
+            let (sep, right) = self
+                .split_if_needed(child, false)
+                .expect("overfull leaf splits");
+            let (node, size) = self.node_sized(id);
+            let mut at_end = false;
+            if let Node::Branch { keys, children } = node {
+                children[l] = lid;
+                children[l + 1] = rid;
+                at_end = idx == keys.len();
+                *size += branch_entry_bytes(sep.len());
+                keys.insert(idx, sep);
+                children.insert(idx + 1, right);
+            }
+            return Ok(at_end);
+        }
+        let mut nodes = Vec::with_capacity(parts);
+        let mut seps: Vec<NodeKey> = Vec::with_capacity(parts - 1);
+        for w in bounds.windows(2) {
+            let mut heap = self.pool.take_heap();
+            let mut ents = Vec::with_capacity(w[1] - w[0] + 8);
+            let mut bytes = LEAF_OFF_SLOTS;
+            for &(right, e, n) in &all[w[0]..w[1]] {
+                let src: &[u8] = if right { rh } else { lh };
+                let len = n - SLOT_BYTES;
+                ents.push(heap.len() as u32);
+                heap.extend_from_slice(&src[e as usize..e as usize + len]);
+                bytes += n;
+            }
+            if w[0] > 0 {
+                let (pr, pe, _) = all[w[0] - 1];
+                let (nr, ne, _) = all[w[0]];
+                seps.push(separator(
+                    heap_key(if pr { rh } else { lh }, pe),
+                    heap_key(if nr { rh } else { lh }, ne),
+                ));
+            }
+            nodes.push((Node::Leaf { ents, heap }, bytes));
+        }
+        let mut nodes = nodes.into_iter();
+        let (n0, b0) = nodes.next().expect("left part");
+        let (n1, b1) = nodes.next().expect("right part");
+        for (nid, n, b) in [(lid, n0, b0), (rid, n1, b1)] {
+            if let Some(Dirty::Node(old, _)) = self.dirty.insert(nid, Dirty::Node(n, b)) {
+                self.pool.put(old);
+            }
+        }
+        let third = nodes.next().map(|(n, b)| {
+            let nid = self.alloc();
+            self.dirty.insert(nid, Dirty::Node(n, b));
+            nid
+        });
+        let mut seps = seps.into_iter();
+        let mut at_end = false;
+        if let Node::Branch { keys, children } = self.node_mut(id) {
+            children[l] = lid;
+            children[l + 1] = rid;
+            keys[l] = seps.next().expect("separator");
+            if let Some(nid) = third {
+                at_end = l + 1 == keys.len();
+                keys.insert(l + 1, seps.next().expect("second separator"));
+                children.insert(l + 2, nid);
+            }
+        }
+        Ok(at_end)
     }
 
     fn split_if_needed(&mut self, id: PageId, appended: bool) -> Option<(NodeKey, PageId)> {

@@ -504,6 +504,23 @@ impl NodePool {
     }
 }
 
+impl NodePool {
+    /// An empty heap buffer with room for a page and a few appended entries.
+    pub fn take_heap(&mut self) -> Vec<u8> {
+        take(&mut self.heaps, LEAF_HEAP_BYTES_INITIAL)
+    }
+    /// Keeps a heap buffer (emptied) for reuse.
+    pub fn put_heap(&mut self, mut heap: Vec<u8>) {
+        if self.heaps.len() < NODE_POOL_MAX {
+            heap.clear();
+            self.heaps.push(heap);
+        }
+    }
+}
+
+/// Capacity a decoded leaf's heap starts with: its page and room to append entries.
+pub const LEAF_HEAP_BYTES_INITIAL: usize = 2 * PAGE_SIZE;
+
 fn take<T>(list: &mut Vec<Vec<T>>, cap: usize) -> Vec<T> {
     match list.pop() {
         Some(mut v) => {
@@ -524,7 +541,7 @@ impl Node {
         if p.is_leaf() {
             // The page itself is the heap: entries keep their offsets, one copy in all
             // (`PageRef::parse` checked every entry lies inside the page).
-            let mut heap = take(&mut pool.heaps, 2 * PAGE_SIZE);
+            let mut heap = pool.take_heap();
             heap.extend_from_slice(p.bytes);
             let mut ents = take(&mut pool.ents, p.len() + 8);
             ents.extend((0..p.len()).map(|i| p.slot(i) as u32));
@@ -535,6 +552,27 @@ impl Node {
             let mut children = take(&mut pool.children, p.len() + 1);
             children.extend((0..=p.len()).map(|i| p.child(i)));
             Node::Branch { keys, children }
+        }
+    }
+
+    /// Decodes the page whose bytes `page` holds (read by the caller into a pooled buffer:
+    /// a leaf keeps it as its heap, no further copy). Returns the node and its encoded size.
+    pub fn from_page_buf(
+        page: Vec<u8>,
+        id: PageId,
+        verify_crc: bool,
+        pool: &mut NodePool,
+    ) -> Result<(Node, usize), StoreError> {
+        let p = PageRef::parse(&page, id, verify_crc)?;
+        let size = p.encoded_bytes();
+        if p.is_leaf() {
+            let mut ents = take(&mut pool.ents, p.len() + 8);
+            ents.extend((0..p.len()).map(|i| p.slot(i) as u32));
+            Ok((Node::Leaf { ents, heap: page }, size))
+        } else {
+            let node = Node::from_page_in(&p, pool);
+            pool.put_heap(page);
+            Ok((node, size))
         }
     }
 

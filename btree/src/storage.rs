@@ -23,6 +23,8 @@ pub trait Storage: Send + Sync + 'static {
     fn len(&self) -> io::Result<u64>;
     fn set_len(&self, len: u64) -> io::Result<()>;
     fn write_at(&self, buf: &[u8], off: u64) -> io::Result<()>;
+    /// Reads exactly `buf.len()` bytes at `off` (what a mapping made now would show there).
+    fn read_at(&self, buf: &mut [u8], off: u64) -> io::Result<()>;
     fn sync_data(&self) -> io::Result<()>;
     /// A view of the whole file as it is now. Must cover at least `len()` bytes.
     fn map(&self) -> io::Result<Arc<dyn Mapping>>;
@@ -106,6 +108,9 @@ impl Storage for FileStorage {
             self.release_mapped_pages();
         }
         Ok(())
+    }
+    fn read_at(&self, buf: &mut [u8], off: u64) -> io::Result<()> {
+        self.file.read_exact_at(buf, off)
     }
     fn sync_data(&self) -> io::Result<()> {
         self.file.sync_data()
@@ -256,6 +261,15 @@ impl Storage for SimStorage {
         }
         s.written[off as usize..end].copy_from_slice(buf);
         s.unsynced.push((off, buf.to_vec()));
+        Ok(())
+    }
+    fn read_at(&self, buf: &mut [u8], off: u64) -> io::Result<()> {
+        let s = self.lock();
+        let src = usize::try_from(off)
+            .ok()
+            .and_then(|o| s.written.get(o..o.checked_add(buf.len())?))
+            .ok_or_else(|| io::Error::from(io::ErrorKind::UnexpectedEof))?;
+        buf.copy_from_slice(src);
         Ok(())
     }
     fn sync_data(&self) -> io::Result<()> {
