@@ -502,7 +502,7 @@ fn is_virtual(id: PageId) -> bool {
 
 /// `DbWriter::spread_leaf` spreads two leaves' entries over two pages while they average at
 /// most this many bytes, else over three (each then about two thirds full).
-const SPREAD_TWO_BYTES_MAX: usize = PAGE_SIZE * 15 / 16;
+const SPREAD_TWO_BYTES_MAX: usize = PAGE_SIZE * 7 / 8;
 
 /// With `DbOptions::defer_forced_sync`, a non-durable commit still syncs inline once the pages
 /// freed since the last durable commit exceed this many times `unsynced_freed_bytes_max`
@@ -1054,8 +1054,7 @@ impl DbWriter {
         // through the map: no page faults, and the writer's copies do not add to the mapped
         // set that `FileStorage` releases).
         self.base.bytes_of(id)?;
-        let mut buf = self.pool.take_heap();
-        buf.resize(PAGE_SIZE, 0);
+        let mut buf = self.pool.take_page_buf();
         self.shared
             .storage
             .read_at(&mut buf, id * PAGE_SIZE as u64)?;
@@ -1403,42 +1402,137 @@ impl DbWriter {
         Ok((id, split))
     }
 
+    /// Evens out dirty sibling leaves `lid` and `rid` (children `l` and `l + 1` of dirty branch
+    /// `id`) by moving entries across their boundary, when both then fit and together they
+    /// average at most `SPREAD_TWO_BYTES_MAX`; updates the separator. Returns whether it did.
+    fn shift_leaves(&mut self, id: PageId, l: usize, lid: PageId, rid: PageId) -> bool {
+        let (ls, rs) = (*self.node_sized(lid).1, *self.node_sized(rid).1);
+        if ls + rs - LEAF_OFF_SLOTS > 2 * SPREAD_TWO_BYTES_MAX {
+            return false;
+        }
+        let Some(Dirty::Node(mut right, _)) = self.dirty.remove(&rid) else {
+            unreachable!("shift_leaves: {rid} is a dirty node");
+        };
+        let (Node::Leaf { ents: re, heap: rh }, (Node::Leaf { ents: le, heap: lh }, lsize)) =
+            (&mut right, self.node_sized(lid))
+        else {
+            unreachable!("shift_leaves: two leaves");
+        };
+        let size_of = |heap: &[u8], e: u32| SLOT_BYTES + heap_entry_len(heap, e);
+        // How many entries to move, and which way: while a move lowers the larger size.
+        let (mut a, mut b) = (ls, rs);
+        let mut moved = 0;
+        if ls > rs {
+            while moved + 1 < le.len() {
+                let n = size_of(lh, le[le.len() - 1 - moved]);
+                if b + n >= a {
+                    break;
+                }
+                (a, b, moved) = (a - n, b + n, moved + 1);
+            }
+        } else {
+            while moved + 1 < re.len() {
+                let n = size_of(rh, re[moved]);
+                if a + n >= b {
+                    break;
+                }
+                (a, b, moved) = (a + n, b - n, moved + 1);
+            }
+        }
+        let ok = moved > 0 && a <= PAGE_SIZE && b <= PAGE_SIZE;
+        if ok {
+            if ls > rs {
+                let from = le.len() - moved;
+                let mut offs = Vec::with_capacity(moved);
+                for &e in &le[from..] {
+                    offs.push(rh.len() as u32);
+                    let n = heap_entry_len(lh, e);
+                    rh.extend_from_slice(&lh[e as usize..e as usize + n]);
+                }
+                le.truncate(from);
+                re.splice(0..0, offs);
+            } else {
+                for &e in &re[..moved] {
+                    le.push(lh.len() as u32);
+                    let n = heap_entry_len(rh, e);
+                    lh.extend_from_slice(&rh[e as usize..e as usize + n]);
+                }
+                re.drain(..moved);
+            }
+            *lsize = a;
+            if lh.len() > LEAF_HEAP_BYTES_MAX {
+                *lh = compact_heap(le, lh);
+            }
+            if rh.len() > LEAF_HEAP_BYTES_MAX {
+                *rh = compact_heap(re, rh);
+            }
+        }
+        let sep = ok.then(|| {
+            separator(
+                heap_key(lh, *le.last().expect("left keeps an entry")),
+                heap_key(rh, re[0]),
+            )
+        });
+        self.dirty
+            .insert(rid, Dirty::Node(right, if ok { b } else { rs }));
+        let Some(sep) = sep else {
+            return false;
+        };
+        let (node, size) = self.node_sized(id);
+        if let Node::Branch { keys, .. } = node {
+            *size = *size + sep.len() - keys[l].len();
+            keys[l] = sep;
+        }
+        true
+    }
+
     /// Child `idx` of dirty branch `id` is a dirty leaf over a page. Spreads its entries and a
     /// neighbour's (made dirty) evenly over two leaves, or over three when two would be more
     /// than `SPREAD_TWO_BYTES_MAX` full on average: leaves end up fuller than with halving
     /// splits (fewer leaves, so fewer pages a batch of random inserts rewrites). Returns
     /// whether a separator was added at the end of `id` (for its own split point).
     fn spread_leaf(&mut self, id: PageId, idx: usize) -> Result<bool, StoreError> {
-        let nchildren = match self.node_mut_sized_ref(id) {
-            Node::Branch { children, .. } => children.len(),
+        let (lo, child, hi) = match self.node_mut_sized_ref(id) {
+            Node::Branch { children, .. } => (
+                idx.checked_sub(1).map(|i| children[i]),
+                children[idx],
+                children.get(idx + 1).copied(),
+            ),
             Node::Leaf { .. } => unreachable!("spread_leaf under a leaf"),
         };
-        if nchildren < 2 {
-            let child = match self.node_mut_sized_ref(id) {
-                Node::Branch { children, .. } => children[idx],
-                Node::Leaf { .. } => unreachable!(),
-            };
+        // Only over a neighbour this commit rewrites anyway: spreading over a clean one would
+        // write one more page now (small batches would pay it on most splits).
+        let dirty_leaf = |id: Option<PageId>| {
+            matches!(
+                id.and_then(|i| self.dirty.get(&i)),
+                Some(Dirty::Node(Node::Leaf { .. }, _))
+            )
+        };
+        let l = if dirty_leaf(hi) {
+            idx
+        } else if dirty_leaf(lo) {
+            idx - 1
+        } else {
             let (sep, right) = self
                 .split_if_needed(child, false)
                 .expect("overfull leaf splits");
             let (node, size) = self.node_sized(id);
+            let mut at_end = false;
             if let Node::Branch { keys, children } = node {
+                at_end = idx == keys.len();
                 *size += branch_entry_bytes(sep.len());
                 keys.insert(idx, sep);
                 children.insert(idx + 1, right);
             }
-            return Ok(false);
-        }
-        let l = if idx + 1 < nchildren { idx } else { idx - 1 };
+            return Ok(at_end);
+        };
         let (lid, rid) = match self.node_mut_sized_ref(id) {
             Node::Branch { children, .. } => (children[l], children[l + 1]),
             Node::Leaf { .. } => unreachable!(),
         };
-        let (lid, rid) = if l == idx {
-            (lid, self.make_dirty(rid)?)
-        } else {
-            (self.make_dirty(lid)?, rid)
-        };
+        if self.shift_leaves(id, l, lid, rid) {
+            return Ok(false);
+        }
         let (
             Some(Dirty::Node(Node::Leaf { ents: le, heap: lh }, _)),
             Some(Dirty::Node(Node::Leaf { ents: re, heap: rh }, _)),
@@ -1567,33 +1661,43 @@ impl DbWriter {
         if size <= PAGE_SIZE {
             return None;
         }
-        let node = self.node_mut(id);
-        let (sep, right) = match node {
+        let (node, size) = self.node_sized(id);
+        let (sep, right, left_bytes, right_bytes) = match node {
             Node::Leaf { ents, heap } => {
                 let sizes: Vec<usize> = ents
                     .iter()
                     .map(|&e| SLOT_BYTES + heap_entry_len(heap, e))
                     .collect();
                 let s = split_point(&sizes, LEAF_OFF_SLOTS, appended, 1);
+                let left_bytes = LEAF_OFF_SLOTS + sizes[..s].iter().sum::<usize>();
+                let right_bytes = LEAF_OFF_SLOTS + sizes[s..].iter().sum::<usize>();
                 let mut re = ents.split_off(s);
                 let sep = separator(
                     heap_key(heap, *ents.last().expect("left half")),
                     heap_key(heap, re[0]),
                 );
+                // The right half gets a compact heap; the left keeps its heap (the right
+                // half's entries stay in it as garbage until it is compacted).
                 let rheap = compact_heap(&mut re, heap);
-                *heap = compact_heap(ents, heap);
+                if heap.len() > LEAF_HEAP_BYTES_MAX {
+                    *heap = compact_heap(ents, heap);
+                }
                 (
                     sep,
                     Node::Leaf {
                         ents: re,
                         heap: rheap,
                     },
+                    left_bytes,
+                    right_bytes,
                 )
             }
             Node::Branch { keys, children } => {
                 let sizes: Vec<usize> = keys.iter().map(|k| branch_entry_bytes(k.len())).collect();
                 // Key `m` moves up; left keeps keys[..m], right keys[m+1..].
                 let m = split_point(&sizes, BRANCH_OFF_SLOTS, appended, 1).min(keys.len() - 2);
+                let left_bytes = BRANCH_OFF_SLOTS + sizes[..m].iter().sum::<usize>();
+                let right_bytes = BRANCH_OFF_SLOTS + sizes[m + 1..].iter().sum::<usize>();
                 let rk = keys.split_off(m + 1);
                 let sep = keys.pop().expect("separator");
                 let rc = children.split_off(m + 1);
@@ -1603,19 +1707,18 @@ impl DbWriter {
                         keys: rk,
                         children: rc,
                     },
+                    left_bytes,
+                    right_bytes,
                 )
             }
         };
-        assert!(
-            self.node_mut(id).encoded_bytes() <= PAGE_SIZE,
-            "left half of split overflows"
-        );
-        assert!(
-            right.encoded_bytes() <= PAGE_SIZE,
-            "right half of split overflows"
-        );
+        assert!(left_bytes <= PAGE_SIZE, "left half of split overflows");
+        assert!(right_bytes <= PAGE_SIZE, "right half of split overflows");
+        *size = left_bytes;
+        debug_assert_eq!(Some(left_bytes), self.node_bytes(id).ok());
+        debug_assert_eq!(right_bytes, right.encoded_bytes());
         let rid = self.alloc();
-        self.dirty.insert(rid, Dirty::Node(right, SIZE_UNKNOWN));
+        self.dirty.insert(rid, Dirty::Node(right, right_bytes));
         Some((sep, rid))
     }
 

@@ -494,7 +494,7 @@ impl NodePool {
         match n {
             Node::Leaf { ents, heap } => {
                 keep(&mut self.ents, ents);
-                keep(&mut self.heaps, heap);
+                self.put_heap(heap);
             }
             Node::Branch { keys, children } => {
                 keep(&mut self.keys, keys);
@@ -507,12 +507,27 @@ impl NodePool {
 impl NodePool {
     /// An empty heap buffer with room for a page and a few appended entries.
     pub fn take_heap(&mut self) -> Vec<u8> {
-        take(&mut self.heaps, LEAF_HEAP_BYTES_INITIAL)
+        let mut h = self.heaps.pop().unwrap_or_default();
+        h.clear();
+        h.reserve(LEAF_HEAP_BYTES_INITIAL);
+        h
     }
-    /// Keeps a heap buffer (emptied) for reuse.
-    pub fn put_heap(&mut self, mut heap: Vec<u8>) {
+    /// A buffer of `PAGE_SIZE` bytes to read a page into (its old bytes, if it is a reused
+    /// buffer: the read overwrites them all), with room to append entries.
+    pub fn take_page_buf(&mut self) -> Vec<u8> {
+        let mut h = self.heaps.pop().unwrap_or_default();
+        if h.len() >= PAGE_SIZE {
+            h.truncate(PAGE_SIZE);
+        } else {
+            h.clear();
+            h.reserve(LEAF_HEAP_BYTES_INITIAL);
+            h.resize(PAGE_SIZE, 0);
+        }
+        h
+    }
+    /// Keeps a heap buffer for reuse (bytes left in place: `take_heap` empties it).
+    pub fn put_heap(&mut self, heap: Vec<u8>) {
         if self.heaps.len() < NODE_POOL_MAX {
-            heap.clear();
             self.heaps.push(heap);
         }
     }
@@ -598,16 +613,13 @@ impl Node {
 
     pub fn encode(&self, id: PageId, page: &mut [u8]) {
         assert_eq!(page.len(), PAGE_SIZE);
-        assert!(
-            self.encoded_bytes() <= PAGE_SIZE,
-            "node {id} overflows its page"
-        );
         match self {
             Node::Leaf { ents, heap } => {
                 let mut off = LEAF_OFF_SLOTS + ents.len() * SLOT_BYTES;
                 for (i, &e) in ents.iter().enumerate() {
                     wr_u16(page, LEAF_OFF_SLOTS + i * SLOT_BYTES, off as u16);
                     let n = heap_entry_len(heap, e);
+                    assert!(off + n <= PAGE_SIZE, "node {id} overflows its page");
                     page[off..off + n].copy_from_slice(&heap[e as usize..e as usize + n]);
                     off += n;
                 }
@@ -616,6 +628,10 @@ impl Node {
             }
             Node::Branch { keys, children } => {
                 assert_eq!(children.len(), keys.len() + 1);
+                assert!(
+                    self.encoded_bytes() <= PAGE_SIZE,
+                    "node {id} overflows its page"
+                );
                 wr_u64(page, BRANCH_OFF_CHILD0, children[0]);
                 let mut off = BRANCH_OFF_SLOTS + keys.len() * SLOT_BYTES;
                 for (i, k) in keys.iter().enumerate() {
