@@ -43,6 +43,28 @@ pub struct DbOptions {
     /// (4) times the limit, or while such a sync is in flight and a durable commit is asked
     /// for, the commit syncs inline.
     pub defer_forced_sync: bool,
+    /// How the writer reads the committed pages it copies (`DbWriter::read_through_map`);
+    /// `FERRITE_BTREE_READS=map|pread` overrides the default `Auto` (for A/B runs).
+    pub reads: PageReads,
+}
+
+/// See `DbOptions::reads`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PageReads {
+    /// pread a page when the map would fault for it alone, else copy it from the map.
+    Auto,
+    Map,
+    Pread,
+}
+
+impl PageReads {
+    fn from_env() -> PageReads {
+        match std::env::var("FERRITE_BTREE_READS").as_deref() {
+            Ok("map") => PageReads::Map,
+            Ok("pread") => PageReads::Pread,
+            _ => PageReads::Auto,
+        }
+    }
 }
 
 impl Default for DbOptions {
@@ -52,6 +74,7 @@ impl Default for DbOptions {
             unsynced_freed_bytes_max: 64 << 20,
             grow_bytes_min: 1 << 20,
             defer_forced_sync: false,
+            reads: PageReads::from_env(),
         }
     }
 }
@@ -448,7 +471,16 @@ pub struct DbWriter {
     /// it reads them without recomputing the checksum (header and bounds are still checked).
     /// Every other page the writer reads is verified first. See `Trusted`.
     trusted: Trusted,
+    /// Per window of `MAP_WINDOW_PAGES` pages: pages `make_dirty` read in it since `map_epoch`
+    /// (saturating).
+    map_windows: Vec<u8>,
+    map_epoch: u64,
 }
+
+/// Pages the kernel maps around a faulting page of a file mapping (fault-around: 64 KiB).
+const MAP_WINDOW_PAGES: u64 = 16;
+/// Reads in a window that `make_dirty` does with pread before it reads through the map.
+const MAP_WINDOW_READS_PREAD: u8 = 2;
 
 /// One bit per page id: set once the page's bytes in the file are known to be what this
 /// writer wrote, or were read and verified (crc32c) by it, since open. The file changes only
@@ -876,6 +908,8 @@ impl DbWriter {
             sync_in_flight: None,
             poisoned: false,
             trusted,
+            map_windows: Vec::new(),
+            map_epoch: u64::MAX,
         })
     }
 
@@ -915,6 +949,33 @@ impl DbWriter {
             self.trusted.set(id);
         }
         Ok(NodeRef::Page(p))
+    }
+
+    /// Whether `make_dirty` copies page `id` from the map rather than pread it. A read through
+    /// the map faults unless the page's window is mapped, and the fault maps the whole window
+    /// (the kernel's fault-around): worth it where the writer reads several pages of a window
+    /// (a big batch over a small tree), not where it reads one page per window (puts spread
+    /// over a big tree: a fault per page, and the map's resident set to release). So: pread
+    /// the first `MAP_WINDOW_READS_PREAD` pages read in a window since the map was last
+    /// (re)made or released, the map from then on.
+    fn read_through_map(&mut self, id: PageId) -> bool {
+        match self.opts.reads {
+            PageReads::Map => return true,
+            PageReads::Pread => return false,
+            PageReads::Auto => {}
+        }
+        let epoch = self.shared.storage.map_epoch();
+        if epoch != self.map_epoch {
+            self.map_epoch = epoch;
+            self.map_windows.fill(0);
+        }
+        let w = (id / MAP_WINDOW_PAGES) as usize;
+        if w >= self.map_windows.len() {
+            self.map_windows.resize(w + 1, 0);
+        }
+        let seen = self.map_windows[w];
+        self.map_windows[w] = seen.saturating_add(1);
+        seen >= MAP_WINDOW_READS_PREAD
     }
 
     /// A placeholder id for a new page (`commit` assigns the real one).
@@ -1050,14 +1111,17 @@ impl DbWriter {
                 reason: "tree node points at an overflow page".into(),
             });
         }
-        // One pread of the committed page straight into the buffer the node keeps (no copy
-        // through the map: no page faults, and the writer's copies do not add to the mapped
-        // set that `FileStorage` releases).
+        // The committed page goes into the buffer the node keeps: copied from the map, or read
+        // with one pread where the map would fault for this page alone (`read_through_map`).
         self.base.bytes_of(id)?;
         let mut buf = self.pool.take_page_buf();
-        self.shared
-            .storage
-            .read_at(&mut buf, id * PAGE_SIZE as u64)?;
+        if self.read_through_map(id) {
+            buf.copy_from_slice(self.base.bytes_of(id)?);
+        } else {
+            self.shared
+                .storage
+                .read_at(&mut buf, id * PAGE_SIZE as u64)?;
+        }
         let verify = self.base.verify && !self.trusted.get(id);
         let (node, size) = Node::from_page_buf(buf, id, verify, &mut self.pool)?;
         if verify {

@@ -33,7 +33,7 @@ pub mod mvcc;
 pub mod page;
 pub mod storage;
 
-pub use db::{Db, DbOptions, DbWriter, PendingSync, Snapshot, SyncedCommit};
+pub use db::{Db, DbOptions, DbWriter, PageReads, PendingSync, Snapshot, SyncedCommit};
 pub use error::StoreError;
 pub use mvcc::{
     Event, EventKind, KeyValue, MvccError, MvccStore, RangeOptions, RangeResult, ReadView,

@@ -28,6 +28,11 @@ pub trait Storage: Send + Sync + 'static {
     fn sync_data(&self) -> io::Result<()>;
     /// A view of the whole file as it is now. Must cover at least `len()` bytes.
     fn map(&self) -> io::Result<Arc<dyn Mapping>>;
+    /// Changes whenever the current map's pages may have been unmapped from this process (a
+    /// new map, or a release of its resident pages): reads through the map may fault again.
+    fn map_epoch(&self) -> u64 {
+        0
+    }
 }
 
 /// A real file: pwrite + fdatasync for writes, one shared memory map for reads.
@@ -36,6 +41,8 @@ pub struct FileStorage {
     map: Mutex<Option<(u64, Arc<FileMap>)>>,
     /// Bytes written since the map's resident pages were last released.
     written_since_release: AtomicU64,
+    /// New maps and releases so far (`Storage::map_epoch`).
+    epoch: AtomicU64,
 }
 
 /// After this many bytes of page writes the map's resident pages are released
@@ -66,6 +73,7 @@ impl FileStorage {
             file,
             map: Mutex::new(None),
             written_since_release: AtomicU64::new(0),
+            epoch: AtomicU64::new(0),
         })
     }
 }
@@ -131,7 +139,11 @@ impl Storage for FileStorage {
         let m = unsafe { memmap2::Mmap::map(&self.file)? };
         let m = Arc::new(FileMap(m));
         *cached = Some((len, m.clone()));
+        self.epoch.fetch_add(1, Ordering::Relaxed);
         Ok(m)
+    }
+    fn map_epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Relaxed)
     }
 }
 
@@ -140,6 +152,7 @@ impl FileStorage {
     /// cache). Best effort: a failure only means the pages stay mapped.
     fn release_mapped_pages(&self) {
         let cached = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        self.epoch.fetch_add(1, Ordering::Relaxed);
         if let Some((_, m)) = cached.as_ref() {
             // SAFETY: `MADV_DONTNEED` on a read-only MAP_SHARED file mapping only unmaps its
             // pages from this process: the next access through any view re-reads the same
