@@ -510,7 +510,7 @@ impl Trusted {
     fn cover(&mut self, page_count: u64) {
         let words = page_count.div_ceil(64) as usize;
         self.words.resize_with(words, Default::default);
-        if page_count % 64 != 0 {
+        if !page_count.is_multiple_of(64) {
             let last = &self.words[words - 1];
             last.set(last.get() & ((1u64 << (page_count % 64)) - 1));
         }
