@@ -12,7 +12,9 @@
 //! - A page reachable from a live snapshot or from the durable meta page is never rewritten.
 //! - One writer; any number of readers on any thread, each pinning a snapshot without locks.
 //! - Every page read is validated (checksum, own id, kind, bounds); corruption is an error that
-//!   names the page id, never a panic.
+//!   names the page id, never a panic. The writer checks the checksum of a page once per open:
+//!   it skips it for pages it wrote itself or verified since open (`db::Trusted`); readers
+//!   check it on every read.
 //!
 //! **Tests** (`cargo test -p ferrite-btree --release`, under a minute): `tests/model.rs`
 //! (property tests against a `BTreeMap` and an MVCC history model, with crashes;
