@@ -20,6 +20,7 @@
 //! (property tests against a `BTreeMap` and an MVCC history model, with crashes;
 //! `PROPTEST_CASES=1000` for a longer run), `tests/crash.rs` (every write / sync / resize cut,
 //! torn unsynced writes), `tests/corrupt.rs` (corrupt pages are errors naming the page),
+//! `tests/leaf_spread.rs` (overfull leaves spread over neighbours keep the tree valid),
 //! `tests/snapshot_stability.rs` (a pinned snapshot across 10k commits), `tests/mvcc_etcd.rs`
 //! (etcd's semantics case by case). Fuzzing: `cd btree/fuzz && cargo +nightly fuzz run
 //! page_decode`. loom: `loom-tests/tests/btree_pinning.rs`. Benchmark against redb:
