@@ -2454,11 +2454,13 @@ impl DbWriter {
             if *freed_txn > oldest_live || *freed_txn > self.last_durable_txn {
                 break;
             }
-            let (_, ids) = self.pending.pop_front().expect("front");
+            let (_, mut ids) = self.pending.pop_front().expect("front");
             self.pending_count -= ids.len() as u64;
-            for id in ids {
-                assert!(self.free.insert(id), "page {id} freed twice");
-            }
+            // A commit's pages are mostly one run of the file: added a run at a time.
+            assert!(
+                self.free.insert_all(&mut ids),
+                "a page freed twice in {ids:?}"
+            );
         }
     }
 
