@@ -43,6 +43,28 @@ pub struct DbOptions {
     /// (4) times the limit, or while such a sync is in flight and a durable commit is asked
     /// for, the commit syncs inline.
     pub defer_forced_sync: bool,
+    /// How the writer reads the committed pages it copies (`DbWriter::read_through_map`);
+    /// `FERRITE_BTREE_READS=map|pread` overrides the default `Auto` (for A/B runs).
+    pub reads: PageReads,
+}
+
+/// See `DbOptions::reads`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PageReads {
+    /// pread a page when the map would fault for it alone, else copy it from the map.
+    Auto,
+    Map,
+    Pread,
+}
+
+impl PageReads {
+    fn from_env() -> PageReads {
+        match std::env::var("FERRITE_BTREE_READS").as_deref() {
+            Ok("map") => PageReads::Map,
+            Ok("pread") => PageReads::Pread,
+            _ => PageReads::Auto,
+        }
+    }
 }
 
 impl Default for DbOptions {
@@ -52,6 +74,7 @@ impl Default for DbOptions {
             unsynced_freed_bytes_max: 64 << 20,
             grow_bytes_min: 1 << 20,
             defer_forced_sync: false,
+            reads: PageReads::from_env(),
         }
     }
 }
@@ -444,12 +467,54 @@ pub struct DbWriter {
     /// The txn of a durable commit written but not yet known synced (`commit_durable_start`).
     sync_in_flight: Option<u64>,
     poisoned: bool,
-    /// Base pages whose checksum this writer verified since `base` was last replaced (a
-    /// small ring). A put reads its leaf twice (the key's latest version, then the copy-on-write
-    /// decode): the second read skips the crc32c but still checks header and bounds. Pages of
-    /// `base` are immutable until the next commit replaces it; every `commit` clears the ring.
-    verified: std::cell::Cell<[PageId; VERIFIED_RING_PAGES]>,
-    verified_next: std::cell::Cell<usize>,
+    /// Pages whose bytes in the file this writer wrote itself or verified (crc32c) since open;
+    /// it reads them without recomputing the checksum (header and bounds are still checked).
+    /// Every other page the writer reads is verified first. See `Trusted`.
+    trusted: Trusted,
+    /// Per window of `MAP_WINDOW_PAGES` pages: pages `make_dirty` read in it since `map_epoch`
+    /// (saturating).
+    map_windows: Vec<u8>,
+    map_epoch: u64,
+}
+
+/// Pages the kernel maps around a faulting page of a file mapping (fault-around: 64 KiB).
+const MAP_WINDOW_PAGES: u64 = 16;
+/// Reads in a window that `make_dirty` does with pread before it reads through the map.
+const MAP_WINDOW_READS_PREAD: u8 = 2;
+
+/// One bit per page id: set once the page's bytes in the file are known to be what this
+/// writer wrote, or were read and verified (crc32c) by it, since open. The file changes only
+/// through the writer's own writes, and every write sets the bits of the pages it covers, so a
+/// set bit stays true until the process ends; a reopen starts with none set (only the pages
+/// open's commit-record check verified). Readers (`Snapshot`) do not use it: they verify
+/// every page they read.
+#[derive(Default)]
+struct Trusted {
+    words: Vec<std::cell::Cell<u64>>,
+}
+
+impl Trusted {
+    fn get(&self, id: PageId) -> bool {
+        self.words
+            .get((id / 64) as usize)
+            .is_some_and(|w| w.get() & (1 << (id % 64)) != 0)
+    }
+    /// Sets the bit of `id` (ids past the bitmap are left untrusted until `cover` grows it).
+    fn set(&self, id: PageId) {
+        if let Some(w) = self.words.get((id / 64) as usize) {
+            w.set(w.get() | 1 << (id % 64));
+        }
+    }
+    /// Makes room for ids below `page_count`; drops the bits of ids at or past it (pages cut
+    /// off the file's end come back later as fresh pages).
+    fn cover(&mut self, page_count: u64) {
+        let words = page_count.div_ceil(64) as usize;
+        self.words.resize_with(words, Default::default);
+        if !page_count.is_multiple_of(64) {
+            let last = &self.words[words - 1];
+            last.set(last.get() & ((1u64 << (page_count % 64)) - 1));
+        }
+    }
 }
 
 /// Pages allocated since the last commit get placeholder ids from here up; `commit` assigns
@@ -467,13 +532,14 @@ fn is_virtual(id: PageId) -> bool {
     id >= VIRTUAL_BASE
 }
 
+/// `DbWriter::spread_leaf` spreads two leaves' entries over two pages while they average at
+/// most this many bytes, else over three (each then about two thirds full).
+const SPREAD_TWO_BYTES_MAX: usize = PAGE_SIZE * 7 / 8;
+
 /// With `DbOptions::defer_forced_sync`, a non-durable commit still syncs inline once the pages
 /// freed since the last durable commit exceed this many times `unsynced_freed_bytes_max`
 /// (the caller's deferred durable commit is late: bounds the file's growth).
 const UNSYNCED_FREED_DEFERRED_FACTOR_MAX: u64 = 4;
-
-/// Entries of `DbWriter::verified`: a few root-to-leaf paths.
-const VERIFIED_RING_PAGES: usize = 8;
 
 /// Which durable commit `Db::open` chose, and why.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -490,12 +556,12 @@ pub struct OpenReport {
 }
 
 /// Checks the commit record of `m` against the file: every listed page must hold the crc32c
-/// the record names (in its header, and computed). Returns the record's pages and the number
-/// of pages checked. Cost: one read + crc32c of each page written since the previous durable
-/// commit.
-fn verify_record(file: &[u8], m: &Meta) -> Result<(Vec<PageId>, u64), StoreError> {
+/// the record names (in its header, and computed). Returns the record's pages and the pages it
+/// lists (each checked). Cost: one read + crc32c of each page written since the previous
+/// durable commit.
+fn verify_record(file: &[u8], m: &Meta) -> Result<(Vec<PageId>, Vec<PageId>), StoreError> {
     if m.record == 0 {
-        return Ok((Vec::new(), 0));
+        return Ok((Vec::new(), Vec::new()));
     }
     let page = |id: PageId| -> Result<&[u8], StoreError> {
         if id < 2 || id >= m.page_count {
@@ -520,6 +586,7 @@ fn verify_record(file: &[u8], m: &Meta) -> Result<(Vec<PageId>, u64), StoreError
     let mut pages = Vec::new();
     let mut crc = 0u32;
     let mut checked = 0u64;
+    let mut listed = Vec::new();
     let mut id = m.record;
     while id != 0 {
         if pages.len() as u64 >= m.page_count {
@@ -552,6 +619,7 @@ fn verify_record(file: &[u8], m: &Meta) -> Result<(Vec<PageId>, u64), StoreError
                     ),
                 });
             }
+            listed.push(pid);
         }
         pages.push(id);
         id = next;
@@ -566,7 +634,7 @@ fn verify_record(file: &[u8], m: &Meta) -> Result<(Vec<PageId>, u64), StoreError
             ),
         });
     }
-    Ok((pages, checked))
+    Ok((pages, listed))
 }
 
 /// A cheap, cloneable handle that pins the latest committed tree without locks.
@@ -673,6 +741,7 @@ impl DbWriter {
     fn open(storage: Arc<dyn Storage>, opts: DbOptions) -> Result<DbWriter, StoreError> {
         let mut file_len = storage.len()?;
         let mut report = OpenReport::default();
+        let mut verified_at_open = Vec::new();
         let (meta, slot, record_pages) = if file_len == 0 {
             let meta = Meta {
                 txn: 0,
@@ -721,9 +790,10 @@ impl DbWriter {
             let mut failures = Vec::new();
             for (m, slot) in candidates {
                 match verify_record(b, &m) {
-                    Ok((pages, verified)) => {
+                    Ok((pages, listed)) => {
                         chosen = Some((m, slot, pages));
-                        report.verified_pages = verified;
+                        report.verified_pages = listed.len() as u64;
+                        verified_at_open = listed;
                         break;
                     }
                     Err(e) => failures.push((m.txn, e)),
@@ -798,6 +868,11 @@ impl DbWriter {
             id = rd_u64(b, FREELIST_OFF_NEXT);
         }
         let in_use = meta.page_count - free.len() as u64;
+        let mut trusted = Trusted::default();
+        trusted.cover(meta.page_count);
+        for id in verified_at_open {
+            trusted.set(id);
+        }
         let shared = Arc::new(Shared {
             storage,
             current: ArcSwap::new(base.clone()),
@@ -832,8 +907,9 @@ impl DbWriter {
             unsynced_freed_pages: 0,
             sync_in_flight: None,
             poisoned: false,
-            verified: std::cell::Cell::new([0; VERIFIED_RING_PAGES]),
-            verified_next: std::cell::Cell::new(0),
+            trusted,
+            map_windows: Vec::new(),
+            map_epoch: u64::MAX,
         })
     }
 
@@ -864,24 +940,42 @@ impl DbWriter {
         self.shared.in_use_bytes.load(Ordering::Relaxed)
     }
 
-    /// A node of the committed tree `base`, its checksum verified once per commit (see
-    /// `verified`).
+    /// A node of the committed tree `base`; its checksum is verified unless this writer wrote
+    /// or verified the page since open (see `Trusted`).
     fn base_node(&self, id: PageId) -> Result<NodeRef<'_>, StoreError> {
-        let ring = self.verified.get();
-        if id >= 2 && self.base.verify && ring.contains(&id) {
-            return Ok(NodeRef::Page(PageRef::parse(
-                self.base.bytes_of(id)?,
-                id,
-                false,
-            )?));
+        let verify = self.base.verify && !self.trusted.get(id);
+        let p = PageRef::parse(self.base.bytes_of(id)?, id, verify)?;
+        if verify {
+            self.trusted.set(id);
         }
-        let n = self.base.node(id)?;
-        let mut ring = ring;
-        let at = self.verified_next.get();
-        ring[at] = id;
-        self.verified.set(ring);
-        self.verified_next.set((at + 1) % VERIFIED_RING_PAGES);
-        Ok(n)
+        Ok(NodeRef::Page(p))
+    }
+
+    /// Whether `make_dirty` copies page `id` from the map rather than pread it. A read through
+    /// the map faults unless the page's window is mapped, and the fault maps the whole window
+    /// (the kernel's fault-around): worth it where the writer reads several pages of a window
+    /// (a big batch over a small tree), not where it reads one page per window (puts spread
+    /// over a big tree: a fault per page, and the map's resident set to release). So: pread
+    /// the first `MAP_WINDOW_READS_PREAD` pages read in a window since the map was last
+    /// (re)made or released, the map from then on.
+    fn read_through_map(&mut self, id: PageId) -> bool {
+        match self.opts.reads {
+            PageReads::Map => return true,
+            PageReads::Pread => return false,
+            PageReads::Auto => {}
+        }
+        let epoch = self.shared.storage.map_epoch();
+        if epoch != self.map_epoch {
+            self.map_epoch = epoch;
+            self.map_windows.fill(0);
+        }
+        let w = (id / MAP_WINDOW_PAGES) as usize;
+        if w >= self.map_windows.len() {
+            self.map_windows.resize(w + 1, 0);
+        }
+        let seen = self.map_windows[w];
+        self.map_windows[w] = seen.saturating_add(1);
+        seen >= MAP_WINDOW_READS_PREAD
     }
 
     /// A placeholder id for a new page (`commit` assigns the real one).
@@ -1011,17 +1105,31 @@ impl DbWriter {
         if matches!(self.dirty.get(&id), Some(Dirty::Node(..))) {
             return Ok(id);
         }
-        let mut pool = std::mem::take(&mut self.pool);
-        let node = match self.base_node(id) {
-            Ok(NodeRef::Page(p)) => Ok(Node::from_page_in(&p, &mut pool)),
-            Ok(NodeRef::Mem(n)) => Ok(n.clone()),
-            Err(e) => Err(e),
-        };
-        self.pool = pool;
-        let node = node?;
+        if self.dirty.contains_key(&id) {
+            return Err(StoreError::Corrupt {
+                page: id,
+                reason: "tree node points at an overflow page".into(),
+            });
+        }
+        // The committed page goes into the buffer the node keeps: copied from the map, or read
+        // with one pread where the map would fault for this page alone (`read_through_map`).
+        self.base.bytes_of(id)?;
+        let mut buf = self.pool.take_page_buf();
+        if self.read_through_map(id) {
+            buf.copy_from_slice(self.base.bytes_of(id)?);
+        } else {
+            self.shared
+                .storage
+                .read_at(&mut buf, id * PAGE_SIZE as u64)?;
+        }
+        let verify = self.base.verify && !self.trusted.get(id);
+        let (node, size) = Node::from_page_buf(buf, id, verify, &mut self.pool)?;
+        if verify {
+            self.trusted.set(id);
+        }
         self.free_page(id);
         let new = self.alloc();
-        self.dirty.insert(new, Dirty::Node(node, SIZE_UNKNOWN));
+        self.dirty.insert(new, Dirty::Node(node, size));
         Ok(new)
     }
 
@@ -1140,7 +1248,7 @@ impl DbWriter {
             self.root = id;
             return Ok(());
         }
-        let (root, split) = self.insert_rec(self.root, key, Ins::Val(val))?;
+        let (root, split) = self.insert_rec(self.root, key, Ins::Val(val), false)?;
         self.set_root(root, split);
         Ok(())
     }
@@ -1202,6 +1310,7 @@ impl DbWriter {
                 hi_in_prefix: false,
                 inserted: &mut inserted,
             },
+            false,
         )?;
         self.set_root(root, split);
         Ok(inserted)
@@ -1253,12 +1362,17 @@ impl DbWriter {
         }
     }
 
+    /// Inserts into the subtree at `page`; returns its new id and, if it split, the separator
+    /// and the new right sibling. Under a parent (`in_branch`), a leaf that overflows from an
+    /// insert inside it is returned overfull, unsplit: the parent spreads it over a sibling
+    /// (`spread_leaf`).
     #[allow(clippy::type_complexity)]
     fn insert_rec(
         &mut self,
         page: PageId,
         key: &[u8],
         mut ins: Ins<'_, '_>,
+        in_branch: bool,
     ) -> Result<(PageId, Option<(NodeKey, PageId)>), StoreError> {
         let id = self.make_dirty(page)?;
         let mut appended = false;
@@ -1327,8 +1441,9 @@ impl DbWriter {
             self.free_value(&v)?;
         }
         if let Some((idx, child)) = child {
-            let (new_child, split) = self.insert_rec(child, key, ins)?;
+            let (new_child, split) = self.insert_rec(child, key, ins, true)?;
             let (node, size) = self.node_sized(id);
+            let mut spill = false;
             if let Node::Branch { keys, children } = node {
                 children[idx] = new_child;
                 if let Some((sep, right)) = split {
@@ -1336,11 +1451,268 @@ impl DbWriter {
                     *size += branch_entry_bytes(sep.len());
                     keys.insert(idx, sep);
                     children.insert(idx + 1, right);
+                } else {
+                    spill = true;
                 }
             }
+            if spill && *self.node_sized(new_child).1 > PAGE_SIZE {
+                appended = self.spread_leaf(id, idx)?;
+            }
+        } else if in_branch && !appended {
+            // An overfull leaf goes back to the parent, which spreads it over a sibling.
+            return Ok((id, None));
         }
         let split = self.split_if_needed(id, appended);
         Ok((id, split))
+    }
+
+    /// Evens out dirty sibling leaves `lid` and `rid` (children `l` and `l + 1` of dirty branch
+    /// `id`) by moving entries across their boundary, when both then fit and together they
+    /// average at most `SPREAD_TWO_BYTES_MAX`; updates the separator. Returns whether it did.
+    fn shift_leaves(&mut self, id: PageId, l: usize, lid: PageId, rid: PageId) -> bool {
+        let (ls, rs) = (*self.node_sized(lid).1, *self.node_sized(rid).1);
+        if ls + rs - LEAF_OFF_SLOTS > 2 * SPREAD_TWO_BYTES_MAX {
+            return false;
+        }
+        let Some(Dirty::Node(mut right, _)) = self.dirty.remove(&rid) else {
+            unreachable!("shift_leaves: {rid} is a dirty node");
+        };
+        let (Node::Leaf { ents: re, heap: rh }, (Node::Leaf { ents: le, heap: lh }, lsize)) =
+            (&mut right, self.node_sized(lid))
+        else {
+            unreachable!("shift_leaves: two leaves");
+        };
+        let size_of = |heap: &[u8], e: u32| SLOT_BYTES + heap_entry_len(heap, e);
+        // How many entries to move, and which way: while a move lowers the larger size.
+        let (mut a, mut b) = (ls, rs);
+        let mut moved = 0;
+        if ls > rs {
+            while moved + 1 < le.len() {
+                let n = size_of(lh, le[le.len() - 1 - moved]);
+                if b + n >= a {
+                    break;
+                }
+                (a, b, moved) = (a - n, b + n, moved + 1);
+            }
+        } else {
+            while moved + 1 < re.len() {
+                let n = size_of(rh, re[moved]);
+                if a + n >= b {
+                    break;
+                }
+                (a, b, moved) = (a + n, b - n, moved + 1);
+            }
+        }
+        let ok = moved > 0 && a <= PAGE_SIZE && b <= PAGE_SIZE;
+        if ok {
+            if ls > rs {
+                let from = le.len() - moved;
+                let mut offs = Vec::with_capacity(moved);
+                for &e in &le[from..] {
+                    offs.push(rh.len() as u32);
+                    let n = heap_entry_len(lh, e);
+                    rh.extend_from_slice(&lh[e as usize..e as usize + n]);
+                }
+                le.truncate(from);
+                re.splice(0..0, offs);
+            } else {
+                for &e in &re[..moved] {
+                    le.push(lh.len() as u32);
+                    let n = heap_entry_len(rh, e);
+                    lh.extend_from_slice(&rh[e as usize..e as usize + n]);
+                }
+                re.drain(..moved);
+            }
+            *lsize = a;
+            if lh.len() > LEAF_HEAP_BYTES_MAX {
+                *lh = compact_heap(le, lh);
+            }
+            if rh.len() > LEAF_HEAP_BYTES_MAX {
+                *rh = compact_heap(re, rh);
+            }
+        }
+        let sep = ok.then(|| {
+            separator(
+                heap_key(lh, *le.last().expect("left keeps an entry")),
+                heap_key(rh, re[0]),
+            )
+        });
+        self.dirty
+            .insert(rid, Dirty::Node(right, if ok { b } else { rs }));
+        let Some(sep) = sep else {
+            return false;
+        };
+        let (node, size) = self.node_sized(id);
+        if let Node::Branch { keys, .. } = node {
+            *size = *size + sep.len() - keys[l].len();
+            keys[l] = sep;
+        }
+        true
+    }
+
+    /// Child `idx` of dirty branch `id` is a dirty leaf over a page. Spreads its entries and a
+    /// neighbour's (made dirty) evenly over two leaves, or over three when two would be more
+    /// than `SPREAD_TWO_BYTES_MAX` full on average: leaves end up fuller than with halving
+    /// splits (fewer leaves, so fewer pages a batch of random inserts rewrites). Returns
+    /// whether a separator was added at the end of `id` (for its own split point).
+    fn spread_leaf(&mut self, id: PageId, idx: usize) -> Result<bool, StoreError> {
+        let (lo, child, hi) = match self.node_mut_sized_ref(id) {
+            Node::Branch { children, .. } => (
+                idx.checked_sub(1).map(|i| children[i]),
+                children[idx],
+                children.get(idx + 1).copied(),
+            ),
+            Node::Leaf { .. } => unreachable!("spread_leaf under a leaf"),
+        };
+        // Only over a neighbour this commit rewrites anyway: spreading over a clean one would
+        // write one more page now (small batches would pay it on most splits).
+        let dirty_leaf = |id: Option<PageId>| {
+            matches!(
+                id.and_then(|i| self.dirty.get(&i)),
+                Some(Dirty::Node(Node::Leaf { .. }, _))
+            )
+        };
+        let l = if dirty_leaf(hi) {
+            idx
+        } else if dirty_leaf(lo) {
+            idx - 1
+        } else {
+            let (sep, right) = self
+                .split_if_needed(child, false)
+                .expect("overfull leaf splits");
+            let (node, size) = self.node_sized(id);
+            let mut at_end = false;
+            if let Node::Branch { keys, children } = node {
+                at_end = idx == keys.len();
+                *size += branch_entry_bytes(sep.len());
+                keys.insert(idx, sep);
+                children.insert(idx + 1, right);
+            }
+            return Ok(at_end);
+        };
+        let (lid, rid) = match self.node_mut_sized_ref(id) {
+            Node::Branch { children, .. } => (children[l], children[l + 1]),
+            Node::Leaf { .. } => unreachable!(),
+        };
+        if self.shift_leaves(id, l, lid, rid) {
+            return Ok(false);
+        }
+        let (
+            Some(Dirty::Node(Node::Leaf { ents: le, heap: lh }, _)),
+            Some(Dirty::Node(Node::Leaf { ents: re, heap: rh }, _)),
+        ) = (self.dirty.get(&lid), self.dirty.get(&rid))
+        else {
+            return Err(StoreError::Corrupt {
+                page: rid,
+                reason: "a leaf's sibling is not a leaf".into(),
+            });
+        };
+        // Entries of both, in key order: (from the right leaf, heap offset, encoded bytes).
+        let all: Vec<(bool, u32, usize)> = le
+            .iter()
+            .map(|&e| (false, e, SLOT_BYTES + heap_entry_len(lh, e)))
+            .chain(
+                re.iter()
+                    .map(|&e| (true, e, SLOT_BYTES + heap_entry_len(rh, e))),
+            )
+            .collect();
+        let total: usize = all.iter().map(|a| a.2).sum();
+        let parts = if total <= 2 * SPREAD_TWO_BYTES_MAX {
+            2
+        } else {
+            3
+        };
+        // Cut points: the first entry of each part after the first, each part as close to
+        // total / parts as entry boundaries allow.
+        let mut cuts = Vec::with_capacity(parts - 1);
+        let mut acc = 0;
+        for (i, a) in all.iter().enumerate() {
+            let goal = total * (cuts.len() + 1) / parts;
+            if cuts.len() + 1 < parts
+                && acc + a.2 / 2 >= goal
+                && i > cuts.last().copied().unwrap_or(0)
+            {
+                cuts.push(i);
+            }
+            acc += a.2;
+        }
+        let bounds: Vec<usize> = std::iter::once(0)
+            .chain(cuts.iter().copied())
+            .chain(std::iter::once(all.len()))
+            .collect();
+        let fits = cuts.len() + 1 == parts
+            && bounds.windows(2).all(|w| {
+                w[0] < w[1]
+                    && LEAF_OFF_SLOTS + all[w[0]..w[1]].iter().map(|a| a.2).sum::<usize>()
+                        <= PAGE_SIZE
+            });
+        if !fits {
+            // Odd entry sizes: split the overfull leaf by itself.
+            let child = if l == idx { lid } else { rid };
+            let (sep, right) = self
+                .split_if_needed(child, false)
+                .expect("overfull leaf splits");
+            let (node, size) = self.node_sized(id);
+            let mut at_end = false;
+            if let Node::Branch { keys, children } = node {
+                children[l] = lid;
+                children[l + 1] = rid;
+                at_end = idx == keys.len();
+                *size += branch_entry_bytes(sep.len());
+                keys.insert(idx, sep);
+                children.insert(idx + 1, right);
+            }
+            return Ok(at_end);
+        }
+        let mut nodes = Vec::with_capacity(parts);
+        let mut seps: Vec<NodeKey> = Vec::with_capacity(parts - 1);
+        for w in bounds.windows(2) {
+            let mut heap = self.pool.take_heap();
+            let mut ents = Vec::with_capacity(w[1] - w[0] + 8);
+            let mut bytes = LEAF_OFF_SLOTS;
+            for &(right, e, n) in &all[w[0]..w[1]] {
+                let src: &[u8] = if right { rh } else { lh };
+                let len = n - SLOT_BYTES;
+                ents.push(heap.len() as u32);
+                heap.extend_from_slice(&src[e as usize..e as usize + len]);
+                bytes += n;
+            }
+            if w[0] > 0 {
+                let (pr, pe, _) = all[w[0] - 1];
+                let (nr, ne, _) = all[w[0]];
+                seps.push(separator(
+                    heap_key(if pr { rh } else { lh }, pe),
+                    heap_key(if nr { rh } else { lh }, ne),
+                ));
+            }
+            nodes.push((Node::Leaf { ents, heap }, bytes));
+        }
+        let mut nodes = nodes.into_iter();
+        let (n0, b0) = nodes.next().expect("left part");
+        let (n1, b1) = nodes.next().expect("right part");
+        for (nid, n, b) in [(lid, n0, b0), (rid, n1, b1)] {
+            if let Some(Dirty::Node(old, _)) = self.dirty.insert(nid, Dirty::Node(n, b)) {
+                self.pool.put(old);
+            }
+        }
+        let third = nodes.next().map(|(n, b)| {
+            let nid = self.alloc();
+            self.dirty.insert(nid, Dirty::Node(n, b));
+            nid
+        });
+        let mut seps = seps.into_iter();
+        let mut at_end = false;
+        if let Node::Branch { keys, children } = self.node_mut(id) {
+            children[l] = lid;
+            children[l + 1] = rid;
+            keys[l] = seps.next().expect("separator");
+            if let Some(nid) = third {
+                at_end = l + 1 == keys.len();
+                keys.insert(l + 1, seps.next().expect("second separator"));
+                children.insert(l + 2, nid);
+            }
+        }
+        Ok(at_end)
     }
 
     fn split_if_needed(&mut self, id: PageId, appended: bool) -> Option<(NodeKey, PageId)> {
@@ -1353,33 +1725,43 @@ impl DbWriter {
         if size <= PAGE_SIZE {
             return None;
         }
-        let node = self.node_mut(id);
-        let (sep, right) = match node {
+        let (node, size) = self.node_sized(id);
+        let (sep, right, left_bytes, right_bytes) = match node {
             Node::Leaf { ents, heap } => {
                 let sizes: Vec<usize> = ents
                     .iter()
                     .map(|&e| SLOT_BYTES + heap_entry_len(heap, e))
                     .collect();
                 let s = split_point(&sizes, LEAF_OFF_SLOTS, appended, 1);
+                let left_bytes = LEAF_OFF_SLOTS + sizes[..s].iter().sum::<usize>();
+                let right_bytes = LEAF_OFF_SLOTS + sizes[s..].iter().sum::<usize>();
                 let mut re = ents.split_off(s);
                 let sep = separator(
                     heap_key(heap, *ents.last().expect("left half")),
                     heap_key(heap, re[0]),
                 );
+                // The right half gets a compact heap; the left keeps its heap (the right
+                // half's entries stay in it as garbage until it is compacted).
                 let rheap = compact_heap(&mut re, heap);
-                *heap = compact_heap(ents, heap);
+                if heap.len() > LEAF_HEAP_BYTES_MAX {
+                    *heap = compact_heap(ents, heap);
+                }
                 (
                     sep,
                     Node::Leaf {
                         ents: re,
                         heap: rheap,
                     },
+                    left_bytes,
+                    right_bytes,
                 )
             }
             Node::Branch { keys, children } => {
                 let sizes: Vec<usize> = keys.iter().map(|k| branch_entry_bytes(k.len())).collect();
                 // Key `m` moves up; left keeps keys[..m], right keys[m+1..].
                 let m = split_point(&sizes, BRANCH_OFF_SLOTS, appended, 1).min(keys.len() - 2);
+                let left_bytes = BRANCH_OFF_SLOTS + sizes[..m].iter().sum::<usize>();
+                let right_bytes = BRANCH_OFF_SLOTS + sizes[m + 1..].iter().sum::<usize>();
                 let rk = keys.split_off(m + 1);
                 let sep = keys.pop().expect("separator");
                 let rc = children.split_off(m + 1);
@@ -1389,19 +1771,18 @@ impl DbWriter {
                         keys: rk,
                         children: rc,
                     },
+                    left_bytes,
+                    right_bytes,
                 )
             }
         };
-        assert!(
-            self.node_mut(id).encoded_bytes() <= PAGE_SIZE,
-            "left half of split overflows"
-        );
-        assert!(
-            right.encoded_bytes() <= PAGE_SIZE,
-            "right half of split overflows"
-        );
+        assert!(left_bytes <= PAGE_SIZE, "left half of split overflows");
+        assert!(right_bytes <= PAGE_SIZE, "right half of split overflows");
+        *size = left_bytes;
+        debug_assert_eq!(Some(left_bytes), self.node_bytes(id).ok());
+        debug_assert_eq!(right_bytes, right.encoded_bytes());
         let rid = self.alloc();
-        self.dirty.insert(rid, Dirty::Node(right, SIZE_UNKNOWN));
+        self.dirty.insert(rid, Dirty::Node(right, right_bytes));
         Some((sep, rid))
     }
 
@@ -1869,8 +2250,6 @@ impl DbWriter {
 
     /// Returns the txn id of the commit made.
     fn commit_checked(&mut self, durable: bool, defer_sync: bool) -> Result<u64, StoreError> {
-        // Checksums are trusted for one commit at most, even one with no changes.
-        self.verified.set([0; VERIFIED_RING_PAGES]);
         if self.poisoned {
             return Err(StoreError::Poisoned);
         }
@@ -1973,6 +2352,7 @@ impl DbWriter {
             }
             freelist_head = new_freelist.first().copied().unwrap_or(0);
         }
+        self.trusted.cover(self.page_count);
         // Grow the file.
         let need = self.page_count * PAGE_SIZE as u64;
         if need > self.file_len {
@@ -2004,6 +2384,7 @@ impl DbWriter {
                     &p[RECORD_OFF_ENTRIES..RECORD_OFF_ENTRIES + chunk.len() * RECORD_ENTRY_BYTES],
                 );
                 storage.write_at(&p, *pid * PAGE_SIZE as u64)?;
+                self.trusted.set(*pid);
             }
             let slot = 1 - self.durable_meta_slot;
             let meta = Meta {
@@ -2043,7 +2424,6 @@ impl DbWriter {
         self.readers.push((old.txn, Arc::downgrade(&old)));
         drop(old);
         self.base = snap;
-        self.verified.set([0; VERIFIED_RING_PAGES]);
         if !self.freed_now.is_empty() {
             self.pending_count += self.freed_now.len() as u64;
             self.pending
@@ -2074,11 +2454,13 @@ impl DbWriter {
             if *freed_txn > oldest_live || *freed_txn > self.last_durable_txn {
                 break;
             }
-            let (_, ids) = self.pending.pop_front().expect("front");
+            let (_, mut ids) = self.pending.pop_front().expect("front");
             self.pending_count -= ids.len() as u64;
-            for id in ids {
-                assert!(self.free.insert(id), "page {id} freed twice");
-            }
+            // A commit's pages are mostly one run of the file: added a run at a time.
+            assert!(
+                self.free.insert_all(&mut ids),
+                "a page freed twice in {ids:?}"
+            );
         }
     }
 
@@ -2089,6 +2471,7 @@ impl DbWriter {
             self.free.pop_last();
             self.page_count -= 1;
         }
+        self.trusted.cover(self.page_count);
     }
 
     /// Encodes and writes `pages` (ascending ids), consecutive ids in one pwrite each (up to
@@ -2106,7 +2489,9 @@ impl DbWriter {
             );
             assert!(start.is_none() || id >= next_id, "pages out of order");
             if start.is_some() && (id != next_id || buf.len() >= WRITE_BATCH_BYTES_MAX) {
-                storage.write_at(&buf, start.expect("start") * PAGE_SIZE as u64)?;
+                let s = start.expect("start");
+                storage.write_at(&buf, s * PAGE_SIZE as u64)?;
+                (s..next_id).for_each(|w| self.trusted.set(w));
                 buf.clear();
                 start = None;
             }
@@ -2127,6 +2512,7 @@ impl DbWriter {
         }
         if let Some(s) = start {
             storage.write_at(&buf, s * PAGE_SIZE as u64)?;
+            (s..next_id).for_each(|w| self.trusted.set(w));
         }
         if buf.capacity() <= WRITE_BATCH_BYTES_MAX + PAGE_SIZE {
             self.write_buf = buf;

@@ -65,6 +65,47 @@ impl FreePages {
         true
     }
 
+    /// Adds the `len` pages from `start`; false (and nothing added) if any of them is free
+    /// already.
+    pub fn insert_run(&mut self, start: PageId, len: u64) -> bool {
+        assert!(len > 0, "empty run");
+        let end = start + len;
+        if self.run_of(start).is_some() || self.runs.range(start..end).next().is_some() {
+            return false;
+        }
+        let (mut s, mut l) = (start, len);
+        if let Some((&ps, &pl)) = self.runs.range(..start).next_back() {
+            if ps + pl == start {
+                self.remove_run(ps);
+                (s, l) = (ps, pl + l);
+            }
+        }
+        if self.runs.contains_key(&end) {
+            l += self.remove_run(end);
+        }
+        self.add_run(s, l);
+        self.count += len;
+        true
+    }
+
+    /// Adds `ids` (sorted here), a run of consecutive ids at a time; false at the first id
+    /// that was free already (the runs before it are added).
+    pub fn insert_all(&mut self, ids: &mut [PageId]) -> bool {
+        ids.sort_unstable();
+        let mut i = 0;
+        while i < ids.len() {
+            let mut j = i + 1;
+            while j < ids.len() && ids[j] == ids[j - 1] + 1 {
+                j += 1;
+            }
+            if !self.insert_run(ids[i], (j - i) as u64) {
+                return false;
+            }
+            i = j;
+        }
+        true
+    }
+
     /// Removes the `n` pages starting at `start`, which must all be free.
     fn take_at(&mut self, start: PageId, n: u64) {
         let (s, l) = self.run_of(start).expect("taking pages that are not free");
@@ -175,9 +216,17 @@ mod tests {
         };
         for step in 0..20_000 {
             match next() % 6 {
-                0..=2 => {
+                0..=1 => {
                     let id = 2 + next() % 500;
                     assert_eq!(f.insert(id), model.insert(id), "step {step}");
+                }
+                2 => {
+                    let (start, len) = (2 + next() % 500, 1 + next() % 6);
+                    let fresh = (start..start + len).all(|id| !model.contains(&id));
+                    assert_eq!(f.insert_run(start, len), fresh, "step {step}");
+                    if fresh {
+                        model.extend(start..start + len);
+                    }
                 }
                 3 => {
                     let n = 1 + next() % 8;

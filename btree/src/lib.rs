@@ -12,12 +12,15 @@
 //! - A page reachable from a live snapshot or from the durable meta page is never rewritten.
 //! - One writer; any number of readers on any thread, each pinning a snapshot without locks.
 //! - Every page read is validated (checksum, own id, kind, bounds); corruption is an error that
-//!   names the page id, never a panic.
+//!   names the page id, never a panic. The writer checks the checksum of a page once per open:
+//!   it skips it for pages it wrote itself or verified since open (`db::Trusted`); readers
+//!   check it on every read.
 //!
 //! **Tests** (`cargo test -p ferrite-btree --release`, under a minute): `tests/model.rs`
 //! (property tests against a `BTreeMap` and an MVCC history model, with crashes;
 //! `PROPTEST_CASES=1000` for a longer run), `tests/crash.rs` (every write / sync / resize cut,
 //! torn unsynced writes), `tests/corrupt.rs` (corrupt pages are errors naming the page),
+//! `tests/leaf_spread.rs` (overfull leaves spread over neighbours keep the tree valid),
 //! `tests/snapshot_stability.rs` (a pinned snapshot across 10k commits), `tests/mvcc_etcd.rs`
 //! (etcd's semantics case by case). Fuzzing: `cd btree/fuzz && cargo +nightly fuzz run
 //! page_decode`. loom: `loom-tests/tests/btree_pinning.rs`. Benchmark against redb:
@@ -33,7 +36,7 @@ pub mod mvcc;
 pub mod page;
 pub mod storage;
 
-pub use db::{Db, DbOptions, DbWriter, PendingSync, Snapshot, SyncedCommit};
+pub use db::{Db, DbOptions, DbWriter, PageReads, PendingSync, Snapshot, SyncedCommit};
 pub use error::StoreError;
 pub use mvcc::{
     Event, EventKind, KeyValue, MvccError, MvccStore, RangeOptions, RangeResult, ReadView,

@@ -184,6 +184,8 @@ pub struct PageRef<'a> {
     bytes: &'a [u8],
     leaf: bool,
     count: usize,
+    /// Bytes the node's content takes (`encoded_bytes`), summed while parsing.
+    content_bytes: usize,
 }
 
 /// A leaf value as stored: inline bytes or the head of an overflow chain.
@@ -209,6 +211,7 @@ impl<'a> PageRef<'a> {
         }
         // A branch may have no keys (one child) after merges below it.
         let mut prev_end = entries_start;
+        let mut content_bytes = slots;
         for i in 0..count {
             let off = rd_u16(bytes, slots + i * SLOT_BYTES) as usize;
             if off < prev_end {
@@ -244,6 +247,7 @@ impl<'a> PageRef<'a> {
             if end > PAGE_SIZE {
                 return Err(corrupt(id, format!("slot {i} entry ends past the page")));
             }
+            content_bytes += SLOT_BYTES + (end - off);
             prev_end = end;
         }
         // Key order is not re-checked here (the checksum covers it, and out-of-order keys can
@@ -253,34 +257,16 @@ impl<'a> PageRef<'a> {
             bytes,
             leaf,
             count,
+            content_bytes,
         })
     }
 
     pub fn is_leaf(&self) -> bool {
         self.leaf
     }
-    /// Bytes the node's content takes (as `Node::encoded_bytes`).
+    /// Bytes the node's content takes (as `Node::encoded_bytes` of the node decoded from it).
     pub fn encoded_bytes(&self) -> usize {
-        let mut total = if self.leaf {
-            LEAF_OFF_SLOTS
-        } else {
-            BRANCH_OFF_SLOTS
-        };
-        for i in 0..self.count {
-            let klen = self.key(i).len();
-            total += if self.leaf {
-                SLOT_BYTES
-                    + LEAF_ENTRY_HEADER_BYTES
-                    + klen
-                    + match self.value(i) {
-                        ValRef::Inline(v) => v.len(),
-                        ValRef::Overflow { .. } => 8,
-                    }
-            } else {
-                branch_entry_bytes(klen)
-            };
-        }
-        total
+        self.content_bytes
     }
     /// Checks that keys are strictly ascending.
     pub fn check_order(&self) -> Result<(), StoreError> {
@@ -508,7 +494,7 @@ impl NodePool {
         match n {
             Node::Leaf { ents, heap } => {
                 keep(&mut self.ents, ents);
-                keep(&mut self.heaps, heap);
+                self.put_heap(heap);
             }
             Node::Branch { keys, children } => {
                 keep(&mut self.keys, keys);
@@ -517,6 +503,38 @@ impl NodePool {
         }
     }
 }
+
+impl NodePool {
+    /// An empty heap buffer with room for a page and a few appended entries.
+    pub fn take_heap(&mut self) -> Vec<u8> {
+        let mut h = self.heaps.pop().unwrap_or_default();
+        h.clear();
+        h.reserve(LEAF_HEAP_BYTES_INITIAL);
+        h
+    }
+    /// A buffer of `PAGE_SIZE` bytes to read a page into (its old bytes, if it is a reused
+    /// buffer: the read overwrites them all), with room to append entries.
+    pub fn take_page_buf(&mut self) -> Vec<u8> {
+        let mut h = self.heaps.pop().unwrap_or_default();
+        if h.len() >= PAGE_SIZE {
+            h.truncate(PAGE_SIZE);
+        } else {
+            h.clear();
+            h.reserve(LEAF_HEAP_BYTES_INITIAL);
+            h.resize(PAGE_SIZE, 0);
+        }
+        h
+    }
+    /// Keeps a heap buffer for reuse (bytes left in place: `take_heap` empties it).
+    pub fn put_heap(&mut self, heap: Vec<u8>) {
+        if self.heaps.len() < NODE_POOL_MAX {
+            self.heaps.push(heap);
+        }
+    }
+}
+
+/// Capacity a decoded leaf's heap starts with: its page and room to append entries.
+pub const LEAF_HEAP_BYTES_INITIAL: usize = 2 * PAGE_SIZE;
 
 fn take<T>(list: &mut Vec<Vec<T>>, cap: usize) -> Vec<T> {
     match list.pop() {
@@ -538,7 +556,7 @@ impl Node {
         if p.is_leaf() {
             // The page itself is the heap: entries keep their offsets, one copy in all
             // (`PageRef::parse` checked every entry lies inside the page).
-            let mut heap = take(&mut pool.heaps, 2 * PAGE_SIZE);
+            let mut heap = pool.take_heap();
             heap.extend_from_slice(p.bytes);
             let mut ents = take(&mut pool.ents, p.len() + 8);
             ents.extend((0..p.len()).map(|i| p.slot(i) as u32));
@@ -549,6 +567,27 @@ impl Node {
             let mut children = take(&mut pool.children, p.len() + 1);
             children.extend((0..=p.len()).map(|i| p.child(i)));
             Node::Branch { keys, children }
+        }
+    }
+
+    /// Decodes the page whose bytes `page` holds (read by the caller into a pooled buffer:
+    /// a leaf keeps it as its heap, no further copy). Returns the node and its encoded size.
+    pub fn from_page_buf(
+        page: Vec<u8>,
+        id: PageId,
+        verify_crc: bool,
+        pool: &mut NodePool,
+    ) -> Result<(Node, usize), StoreError> {
+        let p = PageRef::parse(&page, id, verify_crc)?;
+        let size = p.encoded_bytes();
+        if p.is_leaf() {
+            let mut ents = take(&mut pool.ents, p.len() + 8);
+            ents.extend((0..p.len()).map(|i| p.slot(i) as u32));
+            Ok((Node::Leaf { ents, heap: page }, size))
+        } else {
+            let node = Node::from_page_in(&p, pool);
+            pool.put_heap(page);
+            Ok((node, size))
         }
     }
 
@@ -574,16 +613,13 @@ impl Node {
 
     pub fn encode(&self, id: PageId, page: &mut [u8]) {
         assert_eq!(page.len(), PAGE_SIZE);
-        assert!(
-            self.encoded_bytes() <= PAGE_SIZE,
-            "node {id} overflows its page"
-        );
         match self {
             Node::Leaf { ents, heap } => {
                 let mut off = LEAF_OFF_SLOTS + ents.len() * SLOT_BYTES;
                 for (i, &e) in ents.iter().enumerate() {
                     wr_u16(page, LEAF_OFF_SLOTS + i * SLOT_BYTES, off as u16);
                     let n = heap_entry_len(heap, e);
+                    assert!(off + n <= PAGE_SIZE, "node {id} overflows its page");
                     page[off..off + n].copy_from_slice(&heap[e as usize..e as usize + n]);
                     off += n;
                 }
@@ -592,6 +628,10 @@ impl Node {
             }
             Node::Branch { keys, children } => {
                 assert_eq!(children.len(), keys.len() + 1);
+                assert!(
+                    self.encoded_bytes() <= PAGE_SIZE,
+                    "node {id} overflows its page"
+                );
                 wr_u64(page, BRANCH_OFF_CHILD0, children[0]);
                 let mut off = BRANCH_OFF_SLOTS + keys.len() * SLOT_BYTES;
                 for (i, k) in keys.iter().enumerate() {

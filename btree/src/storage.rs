@@ -23,9 +23,16 @@ pub trait Storage: Send + Sync + 'static {
     fn len(&self) -> io::Result<u64>;
     fn set_len(&self, len: u64) -> io::Result<()>;
     fn write_at(&self, buf: &[u8], off: u64) -> io::Result<()>;
+    /// Reads exactly `buf.len()` bytes at `off` (what a mapping made now would show there).
+    fn read_at(&self, buf: &mut [u8], off: u64) -> io::Result<()>;
     fn sync_data(&self) -> io::Result<()>;
     /// A view of the whole file as it is now. Must cover at least `len()` bytes.
     fn map(&self) -> io::Result<Arc<dyn Mapping>>;
+    /// Changes whenever the current map's pages may have been unmapped from this process (a
+    /// new map, or a release of its resident pages): reads through the map may fault again.
+    fn map_epoch(&self) -> u64 {
+        0
+    }
 }
 
 /// A real file: pwrite + fdatasync for writes, one shared memory map for reads.
@@ -34,6 +41,8 @@ pub struct FileStorage {
     map: Mutex<Option<(u64, Arc<FileMap>)>>,
     /// Bytes written since the map's resident pages were last released.
     written_since_release: AtomicU64,
+    /// New maps and releases so far (`Storage::map_epoch`).
+    epoch: AtomicU64,
 }
 
 /// After this many bytes of page writes the map's resident pages are released
@@ -64,6 +73,7 @@ impl FileStorage {
             file,
             map: Mutex::new(None),
             written_since_release: AtomicU64::new(0),
+            epoch: AtomicU64::new(0),
         })
     }
 }
@@ -107,6 +117,9 @@ impl Storage for FileStorage {
         }
         Ok(())
     }
+    fn read_at(&self, buf: &mut [u8], off: u64) -> io::Result<()> {
+        self.file.read_exact_at(buf, off)
+    }
     fn sync_data(&self) -> io::Result<()> {
         self.file.sync_data()
     }
@@ -126,7 +139,11 @@ impl Storage for FileStorage {
         let m = unsafe { memmap2::Mmap::map(&self.file)? };
         let m = Arc::new(FileMap(m));
         *cached = Some((len, m.clone()));
+        self.epoch.fetch_add(1, Ordering::Relaxed);
         Ok(m)
+    }
+    fn map_epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Relaxed)
     }
 }
 
@@ -135,6 +152,7 @@ impl FileStorage {
     /// cache). Best effort: a failure only means the pages stay mapped.
     fn release_mapped_pages(&self) {
         let cached = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        self.epoch.fetch_add(1, Ordering::Relaxed);
         if let Some((_, m)) = cached.as_ref() {
             // SAFETY: `MADV_DONTNEED` on a read-only MAP_SHARED file mapping only unmaps its
             // pages from this process: the next access through any view re-reads the same
@@ -256,6 +274,15 @@ impl Storage for SimStorage {
         }
         s.written[off as usize..end].copy_from_slice(buf);
         s.unsynced.push((off, buf.to_vec()));
+        Ok(())
+    }
+    fn read_at(&self, buf: &mut [u8], off: u64) -> io::Result<()> {
+        let s = self.lock();
+        let src = usize::try_from(off)
+            .ok()
+            .and_then(|o| s.written.get(o..o.checked_add(buf.len())?))
+            .ok_or_else(|| io::Error::from(io::ErrorKind::UnexpectedEof))?;
+        buf.copy_from_slice(src);
         Ok(())
     }
     fn sync_data(&self) -> io::Result<()> {

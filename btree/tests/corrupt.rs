@@ -138,25 +138,10 @@ fn one_meta_page_corrupt_falls_back_to_the_other() {
     }
 }
 
-/// The writer skips the checksum of a page it verified earlier in the same commit (a put reads
-/// its leaf twice); after any commit, a page corrupted on disk since is caught again.
-#[test]
-fn writer_rechecks_checksums_after_each_commit() {
-    use ferrite_btree::{Db, DbOptions};
+/// Opens `path`'s newer meta page through the file and returns its root.
+fn root_of(path: &std::path::Path) -> u64 {
     use std::os::unix::fs::FileExt;
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("db");
-    let db = Db::open(&path, DbOptions::default()).unwrap();
-    let mut w = db.writer();
-    w.insert(b"k", b"v").unwrap();
-    w.commit(true).unwrap();
-    assert_eq!(w.get(b"k").unwrap().as_deref(), Some(&b"v"[..]));
-    // One key: the root is the only tree page. Find it through the newer meta page.
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(&path)
-        .unwrap();
+    let file = std::fs::File::open(path).unwrap();
     let mut metas = Vec::new();
     for slot in 0..2u64 {
         let mut b = vec![0u8; PAGE_SIZE];
@@ -165,16 +150,99 @@ fn writer_rechecks_checksums_after_each_commit() {
             metas.push(m);
         }
     }
-    let root = metas.iter().max_by_key(|m| m.txn).unwrap().root;
-    assert!(root >= 2);
-    // Flip a byte of the page body; the crc32c in its header is now stale.
-    let off = root * PAGE_SIZE as u64 + PAGE_SIZE as u64 - 1;
+    metas.iter().max_by_key(|m| m.txn).unwrap().root
+}
+
+/// Flips a byte in the body of page `id` (its crc32c is left stale).
+fn flip_last_byte(path: &std::path::Path, id: u64) {
+    use std::os::unix::fs::FileExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap();
+    let off = id * PAGE_SIZE as u64 + PAGE_SIZE as u64 - 1;
     let mut b = [0u8; 1];
     file.read_exact_at(&mut b, off).unwrap();
     file.write_all_at(&[b[0] ^ 0x5A], off).unwrap();
+}
+
+/// The writer trusts the pages it wrote itself since open (it skips their crc32c); readers
+/// still verify every page they read, so a page changed under the writer is caught by them.
+#[test]
+fn readers_verify_pages_the_writer_wrote() {
+    use ferrite_btree::{Db, DbOptions};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    let db = Db::open(&path, DbOptions::default()).unwrap();
+    let mut w = db.writer();
+    w.insert(b"k", b"v").unwrap();
+    w.commit(true).unwrap();
+    // One key: the root is the only tree page.
+    let root = root_of(&path);
+    assert!(root >= 2);
+    flip_last_byte(&path, root);
     w.commit(false).unwrap();
-    match w.get(b"k") {
+    match db.read().get(b"k") {
         Err(StoreError::Corrupt { page, .. }) => assert_eq!(page, root),
         other => panic!("expected corruption of page {root}, got {other:?}"),
+    }
+}
+
+/// A page the writer neither wrote nor verified since open is verified when the writer first
+/// reads it (a get, or the copy-on-write of an insert): corruption on disk is an error naming
+/// the page, every time it is read, until the page is fixed.
+#[test]
+fn writer_verifies_pages_it_did_not_write_since_open() {
+    use ferrite_btree::db::{NodeRef, PageSource};
+    use ferrite_btree::{Db, DbOptions};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    let value = [9u8; 200];
+    {
+        let db = Db::open(&path, DbOptions::default()).unwrap();
+        let mut w = db.writer();
+        for i in 0..400u32 {
+            w.insert(format!("a/{i:05}").as_bytes(), &value).unwrap();
+        }
+        w.commit(true).unwrap();
+        // A second durable commit that rewrites only the right edge of the tree: the leftmost
+        // leaf is not in its commit record, so open does not check it.
+        for i in 0..10u32 {
+            w.insert(format!("z/{i:05}").as_bytes(), &value).unwrap();
+        }
+        w.commit(true).unwrap();
+    }
+    // The leftmost leaf (it holds "a/00000").
+    let leaf = {
+        let db = Db::open(&path, DbOptions::default()).unwrap();
+        let snap = db.read();
+        let mut id = snap.root();
+        loop {
+            match snap.node(id).unwrap() {
+                NodeRef::Page(p) if p.is_leaf() => break id,
+                n => id = n.child(0),
+            }
+        }
+    };
+    flip_last_byte(&path, leaf);
+    let db = Db::open(&path, DbOptions::default()).unwrap();
+    assert!(db.writer().open_report().discarded.is_none());
+    let mut w = db.writer();
+    // Keys elsewhere in the tree still read and write.
+    assert!(w.get(b"z/00003").unwrap().is_some());
+    w.insert(b"z/99999", &value).unwrap();
+    for _ in 0..2 {
+        match w.get(b"a/00000") {
+            Err(StoreError::Corrupt { page, reason }) => {
+                assert_eq!(page, leaf);
+                assert!(reason.contains("checksum"), "{reason}");
+            }
+            other => panic!("expected corruption of page {leaf}, got {other:?}"),
+        }
+    }
+    match w.insert(b"a/00000x", &value) {
+        Err(StoreError::Corrupt { page, .. }) => assert_eq!(page, leaf),
+        other => panic!("expected corruption of page {leaf}, got {other:?}"),
     }
 }
