@@ -14,14 +14,8 @@ TARGET_DIR=${CARGO_TARGET_DIR:-$(pwd)/target}
 BENCH=${BENCH:-$TARGET_DIR/release/ferrite-bench}
 FERRITE=${FERRITE:-$TARGET_DIR/release/ferrite}
 CLIENTS=${CLIENTS:-100} DURATION=${DURATION:-6} WORKLOAD=${WORKLOAD:-put} PORT_BASE=${PORT_BASE:-28100}
-C=127.0.0.1:$((PORT_BASE + 1)) P=127.0.0.1:$((PORT_BASE + 2))
-WORK=$(mktemp -d /tmp/ferrite-threads.XXXXXX) PID=""
-trap '[ -n "$PID" ] && kill -KILL $PID 2>/dev/null; rm -rf "$WORK"' EXIT INT TERM
-"$FERRITE" --name=n0 --data-dir="$WORK/d" --listen-client-urls=http://$C --advertise-client-urls=http://$C \
-  --listen-peer-urls=http://$P --initial-advertise-peer-urls=http://$P --initial-cluster=n0=http://$P \
-  --log-level=warn >"$WORK/log" 2>&1 &
-PID=$!
-sleep 1.5
+. bench/scripts/lib.sh
+start_single_node threads
 conns=$(( CLIENTS < 10 ? CLIENTS : 10 ))
 timeout 60 "$BENCH" run --workload "$WORKLOAD" --endpoints $C --clients "$CLIENTS" --connections $conns \
   --duration 1 --progress 0 >/dev/null 2>&1 || true
@@ -34,4 +28,4 @@ timeout 60 "$BENCH" run --workload "$WORKLOAD" --endpoints $C --clients "$CLIENT
 snap >"$WORK/s1"
 hz=$(getconf CLK_TCK)
 join "$WORK/s0" "$WORK/s1" | awk -v hz="$hz" '{ ms = ($3 - $2) * 1000 / hz; if (ms > 0) printf "  %-28s %6d ms\n", $1, ms }'
-kill $PID; wait $PID 2>/dev/null || true; PID=""
+stop_single_node
