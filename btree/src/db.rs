@@ -1577,18 +1577,7 @@ impl DbWriter {
         } else if dirty_leaf(lo) {
             idx - 1
         } else {
-            let (sep, right) = self
-                .split_if_needed(child, false)
-                .expect("overfull leaf splits");
-            let (node, size) = self.node_sized(id);
-            let mut at_end = false;
-            if let Node::Branch { keys, children } = node {
-                at_end = idx == keys.len();
-                *size += branch_entry_bytes(sep.len());
-                keys.insert(idx, sep);
-                children.insert(idx + 1, right);
-            }
-            return Ok(at_end);
+            return Ok(self.split_child_alone(id, idx, child));
         };
         let (lid, rid) = match self.node_mut_sized_ref(id) {
             Node::Branch { children, .. } => (children[l], children[l + 1]),
@@ -1647,22 +1636,9 @@ impl DbWriter {
                         <= PAGE_SIZE
             });
         if !fits {
-            // Odd entry sizes: split the overfull leaf by itself.
-            let child = if l == idx { lid } else { rid };
-            let (sep, right) = self
-                .split_if_needed(child, false)
-                .expect("overfull leaf splits");
-            let (node, size) = self.node_sized(id);
-            let mut at_end = false;
-            if let Node::Branch { keys, children } = node {
-                children[l] = lid;
-                children[l + 1] = rid;
-                at_end = idx == keys.len();
-                *size += branch_entry_bytes(sep.len());
-                keys.insert(idx, sep);
-                children.insert(idx + 1, right);
-            }
-            return Ok(at_end);
+            // Odd entry sizes: split the overfull leaf by itself (`shift_leaves` moved
+            // nothing, so it is still child `idx`).
+            return Ok(self.split_child_alone(id, idx, child));
         }
         let mut nodes = Vec::with_capacity(parts);
         let mut seps: Vec<NodeKey> = Vec::with_capacity(parts - 1);
@@ -1713,6 +1689,25 @@ impl DbWriter {
             }
         }
         Ok(at_end)
+    }
+
+    /// Splits the overfull leaf `child` (child `idx` of dirty branch `id`) by itself and
+    /// inserts its separator and right half into `id`. Returns whether the separator went at
+    /// the end of `id` (for its own split point).
+    fn split_child_alone(&mut self, id: PageId, idx: usize, child: PageId) -> bool {
+        let (sep, right) = self
+            .split_if_needed(child, false)
+            .expect("overfull leaf splits");
+        let (node, size) = self.node_sized(id);
+        let mut at_end = false;
+        if let Node::Branch { keys, children } = node {
+            debug_assert_eq!(children[idx], child);
+            at_end = idx == keys.len();
+            *size += branch_entry_bytes(sep.len());
+            keys.insert(idx, sep);
+            children.insert(idx + 1, right);
+        }
+        at_end
     }
 
     fn split_if_needed(&mut self, id: PageId, appended: bool) -> Option<(NodeKey, PageId)> {
