@@ -92,6 +92,23 @@ pub const PUBLISH_RETRY: Duration = Duration::from_millis(500);
 pub const LINGER_ANSWERED_MIN: usize = 4;
 /// Longest linger; it is also at most half the last sync's duration.
 pub const LINGER_MAX: Duration = Duration::from_millis(2);
+/// A lone voter writes and syncs a Ready of at most this many entries on the Raft core's own
+/// thread when the WAL's I/O thread is idle (`GroupWal::append_inline`).
+pub fn inline_append_entries_max() -> usize {
+    static V: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *V.get_or_init(|| {
+        std::env::var("FERRITE_INLINE_MAX")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    })
+}
+
+fn futures_append(
+    f: impl std::future::Future<Output = Result<(), WalError>> + 'static,
+) -> Pin<Box<dyn std::future::Future<Output = Result<(), WalError>>>> {
+    Box::pin(f)
+}
 
 /// A lone voter (the only member) drops applied entries from Raft's in-memory log once this
 /// many requests were applied since the last drop: nobody can ask for them (no follower; a
@@ -351,6 +368,7 @@ pub async fn start(
         deadlines: VecDeque::new(),
         next_waiter: boot_id_base(),
         queued: VecDeque::new(),
+        proposals_since_append: 0,
         read_ctx_next: 1,
         read_waiting: HashMap::new(),
         read_parked: BTreeMap::new(),
@@ -572,6 +590,8 @@ pub struct RaftCore {
     next_waiter: u64,
     /// Proposals not yet handed to Raft (no leader yet).
     queued: VecDeque<InternalRequest>,
+    /// Client proposals received since the last WAL append started (for the inline rule).
+    proposals_since_append: usize,
     read_ctx_next: u64,
     /// ReadIndex context -> callers waiting for its read state.
     read_waiting: HashMap<u64, (Instant, Vec<ReadWaiter>)>,
@@ -714,8 +734,20 @@ impl RaftCore {
                         self.hold = true;
                         self.answered_since_sync = 0;
                     }
-                    let append = self.wal.append(recs);
+                    // Light load: this Ready holds at most a few entries and no more client
+                    // proposals arrived since the previous append started than this one.
+                    let light = self.proposals_since_append <= 1;
+                    self.proposals_since_append = 0;
+                    // An inline append has written and synced before `append_inline` returns.
                     let started = Instant::now();
+                    let append = if self.solo_leader()
+                        && light
+                        && rd.entries.len() <= inline_append_entries_max()
+                    {
+                        futures_append(self.wal.append_inline(recs))
+                    } else {
+                        futures_append(self.wal.append(recs))
+                    };
                     self.last_append_at = started;
                     Box::pin(async move {
                         let r = append.await;
@@ -839,6 +871,7 @@ impl RaftCore {
                             Err(_) => break,
                         }
                     }
+                    self.proposals_since_append += batch.len();
                     self.queued.extend(batch);
                     self.propose_queued();
                     if !reads.is_empty() {
