@@ -20,6 +20,11 @@
 //! client proposals wait; after the sync's callers are answered it lingers briefly (at most
 //! `LINGER_MAX`, half the last sync) for their next requests, so one fdatasync carries most of
 //! the clients instead of every other sync carrying half of them.
+//!
+//! Under light load (one entry, and no more client proposals since the previous append than
+//! that one) a lone voter appends with `GroupWal::append_inline`: the write and fdatasync run
+//! on this thread if the WAL's I/O thread is idle, blocking the core for one sync but saving
+//! the two thread wake-ups a lone client's put would otherwise wait for.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::future::Future;
@@ -92,23 +97,12 @@ pub const PUBLISH_RETRY: Duration = Duration::from_millis(500);
 pub const LINGER_ANSWERED_MIN: usize = 4;
 /// Longest linger; it is also at most half the last sync's duration.
 pub const LINGER_MAX: Duration = Duration::from_millis(2);
-/// A lone voter writes and syncs a Ready of at most this many entries on the Raft core's own
-/// thread when the WAL's I/O thread is idle (`GroupWal::append_inline`).
-pub fn inline_append_entries_max() -> usize {
-    static V: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    *V.get_or_init(|| {
-        std::env::var("FERRITE_INLINE_MAX")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
-    })
-}
-
-fn futures_append(
-    f: impl std::future::Future<Output = Result<(), WalError>> + 'static,
-) -> Pin<Box<dyn std::future::Future<Output = Result<(), WalError>>>> {
-    Box::pin(f)
-}
+/// A lone voter under light load writes and syncs a Ready of at most this many entries on
+/// the Raft core's own thread when the WAL's I/O thread is idle (`GroupWal::append_inline`):
+/// one client's put skips two thread wake-ups. "Light": no more client proposals arrived
+/// since the previous append started than this one, so nothing waits behind the blocked
+/// core (measured in docs/benchmarks.md, "Session 7").
+pub const INLINE_APPEND_ENTRIES_MAX: usize = 1;
 
 /// A lone voter (the only member) drops applied entries from Raft's in-memory log once this
 /// many requests were applied since the last drop: nobody can ask for them (no follower; a
@@ -734,19 +728,19 @@ impl RaftCore {
                         self.hold = true;
                         self.answered_since_sync = 0;
                     }
-                    // Light load: this Ready holds at most a few entries and no more client
-                    // proposals arrived since the previous append started than this one.
+                    // Light load: no more client proposals arrived since the previous append
+                    // started than this one (see `INLINE_APPEND_ENTRIES_MAX`).
                     let light = self.proposals_since_append <= 1;
                     self.proposals_since_append = 0;
                     // An inline append has written and synced before `append_inline` returns.
                     let started = Instant::now();
-                    let append = if self.solo_leader()
+                    let append: AppendFuture = if self.solo_leader()
                         && light
-                        && rd.entries.len() <= inline_append_entries_max()
+                        && rd.entries.len() <= INLINE_APPEND_ENTRIES_MAX
                     {
-                        futures_append(self.wal.append_inline(recs))
+                        Box::pin(self.wal.append_inline(recs))
                     } else {
-                        futures_append(self.wal.append(recs))
+                        Box::pin(self.wal.append(recs))
                     };
                     self.last_append_at = started;
                     Box::pin(async move {
