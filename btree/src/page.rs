@@ -479,10 +479,23 @@ pub struct NodePool {
     children: Vec<Vec<PageId>>,
 }
 
-/// Buffers of each kind a `NodePool` keeps at most.
-pub const NODE_POOL_MAX: usize = 1024;
+/// Buffers of each kind a `NodePool` keeps at most (a leaf's heap is 8 KiB: up to ~64 MiB of
+/// heaps, reached only after commits that rewrite that many leaves; see `NodePool::trim`).
+pub const NODE_POOL_MAX: usize = 8192;
+/// Buffers of each kind `NodePool::trim` always leaves.
+pub const NODE_POOL_KEEP_MIN: usize = 1024;
 
 impl NodePool {
+    /// Frees buffers beyond `keep` (at least `NODE_POOL_KEEP_MIN`) of each kind: the writer
+    /// keeps about as many as its last commit used, for the next one.
+    pub fn trim(&mut self, keep: usize) {
+        let keep = keep.max(NODE_POOL_KEEP_MIN);
+        self.keys.truncate(keep);
+        self.ents.truncate(keep);
+        self.heaps.truncate(keep);
+        self.children.truncate(keep);
+    }
+
     /// Keeps `n`'s buffers (emptied) for reuse.
     pub fn put(&mut self, n: Node) {
         fn keep<T>(list: &mut Vec<Vec<T>>, mut v: Vec<T>) {
