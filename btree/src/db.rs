@@ -144,7 +144,7 @@ impl<'a> NodeRef<'a> {
     pub fn key(&self, i: usize) -> &'a [u8] {
         match self {
             NodeRef::Page(p) => p.key(i),
-            NodeRef::Mem(Node::Leaf { ents, heap }) => heap_key(heap, ents[i]),
+            NodeRef::Mem(Node::Leaf { ents, heap }) => heap_key(heap, ents[i].off()),
             NodeRef::Mem(Node::Branch { keys, .. }) => &keys[i],
         }
     }
@@ -158,7 +158,7 @@ impl<'a> NodeRef<'a> {
     pub fn value(&self, i: usize) -> ValRef<'a> {
         match self {
             NodeRef::Page(p) => p.value(i),
-            NodeRef::Mem(Node::Leaf { ents, heap }) => heap_value(heap, ents[i]),
+            NodeRef::Mem(Node::Leaf { ents, heap }) => heap_value(heap, ents[i].off()),
             NodeRef::Mem(Node::Branch { .. }) => unreachable!("value of a branch"),
         }
     }
@@ -1100,7 +1100,7 @@ impl DbWriter {
                     children.iter_mut().for_each(remap)
                 }
                 Dirty::Node(Node::Leaf { ents, heap }, _) => {
-                    for &e in ents.iter() {
+                    for e in ents.iter().map(|e| e.off()) {
                         if let LeafVal::Inline { .. } = heap_stored(heap, e) {
                             continue;
                         }
@@ -1269,7 +1269,7 @@ impl DbWriter {
                 id,
                 Dirty::Node(
                     Node::Leaf {
-                        ents: vec![e],
+                        ents: vec![LeafEnt::new(e, key)],
                         heap,
                     },
                     SIZE_UNKNOWN,
@@ -1359,10 +1359,11 @@ impl DbWriter {
             let Some(NodeRef::Mem(Node::Leaf { ents, heap })) = self.node(id).ok() else {
                 unreachable!("value_from_next: page {id} is not a dirty leaf");
             };
-            match ents.binary_search_by(|&e| heap_key(heap, e).cmp(key)) {
+            let prefix = key_prefix(key);
+            match ents.binary_search_by(|&e| e.cmp_key(heap, key, prefix)) {
                 Err(i) if i < ents.len() => {
-                    let next = read_value(self, heap_value(heap, ents[i]))?;
-                    make(Some((heap_key(heap, ents[i]), &next)))?
+                    let next = read_value(self, heap_value(heap, ents[i].off()))?;
+                    make(Some((heap_key(heap, ents[i].off()), &next)))?
                 }
                 Err(_) if !hi_in_prefix => make(None)?,
                 _ => return Ok(None),
@@ -1428,17 +1429,20 @@ impl DbWriter {
         let (node, size) = self.node_sized(id);
         let child = match node {
             Node::Leaf { ents, heap } => {
-                let found = ents.binary_search_by(|&e| heap_key(heap, e).cmp(key));
+                let prefix = key_prefix(key);
+                let found = ents.binary_search_by(|&e| e.cmp_key(heap, key, prefix));
                 let e = match (from_next, &ins) {
                     (Some(e), _) => e,
                     (None, Ins::Val(val)) => heap_push(heap, key, *val),
                     (None, Ins::FromNext { .. }) => unreachable!("leaf value built above"),
                 };
                 let entry = SLOT_BYTES + heap_entry_len(heap, e);
+                let e = LeafEnt::new(e, key);
                 match found {
                     Ok(i) => {
-                        *size = *size + entry - SLOT_BYTES - heap_entry_len(heap, ents[i]);
-                        old = Some(heap_stored(heap, ents[i]));
+                        let was = ents[i].off();
+                        *size = *size + entry - SLOT_BYTES - heap_entry_len(heap, was);
+                        old = Some(heap_stored(heap, was));
                         ents[i] = e;
                     }
                     Err(i) => {
@@ -1512,7 +1516,7 @@ impl DbWriter {
         else {
             unreachable!("shift_leaves: two leaves");
         };
-        let size_of = |heap: &[u8], e: u32| SLOT_BYTES + heap_entry_len(heap, e);
+        let size_of = |heap: &[u8], e: LeafEnt| SLOT_BYTES + heap_entry_len(heap, e.off());
         // How many entries to move, and which way: while a move lowers the larger size.
         let (mut a, mut b) = (ls, rs);
         let mut moved = 0;
@@ -1539,17 +1543,17 @@ impl DbWriter {
                 let from = le.len() - moved;
                 let mut offs = Vec::with_capacity(moved);
                 for &e in &le[from..] {
-                    offs.push(rh.len() as u32);
-                    let n = heap_entry_len(lh, e);
-                    rh.extend_from_slice(&lh[e as usize..e as usize + n]);
+                    offs.push(e.at(rh.len() as u32));
+                    let (o, n) = (e.off() as usize, heap_entry_len(lh, e.off()));
+                    rh.extend_from_slice(&lh[o..o + n]);
                 }
                 le.truncate(from);
                 re.splice(0..0, offs);
             } else {
                 for &e in &re[..moved] {
-                    le.push(lh.len() as u32);
-                    let n = heap_entry_len(rh, e);
-                    lh.extend_from_slice(&rh[e as usize..e as usize + n]);
+                    le.push(e.at(lh.len() as u32));
+                    let (o, n) = (e.off() as usize, heap_entry_len(rh, e.off()));
+                    lh.extend_from_slice(&rh[o..o + n]);
                 }
                 re.drain(..moved);
             }
@@ -1563,8 +1567,8 @@ impl DbWriter {
         }
         let sep = ok.then(|| {
             separator(
-                heap_key(lh, *le.last().expect("left keeps an entry")),
-                heap_key(rh, re[0]),
+                heap_key(lh, le.last().expect("left keeps an entry").off()),
+                heap_key(rh, re[0].off()),
             )
         });
         self.dirty
@@ -1627,12 +1631,12 @@ impl DbWriter {
             });
         };
         // Entries of both, in key order: (from the right leaf, heap offset, encoded bytes).
-        let all: Vec<(bool, u32, usize)> = le
+        let all: Vec<(bool, LeafEnt, usize)> = le
             .iter()
-            .map(|&e| (false, e, SLOT_BYTES + heap_entry_len(lh, e)))
+            .map(|&e| (false, e, SLOT_BYTES + heap_entry_len(lh, e.off())))
             .chain(
                 re.iter()
-                    .map(|&e| (true, e, SLOT_BYTES + heap_entry_len(rh, e))),
+                    .map(|&e| (true, e, SLOT_BYTES + heap_entry_len(rh, e.off()))),
             )
             .collect();
         let total: usize = all.iter().map(|a| a.2).sum();
@@ -1678,17 +1682,17 @@ impl DbWriter {
             let mut bytes = LEAF_OFF_SLOTS;
             for &(right, e, n) in &all[w[0]..w[1]] {
                 let src: &[u8] = if right { rh } else { lh };
-                let len = n - SLOT_BYTES;
-                ents.push(heap.len() as u32);
-                heap.extend_from_slice(&src[e as usize..e as usize + len]);
+                let (o, len) = (e.off() as usize, n - SLOT_BYTES);
+                ents.push(e.at(heap.len() as u32));
+                heap.extend_from_slice(&src[o..o + len]);
                 bytes += n;
             }
             if w[0] > 0 {
                 let (pr, pe, _) = all[w[0] - 1];
                 let (nr, ne, _) = all[w[0]];
                 seps.push(separator(
-                    heap_key(if pr { rh } else { lh }, pe),
-                    heap_key(if nr { rh } else { lh }, ne),
+                    heap_key(if pr { rh } else { lh }, pe.off()),
+                    heap_key(if nr { rh } else { lh }, ne.off()),
                 ));
             }
             nodes.push((Node::Leaf { ents, heap }, bytes));
@@ -1755,15 +1759,15 @@ impl DbWriter {
             Node::Leaf { ents, heap } => {
                 let sizes: Vec<usize> = ents
                     .iter()
-                    .map(|&e| SLOT_BYTES + heap_entry_len(heap, e))
+                    .map(|&e| SLOT_BYTES + heap_entry_len(heap, e.off()))
                     .collect();
                 let s = split_point(&sizes, LEAF_OFF_SLOTS, appended, 1);
                 let left_bytes = LEAF_OFF_SLOTS + sizes[..s].iter().sum::<usize>();
                 let right_bytes = LEAF_OFF_SLOTS + sizes[s..].iter().sum::<usize>();
                 let mut re = ents.split_off(s);
                 let sep = separator(
-                    heap_key(heap, *ents.last().expect("left half")),
-                    heap_key(heap, re[0]),
+                    heap_key(heap, ents.last().expect("left half").off()),
+                    heap_key(heap, re[0].off()),
                 );
                 // The right half gets a compact heap; the left keeps its heap (the right
                 // half's entries stay in it as garbage until it is compacted).
@@ -1863,7 +1867,7 @@ impl DbWriter {
             }
             let id = self.make_dirty(page)?;
             let v = match self.node_mut(id) {
-                Node::Leaf { ents, heap } => heap_stored(heap, ents.remove(i)),
+                Node::Leaf { ents, heap } => heap_stored(heap, ents.remove(i).off()),
                 Node::Branch { .. } => unreachable!(),
             };
             self.free_value(&v)?;
@@ -1940,7 +1944,7 @@ impl DbWriter {
             ) => {
                 let base = heap.len() as u32;
                 heap.extend_from_slice(&rheap);
-                ents.extend(re.into_iter().map(|e| e + base));
+                ents.extend(re.into_iter().map(|e| e.at(e.off() + base)));
             }
             (
                 Node::Branch { keys, children },
@@ -2048,7 +2052,7 @@ impl DbWriter {
                 id = self.make_dirty(id)?;
                 for i in moves {
                     let v = match self.node_mut(id) {
-                        Node::Leaf { ents, heap } => heap_stored(heap, ents[i]),
+                        Node::Leaf { ents, heap } => heap_stored(heap, ents[i].off()),
                         Node::Branch { .. } => unreachable!(),
                     };
                     // Only overflow values were picked (same index in the copied node).
@@ -2059,7 +2063,7 @@ impl DbWriter {
                     self.free_value(&v)?;
                     let nv = self.write_overflow(&bytes);
                     if let Node::Leaf { ents, heap } = self.node_mut(id) {
-                        ents[i] = heap_push_overflow_for(heap, ents[i], nv);
+                        ents[i] = ents[i].at(heap_push_overflow_for(heap, ents[i].off(), nv));
                     }
                 }
             }
