@@ -68,7 +68,10 @@ fn edited_leaf_encodes_like_a_fresh_one() {
             "the prefix search agrees"
         );
         let v = val(i, 1);
-        ents.insert(at, LeafEnt::new(heap_push(heap, &key(i), val_of(&v)), &key(i)));
+        ents.insert(
+            at,
+            LeafEnt::new(heap_push(heap, &key(i), val_of(&v)), &key(i)),
+        );
         model.insert(pos, (key(i), v));
     }
     for pos in (0..model.len()).step_by(3) {
