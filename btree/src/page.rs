@@ -355,6 +355,45 @@ pub enum LeafVal {
 // offsets, and encoding copies each entry as one block. Entries the leaf no longer uses stay
 // in the heap as garbage until it is compacted.
 
+/// A dirty leaf's entry: its offset in the leaf's heap and the first 4 bytes of its key
+/// (`key_prefix`), so that a search decides most comparisons without reading the heap (in a
+/// large commit most dirty leaves are out of the CPU's caches, and each probe of the heap was
+/// a cache miss).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LeafEnt(u64);
+
+impl LeafEnt {
+    /// The entry at `off` whose key is `key`.
+    pub fn new(off: u32, key: &[u8]) -> LeafEnt {
+        LeafEnt(u64::from(key_prefix(key)) << 32 | u64::from(off))
+    }
+    /// Where the entry starts in its leaf's heap.
+    pub fn off(self) -> u32 {
+        self.0 as u32
+    }
+    /// The same entry at another heap offset (moved or compacted).
+    pub fn at(self, off: u32) -> LeafEnt {
+        LeafEnt(self.0 & !u64::from(u32::MAX) | u64::from(off))
+    }
+    /// Orders this entry of `heap` against `key`, whose `key_prefix` is `prefix`: by the
+    /// prefixes, and by the whole keys only when those are equal.
+    pub fn cmp_key(self, heap: &[u8], key: &[u8], prefix: u32) -> std::cmp::Ordering {
+        match ((self.0 >> 32) as u32).cmp(&prefix) {
+            std::cmp::Ordering::Equal => heap_key(heap, self.off()).cmp(key),
+            o => o,
+        }
+    }
+}
+
+/// The first 4 bytes of `key`, big-endian, zero-padded: `key_prefix(a) < key_prefix(b)`
+/// implies `a < b`, so equal prefixes are the only case that needs the keys.
+pub fn key_prefix(key: &[u8]) -> u32 {
+    let mut b = [0u8; 4];
+    let n = key.len().min(4);
+    b[..n].copy_from_slice(&key[..n]);
+    u32::from_be_bytes(b)
+}
+
 /// Bytes of the entry at `off` in a leaf heap (slot excluded).
 pub fn heap_entry_len(heap: &[u8], off: u32) -> usize {
     let off = off as usize;
@@ -433,11 +472,11 @@ pub fn heap_push_overflow_for(heap: &mut Vec<u8>, old: u32, val: LeafVal) -> u32
     u32::try_from(off).expect("leaf heap under 4 GiB")
 }
 /// A leaf heap holding only the entries `ents` use (their offsets rewritten).
-pub fn compact_heap(ents: &mut [u32], heap: &[u8]) -> Vec<u8> {
+pub fn compact_heap(ents: &mut [LeafEnt], heap: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(PAGE_SIZE);
     for e in ents.iter_mut() {
-        let (o, n) = (*e as usize, heap_entry_len(heap, *e));
-        *e = out.len() as u32;
+        let (o, n) = (e.off() as usize, heap_entry_len(heap, e.off()));
+        *e = e.at(out.len() as u32);
         out.extend_from_slice(&heap[o..o + n]);
     }
     out
@@ -458,8 +497,8 @@ pub type NodeKey = smallvec::SmallVec<[u8; NODE_KEY_INLINE_BYTES]>;
 #[derive(Clone, Debug)]
 pub enum Node {
     Leaf {
-        /// Heap offsets of the entries, in key order (see `heap_push`).
-        ents: Vec<u32>,
+        /// The entries (heap offsets and key prefixes), in key order (see `heap_push`).
+        ents: Vec<LeafEnt>,
         /// The entries' bytes, page layout (a decoded leaf's heap is its page).
         heap: Vec<u8>,
     },
@@ -474,15 +513,28 @@ pub enum Node {
 #[derive(Default)]
 pub struct NodePool {
     keys: Vec<Vec<NodeKey>>,
-    ents: Vec<Vec<u32>>,
+    ents: Vec<Vec<LeafEnt>>,
     heaps: Vec<Vec<u8>>,
     children: Vec<Vec<PageId>>,
 }
 
-/// Buffers of each kind a `NodePool` keeps at most.
-pub const NODE_POOL_MAX: usize = 1024;
+/// Buffers of each kind a `NodePool` keeps at most (a leaf's heap is 8 KiB: up to ~64 MiB of
+/// heaps, reached only after commits that rewrite that many leaves; see `NodePool::trim`).
+pub const NODE_POOL_MAX: usize = 8192;
+/// Buffers of each kind `NodePool::trim` always leaves.
+pub const NODE_POOL_KEEP_MIN: usize = 1024;
 
 impl NodePool {
+    /// Frees buffers beyond `keep` (at least `NODE_POOL_KEEP_MIN`) of each kind: the writer
+    /// keeps about as many as its last commit used, for the next one.
+    pub fn trim(&mut self, keep: usize) {
+        let keep = keep.max(NODE_POOL_KEEP_MIN);
+        self.keys.truncate(keep);
+        self.ents.truncate(keep);
+        self.heaps.truncate(keep);
+        self.children.truncate(keep);
+    }
+
     /// Keeps `n`'s buffers (emptied) for reuse.
     pub fn put(&mut self, n: Node) {
         fn keep<T>(list: &mut Vec<Vec<T>>, mut v: Vec<T>) {
@@ -559,7 +611,7 @@ impl Node {
             let mut heap = pool.take_heap();
             heap.extend_from_slice(p.bytes);
             let mut ents = take(&mut pool.ents, p.len() + 8);
-            ents.extend((0..p.len()).map(|i| p.slot(i) as u32));
+            ents.extend((0..p.len()).map(|i| LeafEnt::new(p.slot(i) as u32, p.key(i))));
             Node::Leaf { ents, heap }
         } else {
             let mut keys = take(&mut pool.keys, p.len());
@@ -582,7 +634,7 @@ impl Node {
         let size = p.encoded_bytes();
         if p.is_leaf() {
             let mut ents = take(&mut pool.ents, p.len() + 8);
-            ents.extend((0..p.len()).map(|i| p.slot(i) as u32));
+            ents.extend((0..p.len()).map(|i| LeafEnt::new(p.slot(i) as u32, p.key(i))));
             Ok((Node::Leaf { ents, heap: page }, size))
         } else {
             let node = Node::from_page_in(&p, pool);
@@ -598,7 +650,7 @@ impl Node {
                 LEAF_OFF_SLOTS
                     + ents
                         .iter()
-                        .map(|&e| SLOT_BYTES + heap_entry_len(heap, e))
+                        .map(|&e| SLOT_BYTES + heap_entry_len(heap, e.off()))
                         .sum::<usize>()
             }
             Node::Branch { keys, .. } => {
@@ -617,6 +669,7 @@ impl Node {
             Node::Leaf { ents, heap } => {
                 let mut off = LEAF_OFF_SLOTS + ents.len() * SLOT_BYTES;
                 for (i, &e) in ents.iter().enumerate() {
+                    let e = e.off();
                     wr_u16(page, LEAF_OFF_SLOTS + i * SLOT_BYTES, off as u16);
                     let n = heap_entry_len(heap, e);
                     assert!(off + n <= PAGE_SIZE, "node {id} overflows its page");

@@ -2,7 +2,8 @@
 //! bytes as a leaf built afresh from the same entries: the page format stays canonical whatever
 //! edits came before (docs/format.md, "B+tree pages").
 use ferrite_btree::page::{
-    compact_heap, heap_key, heap_push, heap_value, Node, PageRef, ValRef, PAGE_SIZE,
+    compact_heap, heap_key, heap_push, heap_value, key_prefix, LeafEnt, Node, PageRef, ValRef,
+    PAGE_SIZE,
 };
 
 /// Entries `(key, value)`; a value of `None` stands for an overflow chain at `OVERFLOW_FIRST`.
@@ -23,7 +24,7 @@ fn fresh(entries: &[Entry]) -> Node {
     let mut heap = Vec::new();
     let ents = entries
         .iter()
-        .map(|(k, v)| heap_push(&mut heap, k, val_of(v)))
+        .map(|(k, v)| LeafEnt::new(heap_push(&mut heap, k, val_of(v)), k))
         .collect();
     Node::Leaf { ents, heap }
 }
@@ -58,16 +59,26 @@ fn edited_leaf_encodes_like_a_fresh_one() {
     // Insert the odd keys, replace every third value, remove every fifth entry.
     for i in (0..40).filter(|i| i % 2 == 1) {
         let pos = model.partition_point(|(k, _)| k.as_slice() < key(i).as_slice());
-        let at = ents.partition_point(|&e| heap_key(heap, e) < key(i).as_slice());
+        let at = ents.partition_point(|&e| heap_key(heap, e.off()) < key(i).as_slice());
         assert_eq!(pos, at);
+        let prefix = key_prefix(&key(i));
+        assert_eq!(
+            ents.binary_search_by(|&e| e.cmp_key(heap, &key(i), prefix)),
+            Err(at),
+            "the prefix search agrees"
+        );
         let v = val(i, 1);
-        ents.insert(at, heap_push(heap, &key(i), val_of(&v)));
+        ents.insert(
+            at,
+            LeafEnt::new(heap_push(heap, &key(i), val_of(&v)), &key(i)),
+        );
         model.insert(pos, (key(i), v));
     }
     for pos in (0..model.len()).step_by(3) {
         let v = val(pos, 2);
         let k = model[pos].0.clone();
-        ents[pos] = heap_push(heap, &k, ValRef::Inline(v.as_deref().expect("inline")));
+        let off = heap_push(heap, &k, ValRef::Inline(v.as_deref().expect("inline")));
+        ents[pos] = LeafEnt::new(off, &k);
         model[pos].1 = v;
     }
     for pos in (0..model.len()).rev().step_by(5) {
@@ -79,8 +90,13 @@ fn edited_leaf_encodes_like_a_fresh_one() {
         "an overflow entry is kept"
     );
     for (pos, &e) in ents.iter().enumerate() {
-        assert_eq!(heap_key(heap, e), model[pos].0.as_slice());
-        match (heap_value(heap, e), &model[pos].1) {
+        let k = model[pos].0.as_slice();
+        assert_eq!(heap_key(heap, e.off()), k);
+        assert_eq!(
+            ents.binary_search_by(|&e| e.cmp_key(heap, k, key_prefix(k))),
+            Ok(pos)
+        );
+        match (heap_value(heap, e.off()), &model[pos].1) {
             (ValRef::Inline(b), Some(v)) => assert_eq!(b, v.as_slice()),
             (ValRef::Overflow { first, .. }, None) => assert_eq!(first, OVERFLOW_FIRST),
             (got, want) => panic!("entry {pos}: {got:?} vs {want:?}"),
@@ -96,4 +112,35 @@ fn edited_leaf_encodes_like_a_fresh_one() {
     };
     *heap = compact_heap(ents, heap);
     assert_eq!(encode(&node, 9), fresh_page);
+}
+
+/// `key_prefix` orders like the keys whenever it differs, including short keys and keys that
+/// end in zero bytes (zero padding).
+#[test]
+fn key_prefix_agrees_with_key_order() {
+    let mut keys: Vec<Vec<u8>> = vec![
+        vec![],
+        vec![0],
+        vec![0, 0],
+        vec![0, 0, 0, 0, 0],
+        vec![1],
+        vec![1, 0],
+        vec![1, 0, 0, 0],
+        vec![1, 0, 0, 0, 1],
+        vec![1, 2, 3],
+        vec![1, 2, 3, 4],
+        vec![1, 2, 3, 4, 0],
+        vec![1, 2, 3, 5],
+        vec![255],
+        vec![255, 255, 255, 255, 255],
+    ];
+    keys.sort();
+    for a in &keys {
+        for b in &keys {
+            let (pa, pb) = (key_prefix(a), key_prefix(b));
+            if pa != pb {
+                assert_eq!(pa.cmp(&pb), a.cmp(b), "{a:?} vs {b:?}");
+            }
+        }
+    }
 }
