@@ -38,6 +38,10 @@ pub trait Storage: Send + Sync + 'static {
 /// A real file: pwrite + fdatasync for writes, one shared memory map for reads.
 pub struct FileStorage {
     file: File,
+    /// The file's length: read once at open, then kept by `set_len` (this process's writer is
+    /// the only one changing it), so `len` and `map`, called on every commit, cost no
+    /// `statx`.
+    len_bytes: AtomicU64,
     map: Mutex<Option<(u64, Arc<FileMap>)>>,
     /// Bytes written since the map's resident pages were last released.
     written_since_release: AtomicU64,
@@ -69,8 +73,10 @@ impl FileStorage {
             .create(true)
             .truncate(false)
             .open(path)?;
+        let len_bytes = AtomicU64::new(file.metadata()?.len());
         Ok(FileStorage {
             file,
+            len_bytes,
             map: Mutex::new(None),
             written_since_release: AtomicU64::new(0),
             epoch: AtomicU64::new(0),
@@ -78,12 +84,9 @@ impl FileStorage {
     }
 }
 
-impl Storage for FileStorage {
-    fn len(&self) -> io::Result<u64> {
-        Ok(self.file.metadata()?.len())
-    }
-    fn set_len(&self, len: u64) -> io::Result<()> {
-        let cur = self.len()?;
+impl FileStorage {
+    /// Grows (fallocate) or sets the file's length from `cur` to `len`.
+    fn set_len_uncached(&self, cur: u64, len: u64) -> io::Result<()> {
         if len > cur && std::env::var_os("FERRITE_BTREE_SPARSE").is_none() {
             // Allocate the blocks now (fallocate), so that the first write of each new page
             // does not allocate them and the commit's fdatasync has no block mapping to add.
@@ -104,6 +107,19 @@ impl Storage for FileStorage {
             }
         }
         self.file.set_len(len)
+    }
+}
+
+impl Storage for FileStorage {
+    fn len(&self) -> io::Result<u64> {
+        Ok(self.len_bytes.load(Ordering::Acquire))
+    }
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        let cur = self.len()?;
+        self.set_len_uncached(cur, len)?;
+        self.len_bytes.store(len, Ordering::Release);
+        debug_assert_eq!(self.file.metadata().map(|m| m.len()).ok(), Some(len));
+        Ok(())
     }
     fn write_at(&self, buf: &[u8], off: u64) -> io::Result<()> {
         self.file.write_all_at(buf, off)?;
