@@ -7,6 +7,11 @@
 //! the I/O thread is busy or about to sleep is still served: otherwise loom reports a
 //! deadlock), each append resolves exactly once, and only after a sync that covered it.
 //!
+//! The second model adds `GroupWal::append_inline`: an appender that finds the I/O thread
+//! idle with nothing queued claims `busy` under the queue's lock and writes on its own
+//! thread; otherwise it queues. Checked: the I/O thread and an inline writer never write
+//! at the same time, and nothing is lost or left waiting.
+//!
 //! ```text
 //! RUSTFLAGS="--cfg loom" cargo test -p loom-tests --release --test wal_handoff
 //! ```
@@ -16,7 +21,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll, Wake, Waker};
 
-use loom::sync::atomic::{AtomicU64, Ordering};
+use loom::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use loom::sync::{Arc, Condvar, Mutex};
 use loom::thread;
 
@@ -97,6 +102,8 @@ fn block_on<F: Future>(f: F) -> F::Output {
 struct Queue {
     requests: Vec<(u64, Arc<Completion>)>,
     closed: bool,
+    /// Someone (the I/O thread or an inline writer) is writing.
+    busy: bool,
 }
 
 struct Shared {
@@ -105,6 +112,62 @@ struct Shared {
     /// Bit `t` is set once ticket `t` was written and synced (the "disk").
     durable_mask: AtomicU64,
     syncs: AtomicU64,
+    /// Set while a group is being written; two writers at once is a bug.
+    writing: AtomicBool,
+}
+
+impl Shared {
+    fn new() -> Arc<Shared> {
+        Arc::new(Shared {
+            queue: Mutex::new(Queue {
+                requests: Vec::new(),
+                closed: false,
+                busy: false,
+            }),
+            wake_io: Condvar::new(),
+            durable_mask: AtomicU64::new(0),
+            syncs: AtomicU64::new(0),
+            writing: AtomicBool::new(false),
+        })
+    }
+
+    /// "Writes and syncs" one group; returns its sync generation.
+    fn write_group(&self, mask: u64) -> u64 {
+        assert!(
+            !self.writing.swap(true, Ordering::SeqCst),
+            "two writers at once"
+        );
+        self.durable_mask.fetch_or(mask, Ordering::SeqCst);
+        let generation = self.syncs.fetch_add(1, Ordering::SeqCst) + 1;
+        self.writing.store(false, Ordering::SeqCst);
+        generation
+    }
+}
+
+/// `write_inline` in group.rs: write on the caller's thread if the I/O thread is idle with
+/// nothing queued, else queue. Returns the completion either way.
+fn append_inline(shared: &Shared, ticket: u64) -> Arc<Completion> {
+    {
+        let mut q = shared.queue.lock().unwrap();
+        if q.closed || q.busy || !q.requests.is_empty() {
+            drop(q);
+            return push(shared, ticket);
+        }
+        q.busy = true;
+    }
+    let c = Arc::new(Completion {
+        slot: Mutex::new((None, None)),
+    });
+    c.complete(shared.write_group(1 << ticket));
+    // `InlineBusy::drop`.
+    let mut q = shared.queue.lock().unwrap();
+    q.busy = false;
+    let wake = !q.requests.is_empty() || q.closed;
+    drop(q);
+    if wake {
+        shared.wake_io.notify_one();
+    }
+    c
 }
 
 fn push(shared: &Shared, ticket: u64) -> Arc<Completion> {
@@ -126,21 +189,22 @@ fn io_thread(shared: Arc<Shared>) {
     loop {
         let batch = {
             let mut q = shared.queue.lock().unwrap();
-            while q.requests.is_empty() && !q.closed {
+            while q.busy || (q.requests.is_empty() && !q.closed) {
                 q = shared.wake_io.wait(q).unwrap();
             }
             if q.requests.is_empty() {
                 break;
             }
+            q.busy = true;
             std::mem::take(&mut q.requests)
         };
         // One write + one sync for the whole group.
         let mask = batch.iter().fold(0u64, |m, (t, _)| m | 1 << t);
-        shared.durable_mask.fetch_or(mask, Ordering::SeqCst);
-        let generation = shared.syncs.fetch_add(1, Ordering::SeqCst) + 1;
+        let generation = shared.write_group(mask);
         for (_, c) in batch {
             c.complete(generation);
         }
+        shared.queue.lock().unwrap().busy = false;
     }
 }
 
@@ -149,15 +213,7 @@ fn appends_complete_once_after_their_sync() {
     let mut b = loom::model::Builder::new();
     b.preemption_bound = Some(3);
     b.check(|| {
-        let shared = Arc::new(Shared {
-            queue: Mutex::new(Queue {
-                requests: Vec::new(),
-                closed: false,
-            }),
-            wake_io: Condvar::new(),
-            durable_mask: AtomicU64::new(0),
-            syncs: AtomicU64::new(0),
-        });
+        let shared = Shared::new();
         let io = {
             let s = shared.clone();
             thread::spawn(move || io_thread(s))
@@ -185,5 +241,48 @@ fn appends_complete_once_after_their_sync() {
         shared.wake_io.notify_one();
         io.join().unwrap();
         assert!(shared.syncs.load(Ordering::SeqCst) <= 2);
+    });
+}
+
+#[test]
+fn inline_writer_and_io_thread_never_write_at_once() {
+    let mut b = loom::model::Builder::new();
+    b.preemption_bound = Some(3);
+    b.check(|| {
+        let shared = Shared::new();
+        let io = {
+            let s = shared.clone();
+            thread::spawn(move || io_thread(s))
+        };
+        // Ticket 1 appends inline twice (the second may find the I/O thread busy with
+        // ticket 2's group and queue instead); ticket 2 queues.
+        let inline = {
+            let s = shared.clone();
+            thread::spawn(move || {
+                for ticket in [1u64, 3] {
+                    let generation = block_on(Wait(append_inline(&s, ticket)));
+                    assert!(s.durable_mask.load(Ordering::SeqCst) & (1 << ticket) != 0);
+                    assert!(s.syncs.load(Ordering::SeqCst) >= generation);
+                }
+            })
+        };
+        let queued = {
+            let s = shared.clone();
+            thread::spawn(move || {
+                let generation = block_on(Wait(push(&s, 2)));
+                assert!(s.durable_mask.load(Ordering::SeqCst) & (1 << 2) != 0);
+                assert!(s.syncs.load(Ordering::SeqCst) >= generation);
+            })
+        };
+        inline.join().unwrap();
+        queued.join().unwrap();
+        {
+            let mut q = shared.queue.lock().unwrap();
+            q.closed = true;
+        }
+        shared.wake_io.notify_one();
+        io.join().unwrap();
+        assert_eq!(shared.durable_mask.load(Ordering::SeqCst), 0b1110);
+        assert!(!shared.queue.lock().unwrap().busy);
     });
 }

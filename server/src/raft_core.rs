@@ -20,6 +20,11 @@
 //! client proposals wait; after the sync's callers are answered it lingers briefly (at most
 //! `LINGER_MAX`, half the last sync) for their next requests, so one fdatasync carries most of
 //! the clients instead of every other sync carrying half of them.
+//!
+//! Under light load (one entry, and no more client proposals since the previous append than
+//! that one) a lone voter appends with `GroupWal::append_inline`: the write and fdatasync run
+//! on this thread if the WAL's I/O thread is idle, blocking the core for one sync but saving
+//! the two thread wake-ups a lone client's put would otherwise wait for.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::future::Future;
@@ -92,6 +97,12 @@ pub const PUBLISH_RETRY: Duration = Duration::from_millis(500);
 pub const LINGER_ANSWERED_MIN: usize = 4;
 /// Longest linger; it is also at most half the last sync's duration.
 pub const LINGER_MAX: Duration = Duration::from_millis(2);
+/// A lone voter under light load writes and syncs a Ready of at most this many entries on
+/// the Raft core's own thread when the WAL's I/O thread is idle (`GroupWal::append_inline`):
+/// one client's put skips two thread wake-ups. "Light": no more client proposals arrived
+/// since the previous append started than this one, so nothing waits behind the blocked
+/// core (measured in docs/benchmarks.md, "Session 7").
+pub const INLINE_APPEND_ENTRIES_MAX: usize = 1;
 
 /// A lone voter (the only member) drops applied entries from Raft's in-memory log once this
 /// many requests were applied since the last drop: nobody can ask for them (no follower; a
@@ -351,6 +362,7 @@ pub async fn start(
         deadlines: VecDeque::new(),
         next_waiter: boot_id_base(),
         queued: VecDeque::new(),
+        proposals_since_append: 0,
         read_ctx_next: 1,
         read_waiting: HashMap::new(),
         read_parked: BTreeMap::new(),
@@ -572,6 +584,8 @@ pub struct RaftCore {
     next_waiter: u64,
     /// Proposals not yet handed to Raft (no leader yet).
     queued: VecDeque<InternalRequest>,
+    /// Client proposals received since the last WAL append started (for the inline rule).
+    proposals_since_append: usize,
     read_ctx_next: u64,
     /// ReadIndex context -> callers waiting for its read state.
     read_waiting: HashMap<u64, (Instant, Vec<ReadWaiter>)>,
@@ -714,8 +728,20 @@ impl RaftCore {
                         self.hold = true;
                         self.answered_since_sync = 0;
                     }
-                    let append = self.wal.append(recs);
+                    // Light load: no more client proposals arrived since the previous append
+                    // started than this one (see `INLINE_APPEND_ENTRIES_MAX`).
+                    let light = self.proposals_since_append <= 1;
+                    self.proposals_since_append = 0;
+                    // An inline append has written and synced before `append_inline` returns.
                     let started = Instant::now();
+                    let append: AppendFuture = if self.solo_leader()
+                        && light
+                        && rd.entries.len() <= INLINE_APPEND_ENTRIES_MAX
+                    {
+                        Box::pin(self.wal.append_inline(recs))
+                    } else {
+                        Box::pin(self.wal.append(recs))
+                    };
                     self.last_append_at = started;
                     Box::pin(async move {
                         let r = append.await;
@@ -839,6 +865,7 @@ impl RaftCore {
                             Err(_) => break,
                         }
                     }
+                    self.proposals_since_append += batch.len();
                     self.queued.extend(batch);
                     self.propose_queued();
                     if !reads.is_empty() {

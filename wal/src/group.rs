@@ -1,23 +1,32 @@
 //! `GroupWal`: the group-commit front end used from a glommio executor.
 //!
-//! Appenders on the executor stage their records; the first append of an executor turn
-//! spawns a flush task that, once the tasks already runnable have run, moves the turn's
-//! requests into a queue shared with one WAL I/O thread (a plain OS thread, so no blocking
-//! syscall ever runs on an executor thread). Each appender awaits a completion. The I/O
-//! thread takes everything queued, writes it with one pwrite and makes it durable with one
-//! fdatasync, then completes every appender of the group. While it syncs, new appends
-//! queue up and become the next group: batching adapts to load and a lone append on an
-//! idle log is written at once (no timer, no linger).
+//! Each append goes at once into a queue shared with one WAL I/O thread (a plain OS
+//! thread, so no blocking syscall runs on an executor thread) and its appender awaits a
+//! completion. The I/O thread takes everything queued, writes it with one pwrite and makes
+//! it durable with one fdatasync, then completes every appender of the group. While it
+//! syncs, new appends queue up and become the next group: batching adapts to load and a
+//! lone append on an idle log is written at once (no timer, no linger).
+//!
+//! (An earlier version staged a turn's appends and handed them over from a spawned task,
+//! meant to run after the tasks already runnable. glommio's `spawn_local` polls a task
+//! spawned from a running task at once, so that task handed each append over as it was
+//! made; the hand-over is now direct, with the same behaviour.)
+//!
+//! An append made with [`GroupWal::append_inline`] is instead written and synced on the
+//! caller's thread, before the call returns, when the I/O thread has nothing queued and is
+//! not writing: a lone appender (a lone voter under light load) then skips the two thread
+//! wake-ups (to the I/O thread and back) at the price of blocking its executor for one
+//! write + sync. The I/O thread and an inline writer share the log core under a mutex; a
+//! `busy` flag kept under the queue's lock says which of them writes, so groups are never
+//! reordered.
 //!
 //! The hand-off protocol (queue under a mutex + condvar to the I/O thread; a one-shot
-//! completion holding a result and a waker back to the appender) is modelled with loom
-//! in `loom-tests/tests/wal_handoff.rs`.
+//! completion holding a result and a waker back to the appender; the `busy` claim of an
+//! inline write) is modelled with loom in `loom-tests/tests/wal_handoff.rs`.
 
-use std::cell::RefCell;
 use std::future::Future;
 use std::path::Path;
 use std::pin::Pin;
-use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::task::{Context, Poll, Waker};
@@ -100,6 +109,24 @@ enum Request {
 struct Queue {
     requests: Vec<Request>,
     closed: bool,
+    /// A group is being written (by the I/O thread, or inline by the executor): whoever
+    /// set it is the only one touching the log core until it clears it.
+    busy: bool,
+}
+
+/// The log core, behind the queue, as the I/O thread and an inline writer use it.
+trait Core: Send {
+    fn commit_group(&mut self, appends: &[Vec<WalRecord>]) -> Vec<Result<(), WalError>>;
+    fn release_below(&mut self, index: u64) -> Result<usize, WalError>;
+}
+
+impl<S: Storage> Core for Wal<S> {
+    fn commit_group(&mut self, appends: &[Vec<WalRecord>]) -> Vec<Result<(), WalError>> {
+        Wal::commit_group(self, appends)
+    }
+    fn release_below(&mut self, index: u64) -> Result<usize, WalError> {
+        Wal::release_below(self, index)
+    }
 }
 
 struct Shared {
@@ -107,8 +134,13 @@ struct Shared {
     closed: AtomicBool,
     queue: Mutex<Queue>,
     wake_io: Condvar,
+    /// The log core; `None` until the I/O thread has opened it and after it exits. Locked
+    /// only by the holder of `Queue::busy`, so never contended.
+    core: Mutex<Option<Box<dyn Core>>>,
     groups: AtomicU64,
     appends: AtomicU64,
+    /// Groups written inline on the executor's thread (a subset of `groups`).
+    inline_groups: AtomicU64,
 }
 
 /// Counters of the group commit.
@@ -118,15 +150,14 @@ pub struct GroupStats {
     pub groups: u64,
     /// Appends acknowledged or failed.
     pub appends: u64,
+    /// Groups written on the executor's thread by [`GroupWal::append_inline`].
+    pub inline_groups: u64,
 }
 
 /// The group-committed WAL for use on one glommio executor (the Raft core).
 pub struct GroupWal {
     shared: Arc<Shared>,
     exited: Arc<Completion<()>>,
-    /// Requests made during the current executor turn, handed to the I/O thread together
-    /// by a flush task that runs after the tasks already runnable (no timer, no linger).
-    staged: Rc<RefCell<Vec<Request>>>,
 }
 
 impl GroupWal {
@@ -161,8 +192,10 @@ impl GroupWal {
             closed: AtomicBool::new(false),
             queue: Mutex::new(Queue::default()),
             wake_io: Condvar::new(),
+            core: Mutex::new(None),
             groups: AtomicU64::new(0),
             appends: AtomicU64::new(0),
+            inline_groups: AtomicU64::new(0),
         });
         let opened = Completion::new();
         let exited = Completion::new();
@@ -179,32 +212,23 @@ impl GroupWal {
             })
             .map_err(|e| WalError::io("spawn I/O thread for", name, &e))?;
         let recovered = Wait(opened).await?;
-        let staged = Rc::new(RefCell::new(Vec::new()));
-        Ok((
-            GroupWal {
-                shared,
-                exited,
-                staged,
-            },
-            recovered,
-        ))
+        Ok((GroupWal { shared, exited }, recovered))
     }
 
-    fn push(&self, r: Request) -> Result<(), WalError> {
+    fn push(&self, r: Request, inline: bool) -> Result<(), WalError> {
         if self.shared.closed.load(Ordering::Acquire) {
             return Err(WalError::Closed);
         }
-        let first_of_turn = {
-            let mut staged = self.staged.borrow_mut();
-            staged.push(r);
-            staged.len() == 1
+        let r = match r {
+            Request::Append(records, responder) if inline => {
+                match write_inline(&self.shared, records, responder) {
+                    None => return Ok(()),
+                    Some((records, responder)) => Request::Append(records, responder),
+                }
+            }
+            r => r,
         };
-        if first_of_turn {
-            // First request of this turn: hand the turn's requests over once the tasks
-            // already runnable (e.g. appenders just woken by the last group) have run.
-            let (staged, shared) = (self.staged.clone(), self.shared.clone());
-            glommio::spawn_local(async move { hand_over(&shared, &staged) }).detach();
-        }
+        hand_over(&self.shared, r);
         Ok(())
     }
 
@@ -216,8 +240,29 @@ impl GroupWal {
         &self,
         records: Vec<WalRecord>,
     ) -> impl Future<Output = Result<(), WalError>> + 'static {
+        self.append_with(records, false)
+    }
+
+    /// Like [`GroupWal::append`], but if the I/O thread has nothing queued and is not
+    /// writing, the records are written and synced on the calling thread before this
+    /// returns (blocking it for that write + fdatasync, and for a segment preparation still
+    /// in flight if the append fills the segment). For a lone appender under light load: it
+    /// saves the wake-up of the I/O thread and the wake-up back. Ordering and durability
+    /// are those of `append`.
+    pub fn append_inline(
+        &self,
+        records: Vec<WalRecord>,
+    ) -> impl Future<Output = Result<(), WalError>> + 'static {
+        self.append_with(records, true)
+    }
+
+    fn append_with(
+        &self,
+        records: Vec<WalRecord>,
+        inline: bool,
+    ) -> impl Future<Output = Result<(), WalError>> + 'static {
         let c = Completion::new();
-        let queued = self.push(Request::Append(records, Responder(Some(c.clone()))));
+        let queued = self.push(Request::Append(records, Responder(Some(c.clone()))), inline);
         async move {
             queued?;
             Wait(c).await
@@ -232,7 +277,7 @@ impl GroupWal {
         index: u64,
     ) -> impl Future<Output = Result<usize, WalError>> + 'static {
         let c = Completion::new();
-        let queued = self.push(Request::Release(index, Responder(Some(c.clone()))));
+        let queued = self.push(Request::Release(index, Responder(Some(c.clone()))), false);
         async move {
             queued?;
             Wait(c).await
@@ -243,6 +288,7 @@ impl GroupWal {
         GroupStats {
             groups: self.shared.groups.load(Ordering::Relaxed),
             appends: self.shared.appends.load(Ordering::Relaxed),
+            inline_groups: self.shared.inline_groups.load(Ordering::Relaxed),
         }
     }
 
@@ -253,7 +299,6 @@ impl GroupWal {
     }
 
     fn shut(&self) {
-        hand_over(&self.shared, &self.staged);
         self.shared.closed.store(true, Ordering::Release);
         let mut q = self.shared.queue.lock().unwrap_or_else(|p| p.into_inner());
         q.closed = true;
@@ -270,21 +315,66 @@ impl Drop for GroupWal {
     }
 }
 
-/// Moves the staged requests into the I/O thread's queue (order kept) and wakes it.
-fn hand_over(shared: &Shared, staged: &RefCell<Vec<Request>>) {
-    let mut batch = std::mem::take(&mut *staged.borrow_mut());
-    if batch.is_empty() {
-        return;
-    }
+/// Puts a request into the I/O thread's queue (order kept) and wakes the thread if the
+/// queue was empty.
+fn hand_over(shared: &Shared, r: Request) {
     let mut q = shared.queue.lock().unwrap_or_else(|p| p.into_inner());
     if q.closed {
-        return; // dropping the requests answers them with `Closed`
+        return; // dropping the request answers it with `Closed`
     }
     let was_empty = q.requests.is_empty();
-    q.requests.append(&mut batch);
+    q.requests.push(r);
     drop(q);
     if was_empty {
         shared.wake_io.notify_one();
+    }
+}
+
+/// Writes and syncs one append on the calling thread if the I/O thread is idle with
+/// nothing queued: claims `busy` under the queue's lock, commits the append as a group of
+/// one with the core's lock held, answers it, then releases `busy` (waking the I/O thread
+/// if requests arrived meanwhile). Gives the append back if the I/O thread is busy, has
+/// requests queued, or the log is closing.
+fn write_inline(
+    shared: &Shared,
+    records: Vec<WalRecord>,
+    responder: Responder<()>,
+) -> Option<(Vec<WalRecord>, Responder<()>)> {
+    {
+        let mut q = shared.queue.lock().unwrap_or_else(|p| p.into_inner());
+        if q.closed || q.busy || !q.requests.is_empty() {
+            return Some((records, responder));
+        }
+        q.busy = true;
+    }
+    // Releases `busy` however this ends (a panic included).
+    let _busy = InlineBusy(shared);
+    let mut appends = vec![records];
+    let mut waiting = vec![responder];
+    let mut core = shared.core.lock().unwrap_or_else(|p| p.into_inner());
+    match core.as_mut() {
+        Some(core) => {
+            commit(core.as_mut(), shared, &mut appends, &mut waiting);
+            shared.inline_groups.fetch_add(1, Ordering::Relaxed);
+        }
+        // The I/O thread has exited: dropping the responder answers `Closed`.
+        None => drop(waiting),
+    }
+    None
+}
+
+/// An inline writer's claim on `Queue::busy`, released on drop.
+struct InlineBusy<'a>(&'a Shared);
+
+impl Drop for InlineBusy<'_> {
+    fn drop(&mut self) {
+        let mut q = self.0.queue.lock().unwrap_or_else(|p| p.into_inner());
+        q.busy = false;
+        let wake = !q.requests.is_empty() || q.closed;
+        drop(q);
+        if wake {
+            self.0.wake_io.notify_one();
+        }
     }
 }
 
@@ -297,49 +387,59 @@ fn io_thread<S: Storage>(
     // However this thread ends (even by a panic), the queue is closed and whatever is
     // still in it is answered with `Closed`, so no appender waits forever.
     let _closer = CloseOnExit(shared.clone());
-    let mut wal = match opened_wal {
+    match opened_wal {
         Ok((wal, recovered)) => {
+            *shared.core.lock().unwrap_or_else(|p| p.into_inner()) = Some(Box::new(wal));
             opened.send(Ok(recovered));
-            wal
         }
         Err(e) => {
             close_queue(&shared);
             return opened.send(Err(e));
         }
-    };
+    }
     let mut appends: Vec<Vec<WalRecord>> = Vec::new();
     let mut waiting: Vec<Responder<()>> = Vec::new();
     loop {
         let batch = {
             let mut q = shared.queue.lock().unwrap_or_else(|p| p.into_inner());
-            while q.requests.is_empty() && !q.closed {
+            // An inline writer holding `busy` finishes without waiting on this thread.
+            while q.busy || (q.requests.is_empty() && !q.closed) {
                 q = shared.wake_io.wait(q).unwrap_or_else(|p| p.into_inner());
             }
             if q.requests.is_empty() {
                 break; // closed and drained
             }
+            q.busy = true;
             std::mem::take(&mut q.requests)
         };
-        for req in batch {
-            match req {
-                Request::Append(records, r) => {
-                    appends.push(records);
-                    waiting.push(r);
-                }
-                Request::Release(index, r) => {
-                    commit(&mut wal, &shared, &mut appends, &mut waiting);
-                    r.send(wal.release_below(index));
+        {
+            let mut core = shared.core.lock().unwrap_or_else(|p| p.into_inner());
+            let wal = core
+                .as_mut()
+                .expect("the core is set while the thread runs");
+            for req in batch {
+                match req {
+                    Request::Append(records, r) => {
+                        appends.push(records);
+                        waiting.push(r);
+                    }
+                    Request::Release(index, r) => {
+                        commit(wal.as_mut(), &shared, &mut appends, &mut waiting);
+                        r.send(wal.release_below(index));
+                    }
                 }
             }
+            commit(wal.as_mut(), &shared, &mut appends, &mut waiting);
         }
-        commit(&mut wal, &shared, &mut appends, &mut waiting);
+        shared.queue.lock().unwrap_or_else(|p| p.into_inner()).busy = false;
     }
-    drop(wal); // waits for a segment preparation in flight
+    // Waits for a segment preparation in flight.
+    drop(shared.core.lock().unwrap_or_else(|p| p.into_inner()).take());
     exited.send(Ok(()));
 }
 
-fn commit<S: Storage>(
-    wal: &mut Wal<S>,
+fn commit(
+    wal: &mut dyn Core,
     shared: &Shared,
     appends: &mut Vec<Vec<WalRecord>>,
     waiting: &mut Vec<Responder<()>>,

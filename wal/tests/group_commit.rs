@@ -24,7 +24,9 @@ fn entry(index: u64) -> WalRecord {
 }
 
 /// Concurrent appenders share writes and syncs; every acknowledged entry is recovered, in
-/// call order; release frees the prefix.
+/// call order; release frees the prefix. Every third appender appends inline
+/// (`append_inline`): it writes on the executor's thread when the I/O thread is idle and
+/// queues like the others when not, so inline and queued groups interleave.
 #[test]
 fn concurrent_appends_are_grouped_and_recovered() {
     let dir = tempfile::tempdir().unwrap();
@@ -42,13 +44,22 @@ fn concurrent_appends_are_grouped_and_recovered() {
         let wal = Rc::new(wal);
         let next = Rc::new(Cell::new(1u64));
         let mut tasks = Vec::new();
-        for _ in 0..TASKS {
+        for t in 0..TASKS {
             let (wal, next) = (wal.clone(), next.clone());
             tasks.push(glommio::spawn_local(async move {
                 for _ in 0..PER_TASK {
                     let i = next.get();
                     next.set(i + 1);
-                    wal.append(vec![entry(i)]).await.unwrap();
+                    if t % 3 == 0 {
+                        wal.append_inline(vec![entry(i)]).await.unwrap();
+                    } else {
+                        wal.append(vec![entry(i)]).await.unwrap();
+                    }
+                    // Let the I/O thread finish now and then, so some inline appends
+                    // find it idle.
+                    if i % 5 == 0 {
+                        glommio::timer::sleep(std::time::Duration::from_millis(1)).await;
+                    }
                 }
             }));
         }
@@ -77,6 +88,10 @@ fn concurrent_appends_are_grouped_and_recovered() {
     assert!(
         stats.groups < stats.appends,
         "appends were grouped: {stats:?}"
+    );
+    assert!(
+        stats.inline_groups > 0 && stats.inline_groups < stats.groups,
+        "some groups were written inline, not all: {stats:?}"
     );
     let names: Vec<_> = std::fs::read_dir(&path)
         .unwrap()
@@ -148,8 +163,13 @@ fn real_file_corruption_names_path_and_offset() {
 }
 
 /// Runs 16 concurrent appenders (10 appends each) through `GroupWal` on `disk`; returns
-/// the indexes acknowledged. Each appender stops at its first error.
-fn concurrent_on_sim(disk: &ferrite_wal::sim::SimDisk, options: WalOptions) -> Vec<u64> {
+/// the indexes acknowledged. Each appender stops at its first error. With `inline`, every
+/// other appender uses `append_inline`.
+fn concurrent_on_sim(
+    disk: &ferrite_wal::sim::SimDisk,
+    options: WalOptions,
+    inline: bool,
+) -> Vec<u64> {
     let d = disk.clone();
     on_executor(async move || {
         let opened = GroupWal::open_with(move || Ok(d.storage()), options, "sim".into()).await;
@@ -160,13 +180,20 @@ fn concurrent_on_sim(disk: &ferrite_wal::sim::SimDisk, options: WalOptions) -> V
         let next = Rc::new(Cell::new(1u64));
         let acked = Rc::new(std::cell::RefCell::new(Vec::new()));
         let mut tasks = Vec::new();
-        for _ in 0..16 {
+        for t in 0..16 {
             let (wal, next, acked) = (wal.clone(), next.clone(), acked.clone());
             tasks.push(glommio::spawn_local(async move {
                 for _ in 0..10 {
                     let i = next.get();
                     next.set(i + 1);
-                    match wal.append(vec![entry(i)]).await {
+                    let append: std::pin::Pin<
+                        Box<dyn std::future::Future<Output = Result<(), WalError>>>,
+                    > = if inline && t % 2 == 0 {
+                        Box::pin(wal.append_inline(vec![entry(i)]))
+                    } else {
+                        Box::pin(wal.append(vec![entry(i)]))
+                    };
+                    match append.await {
                         Ok(()) => acked.borrow_mut().push(i),
                         Err(_) => return,
                     }
@@ -176,24 +203,41 @@ fn concurrent_on_sim(disk: &ferrite_wal::sim::SimDisk, options: WalOptions) -> V
         for t in tasks {
             t.await;
         }
+        let stats = wal.stats();
         Rc::try_unwrap(wal).ok().expect("sole owner").close().await;
-        Rc::try_unwrap(acked).unwrap().into_inner()
+        let acked = Rc::try_unwrap(acked).unwrap().into_inner();
+        if acked.len() == 160 {
+            // A run without a crash: inline appends happened exactly when asked for.
+            assert_eq!(stats.inline_groups > 0, inline, "{stats:?}");
+        }
+        acked
     })
 }
 
-/// The whole front end (staging, hand-off, I/O thread, group commit) on the simulated
-/// disk, cut by a crash before each I/O operation in turn: every acknowledged append is
-/// recovered, the recovered entries are contiguous from 1 and hold what was appended, and
-/// after a crash no later append is acknowledged.
+/// The whole front end (hand-off, I/O thread, group commit) on the simulated disk, cut by
+/// a crash before each I/O operation in turn: every acknowledged append is recovered, the
+/// recovered entries are contiguous from 1 and hold what was appended, and after a crash
+/// no later append is acknowledged.
 #[test]
 fn group_wal_crash_at_every_operation_keeps_acknowledged_appends() {
+    crash_at_every_operation(false);
+}
+
+/// As above with half the appenders writing inline (`append_inline`) when the I/O thread
+/// is idle.
+#[test]
+fn group_wal_crash_at_every_operation_with_inline_appends() {
+    crash_at_every_operation(true);
+}
+
+fn crash_at_every_operation(inline: bool) {
     use ferrite_wal::sim::{SimDisk, SimRng};
     let options = WalOptions {
         segment_bytes: 4096,
         batch_bytes_max: 1024,
     };
     let full = SimDisk::new();
-    let all = concurrent_on_sim(&full, options);
+    let all = concurrent_on_sim(&full, options, inline);
     assert_eq!(all.len(), 160);
     let total_ops = full.ops();
     assert!(
@@ -203,7 +247,7 @@ fn group_wal_crash_at_every_operation_keeps_acknowledged_appends() {
     for cut in 0..total_ops {
         let disk = SimDisk::new();
         disk.crash_at_op(cut);
-        let acked = concurrent_on_sim(&disk, options);
+        let acked = concurrent_on_sim(&disk, options, inline);
         let after = disk.after_crash(&mut SimRng::new(cut));
         let (_, rec) = ferrite_wal::Wal::open(after.storage(), options)
             .unwrap_or_else(|e| panic!("cut {cut}: recovery failed: {e}"));
