@@ -15,12 +15,17 @@
 //!   names the page id, never a panic. The writer checks the checksum of a page once per open:
 //!   it skips it for pages it wrote itself or verified since open (`db::Trusted`); readers
 //!   check it on every read.
+//! - The writer's kept copies of a light commit's pages (`DbWriter::recent`, at most
+//!   `RECENT_PAGES_MAX`) equal those pages on disk: only `write_pages` writes tree pages and
+//!   it replaces the whole set (debug builds compare each copy with the file when used).
 //!
 //! **Tests** (`cargo test -p ferrite-btree --release`, under a minute): `tests/model.rs`
 //! (property tests against a `BTreeMap` and an MVCC history model, with crashes;
 //! `PROPTEST_CASES=1000` for a longer run), `tests/crash.rs` (every write / sync / resize cut,
 //! torn unsynced writes), `tests/corrupt.rs` (corrupt pages are errors naming the page),
 //! `tests/leaf_spread.rs` (overfull leaves spread over neighbours keep the tree valid),
+//! `tests/recent_pages.rs` (light and heavy commits interleaved: the kept pages never go
+//! stale),
 //! `tests/snapshot_stability.rs` (a pinned snapshot across 10k commits), `tests/mvcc_etcd.rs`
 //! (etcd's semantics case by case). Fuzzing: `cd btree/fuzz && cargo +nightly fuzz run
 //! page_decode`. loom: `loom-tests/tests/btree_pinning.rs`. Benchmark against redb:
