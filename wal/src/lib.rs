@@ -9,9 +9,11 @@
 //!   real-file implementation ([`FileStorage`]) and a simulated disk ([`sim`]) that keeps
 //!   written and synced bytes apart and injects crashes, torn writes, EIO and ENOSPC.
 //! - [`GroupWal`]: the group-commit front end for a glommio executor. Concurrent
-//!   `append`s share one write and one fdatasync, run on a dedicated I/O thread (never a
-//!   blocking syscall on the executor); each `append` future resolves only once its records
-//!   are durable. The next segment is prepared (zero-filled, synced) on its own thread
+//!   `append`s share one write and one fdatasync, run on a dedicated I/O thread; each
+//!   `append` future resolves only once its records are durable. The one exception is
+//!   `append_inline`, asked for by a lone appender under light load: if the I/O thread is
+//!   idle with nothing queued, the write and fdatasync run on the caller's thread (blocking
+//!   its executor for one sync, saving two thread wake-ups). The next segment is prepared (zero-filled, synced) on its own thread
 //!   while the current one fills.
 //!
 //! # Invariants
@@ -26,7 +28,9 @@
 //! - Logged entries form one contiguous run: an entry with index `i` must be at most one
 //!   past Raft's last index (last entry or snapshot marker) and above the snapshot marker;
 //!   it supersedes every entry `>= i`. Appends breaking this are refused, nothing written.
-//! - One log per directory (an exclusive `flock` on `LOCK`); only the I/O thread writes.
+//! - One log per directory (an exclusive `flock` on `LOCK`); one writer at a time: the I/O
+//!   thread, or an inline appender holding the queue's `busy` claim (loom:
+//!   `loom-tests/tests/wal_handoff.rs`).
 //! - Every segment begins with the hard state and snapshot marker current when it was
 //!   started, so freeing a prefix of segments never loses them.
 //! - After a failed segment write or sync the log is poisoned: it accepts no more
