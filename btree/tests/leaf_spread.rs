@@ -8,27 +8,8 @@ use std::sync::Arc;
 
 use ferrite_btree::{Db, DbOptions, SimStorage};
 
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-}
-
-fn scan(db: &Db) -> BTreeMap<Vec<u8>, Vec<u8>> {
-    let snap = db.read();
-    let mut out = BTreeMap::new();
-    let mut c = snap.cursor();
-    c.seek_first().unwrap();
-    while let Some((k, v)) = c.current() {
-        out.insert(k.to_vec(), c.value(v).unwrap().into_owned());
-        c.next().unwrap();
-    }
-    out
-}
+mod common;
+use common::{commit_reopen_and_compare, scan, Rng};
 
 #[test]
 fn big_batches_of_mixed_sizes_keep_the_tree_valid() {
@@ -63,13 +44,5 @@ fn big_batches_of_mixed_sizes_keep_the_tree_valid() {
         }
         assert_eq!(scan(&db), model, "round {round}");
     }
-    db.writer().commit(true).unwrap();
-    drop(db);
-    let db = Db::open_storage(
-        Arc::new(SimStorage::new(sim.written_image())),
-        DbOptions::default(),
-    )
-    .unwrap();
-    db.writer().check().unwrap();
-    assert_eq!(scan(&db), model);
+    commit_reopen_and_compare(db, &sim, &model);
 }

@@ -57,16 +57,8 @@ fn value(len: usize, fill: u8) -> Vec<u8> {
     (0..len).map(|i| fill.wrapping_add(i as u8)).collect()
 }
 
-fn scan_snapshot(s: &ferrite_btree::Snapshot) -> BTreeMap<Vec<u8>, Vec<u8>> {
-    let mut out = BTreeMap::new();
-    let mut c = s.cursor();
-    c.seek_first().unwrap();
-    while let Some((k, v)) = c.current() {
-        out.insert(k.to_vec(), c.value(v).unwrap().into_owned());
-        c.next().unwrap();
-    }
-    out
-}
+mod common;
+use common::scan_snapshot;
 
 proptest! {
     #![proptest_config(ProptestConfig { cases: cases(128), ..ProptestConfig::default() })]

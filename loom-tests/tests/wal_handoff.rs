@@ -208,16 +208,26 @@ fn io_thread(shared: Arc<Shared>) {
     }
 }
 
+/// A fresh log and its running I/O thread.
+fn start() -> (Arc<Shared>, thread::JoinHandle<()>) {
+    let shared = Shared::new();
+    let s = shared.clone();
+    (shared, thread::spawn(move || io_thread(s)))
+}
+
+/// Closes the queue, wakes the I/O thread and waits for it to drain and exit.
+fn close_and_join(shared: &Shared, io: thread::JoinHandle<()>) {
+    shared.queue.lock().unwrap().closed = true;
+    shared.wake_io.notify_one();
+    io.join().unwrap();
+}
+
 #[test]
 fn appends_complete_once_after_their_sync() {
     let mut b = loom::model::Builder::new();
     b.preemption_bound = Some(3);
     b.check(|| {
-        let shared = Shared::new();
-        let io = {
-            let s = shared.clone();
-            thread::spawn(move || io_thread(s))
-        };
+        let (shared, io) = start();
         let appenders: Vec<_> = (1..=2u64)
             .map(|ticket| {
                 let s = shared.clone();
@@ -234,12 +244,7 @@ fn appends_complete_once_after_their_sync() {
         for a in appenders {
             a.join().unwrap();
         }
-        {
-            let mut q = shared.queue.lock().unwrap();
-            q.closed = true;
-        }
-        shared.wake_io.notify_one();
-        io.join().unwrap();
+        close_and_join(&shared, io);
         assert!(shared.syncs.load(Ordering::SeqCst) <= 2);
     });
 }
@@ -249,11 +254,7 @@ fn inline_writer_and_io_thread_never_write_at_once() {
     let mut b = loom::model::Builder::new();
     b.preemption_bound = Some(3);
     b.check(|| {
-        let shared = Shared::new();
-        let io = {
-            let s = shared.clone();
-            thread::spawn(move || io_thread(s))
-        };
+        let (shared, io) = start();
         // Ticket 1 appends inline twice (the second may find the I/O thread busy with
         // ticket 2's group and queue instead); ticket 2 queues.
         let inline = {
@@ -276,12 +277,7 @@ fn inline_writer_and_io_thread_never_write_at_once() {
         };
         inline.join().unwrap();
         queued.join().unwrap();
-        {
-            let mut q = shared.queue.lock().unwrap();
-            q.closed = true;
-        }
-        shared.wake_io.notify_one();
-        io.join().unwrap();
+        close_and_join(&shared, io);
         assert_eq!(shared.durable_mask.load(Ordering::SeqCst), 0b1110);
         assert!(!shared.queue.lock().unwrap().busy);
     });
