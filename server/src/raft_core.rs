@@ -21,8 +21,8 @@
 //! `LINGER_MAX`, half the last sync) for their next requests, so one fdatasync carries most of
 //! the clients instead of every other sync carrying half of them.
 //!
-//! Under light load (one entry, and no more client proposals since the previous append than
-//! that one) a lone voter appends with `GroupWal::append_inline`: the write and fdatasync run
+//! Under light load (one entry, and no other client proposal or linearizable read since the
+//! previous append) a lone voter appends with `GroupWal::append_inline`: the write and fdatasync run
 //! on this thread if the WAL's I/O thread is idle, blocking the core for one sync but saving
 //! the two thread wake-ups a lone client's put would otherwise wait for.
 
@@ -99,9 +99,11 @@ pub const LINGER_ANSWERED_MIN: usize = 4;
 pub const LINGER_MAX: Duration = Duration::from_millis(2);
 /// A lone voter under light load writes and syncs a Ready of at most this many entries on
 /// the Raft core's own thread when the WAL's I/O thread is idle (`GroupWal::append_inline`):
-/// one client's put skips two thread wake-ups. "Light": no more client proposals arrived
-/// since the previous append started than this one, so nothing waits behind the blocked
-/// core (measured in docs/benchmarks.md, "Session 7").
+/// one client's put skips two thread wake-ups. "Light": no more client proposals or
+/// linearizable reads arrived since the previous append started than this one proposal, so
+/// little waits behind the blocked core. What can wait: serializable reads on core 0's own
+/// connections (they never reach the Raft core), for at most one sync (measured in
+/// docs/benchmarks.md, "Session 7").
 pub const INLINE_APPEND_ENTRIES_MAX: usize = 1;
 
 /// A lone voter (the only member) drops applied entries from Raft's in-memory log once this
@@ -584,7 +586,8 @@ pub struct RaftCore {
     next_waiter: u64,
     /// Proposals not yet handed to Raft (no leader yet).
     queued: VecDeque<InternalRequest>,
-    /// Client proposals received since the last WAL append started (for the inline rule).
+    /// Client proposals and linearizable reads received since the last WAL append started
+    /// (for the inline rule: a core blocked in fdatasync serves neither).
     proposals_since_append: usize,
     read_ctx_next: u64,
     /// ReadIndex context -> callers waiting for its read state.
@@ -728,8 +731,9 @@ impl RaftCore {
                         self.hold = true;
                         self.answered_since_sync = 0;
                     }
-                    // Light load: no more client proposals arrived since the previous append
-                    // started than this one (see `INLINE_APPEND_ENTRIES_MAX`).
+                    // Light load: no more client proposals or linearizable reads arrived since
+                    // the previous append started than this one proposal (see
+                    // `INLINE_APPEND_ENTRIES_MAX`).
                     let light = self.proposals_since_append <= 1;
                     self.proposals_since_append = 0;
                     // An inline append has written and synced before `append_inline` returns.
@@ -865,7 +869,7 @@ impl RaftCore {
                             Err(_) => break,
                         }
                     }
-                    self.proposals_since_append += batch.len();
+                    self.proposals_since_append += batch.len() + reads.len();
                     self.queued.extend(batch);
                     self.propose_queued();
                     if !reads.is_empty() {
