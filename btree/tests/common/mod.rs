@@ -6,17 +6,11 @@ use std::sync::Arc;
 
 use ferrite_btree::{Db, DbOptions, SimStorage, Snapshot};
 
-/// A xorshift generator: deterministic inputs from a seed.
-pub struct Rng(pub u64);
-
-impl Rng {
-    pub fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-}
+/// The benchmark's xorshift generator: deterministic inputs from a seed.
+#[path = "../../benches/support/mod.rs"]
+mod support;
+#[allow(unused_imports)] // not every test binary draws random inputs
+pub use support::Rng;
 
 /// Every key and value of a snapshot, in order.
 pub fn scan_snapshot(s: &Snapshot) -> BTreeMap<Vec<u8>, Vec<u8>> {
